@@ -1,0 +1,173 @@
+"""The ``lora-audit`` command line. Each command parses flags, calls one library function and hands
+the result to a report writer; :func:`main` turns errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from enum import Enum
+from typing import Iterator, List, Optional, TextIO
+
+import typer
+
+from lora_audit import __version__
+from lora_audit.errors import LoraAuditError, UsageError
+
+EXIT_CODES = """Exit codes: 0 no finding at or above --fail-on; 1 findings at or above it;
+2 a file could not be scanned; 3 nothing was scanned; 4 usage error."""
+
+app = typer.Typer(
+    name="lora-audit",
+    help="Privacy-risk audit of LoRA weights for text-to-image diffusion models.\n\n" + EXIT_CODES,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Format(str, Enum):
+    console = "console"
+    json = "json"
+    jsonl = "jsonl"
+    sarif = "sarif"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lora-audit {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Privacy-risk audit of LoRA weights for text-to-image diffusion models."""
+
+
+@app.command(epilog=EXIT_CODES)
+def scan(
+    paths: List[str] = typer.Argument(..., help="LoRA files or directories (searched recursively).", show_default=False),
+    format: Format = typer.Option(Format.console, "--format", "-f", help="Report format."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of stdout."),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Lowest severity that makes the exit code 1: info, low, medium, high, critical. [default: high]"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Files scanned in parallel. [default: 1]"),
+    redact: bool = typer.Option(False, "--redact", help="Mask metadata values in the evidence (keys stay)."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Policy file (default: ./lora-audit.toml or [tool.lora-audit] in ./pyproject.toml)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-module weight statistics in the console report."),
+) -> int:
+    """Audit LoRA files: metadata leaks, unsafe formats, broken or non-finite weights."""
+    from lora_audit.policy import load_policy
+    from lora_audit.reports import write_report
+    from lora_audit.reports.json_report import jsonl_file_line, jsonl_summary_line
+    from lora_audit.results import ScanResult, Severity
+    from lora_audit.scanner import ScanOptions, collect_files, scan_files
+
+    rules = load_policy(policy)
+    threshold = Severity.parse(fail_on) if fail_on else rules.fail_on or Severity.HIGH
+    options = ScanOptions(redact=redact or bool(rules.redact), policy=rules)
+    files = collect_files(paths)
+    order = {path: i for i, path in enumerate(files)}
+    results = []
+    with _open_output(output) as stream, _progress(len(files), quiet) as advance:
+        for file_result in scan_files(files, options, jobs=jobs or rules.jobs or 1):
+            results.append(file_result)
+            advance()
+            if format is Format.jsonl:
+                stream.write(jsonl_file_line(file_result) + "\n")
+                stream.flush()
+        results.sort(key=lambda r: order[r.path])
+        result = ScanResult(results, fail_on=threshold)
+        if format is Format.jsonl:
+            stream.write(jsonl_summary_line(result) + "\n")
+        else:
+            write_report(result, format.value, stream, verbose=verbose,
+                         color=None if output is None else False)
+    return result.exit_code
+
+
+@app.command(epilog="Exit codes: 0 written; 2 the input could not be read; 4 usage error.")
+def strip(
+    source: str = typer.Argument(..., help="LoRA file to clean.", show_default=False),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Where to write the cleaned copy."),
+    in_place: bool = typer.Option(False, "--in-place", help="Replace the input file itself."),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
+    remove: List[str] = typer.Option([], "--remove", help="Also remove this metadata key (repeatable)."),
+    keep: List[str] = typer.Option([], "--keep", help="Keep this metadata key even if it is sensitive (repeatable)."),
+) -> int:
+    """Write a copy without privacy-sensitive metadata; tensors stay byte-identical."""
+    from lora_audit.strip import strip_metadata
+
+    if in_place == (output is not None):
+        raise UsageError("give exactly one of --output FILE or --in-place")
+    destination = source if in_place else output
+    if not in_place and os.path.abspath(destination) == os.path.abspath(source):
+        raise UsageError("--output is the input file; use --in-place to replace it")
+    done = strip_metadata(source, destination, overwrite=force or in_place,
+                          extra_keys=tuple(remove), keep_keys=tuple(keep))
+    typer.echo(f"wrote {done.destination}: removed {len(done.removed)} metadata key(s)"
+               + (f" ({', '.join(done.removed)})" if done.removed else "") + f", kept {len(done.kept)}")
+    return 0
+
+
+@app.command()
+def rules() -> int:
+    """List the rules: id, name, default severity and title."""
+    from lora_audit.rules import RULES
+
+    for rule in RULES.values():
+        typer.echo(f"{rule.id}  {rule.name:<20} {rule.severity.label:<8} {rule.title}")
+    return 0
+
+
+@contextlib.contextmanager
+def _open_output(path: str | None) -> Iterator[TextIO]:
+    if path is None:
+        yield sys.stdout
+        return
+    try:
+        stream = open(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write report to {path}: {e.strerror}") from None
+    with stream:
+        yield stream
+
+
+@contextlib.contextmanager
+def _progress(total: int, quiet: bool):
+    """A rich progress bar on stderr for batches, only on a terminal and without --quiet."""
+    if quiet or total < 2 or not sys.stderr.isatty():
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("scanning", total=total)
+        yield lambda: progress.advance(task)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app, maps errors to one line on stderr and the documented exit code."""
+    logging.basicConfig(level=os.environ.get("LORA_AUDIT_LOG", "WARNING").upper(), format="%(levelname)s %(message)s")
+    click_usage_error = typer.BadParameter.__mro__[1]  # click's UsageError, vendored or not
+
+    try:
+        code = app(args=argv, prog_name="lora-audit", standalone_mode=False)
+    except click_usage_error as e:
+        e.show()
+        return 4
+    except LoraAuditError as e:
+        typer.echo(f"lora-audit: error: {e}", err=True)
+        return e.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo("lora-audit: interrupted", err=True)
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())

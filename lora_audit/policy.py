@@ -1,0 +1,116 @@
+"""Policy files: project defaults, disabled rules and severity overrides.
+
+Read from ``lora-audit.toml`` (top-level keys) or the ``[tool.lora-audit]`` table of
+``pyproject.toml`` in the current directory, or from an explicit ``--policy`` path::
+
+    fail_on = "medium"
+    disable = ["LA104", "trigger-phrase"]
+    redact = true
+    [severity]
+    LA103 = "low"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+from lora_audit.errors import PolicyError
+from lora_audit.results import Finding, Severity
+from lora_audit.rules import RULE_NAMES, RULES
+
+_KEYS = {"fail_on", "disable", "severity", "redact", "jobs"}
+
+
+@dataclass
+class Policy:
+    fail_on: Severity | None = None
+    disabled: set[str] = field(default_factory=set)  # rule ids
+    severities: dict[str, Severity] = field(default_factory=dict)  # rule id -> severity
+    redact: bool | None = None
+    jobs: int | None = None
+    source: str | None = None  # the file it came from
+
+    def apply(self, findings: list[Finding]) -> list[Finding]:
+        """Drop disabled rules' findings and apply severity overrides."""
+        kept = []
+        for f in findings:
+            if f.rule_id in self.disabled:
+                continue
+            if f.rule_id in self.severities:
+                f.severity = self.severities[f.rule_id]
+            kept.append(f)
+        return kept
+
+
+def load_policy(path: str | None = None, directory: str = ".") -> Policy:
+    """The policy at ``path``, else lora-audit.toml or pyproject.toml's [tool.lora-audit] in ``directory``."""
+    if path is not None:
+        if not os.path.isfile(path):
+            raise PolicyError(f"policy file {path} does not exist")
+        table = _read_toml(path)
+        if os.path.basename(path) == "pyproject.toml":
+            table = table.get("tool", {}).get("lora-audit", {})
+        return _parse(table, path)
+    own = os.path.join(directory, "lora-audit.toml")
+    if os.path.isfile(own):
+        return _parse(_read_toml(own), own)
+    pyproject = os.path.join(directory, "pyproject.toml")
+    if os.path.isfile(pyproject):
+        table = _read_toml(pyproject).get("tool", {}).get("lora-audit")
+        if table is not None:
+            return _parse(table, f"{pyproject} [tool.lora-audit]")
+    return Policy()
+
+
+def _read_toml(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"policy file {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise PolicyError(f"policy file {path} cannot be read: {e.strerror}") from None
+
+
+def _parse(table: dict, source: str) -> Policy:
+    unknown = set(table) - _KEYS
+    if unknown:
+        raise PolicyError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(_KEYS))}")
+    policy = Policy(source=source)
+    if "fail_on" in table:
+        policy.fail_on = _severity(table["fail_on"], source)
+    if not isinstance(table.get("disable", []), list):
+        raise PolicyError(f"{source}: 'disable' must be a list of rule ids or names")
+    policy.disabled = {rule_id(r, source) for r in table.get("disable", [])}
+    severity = table.get("severity", {})
+    if not isinstance(severity, dict):
+        raise PolicyError(f"{source}: [severity] must be a table of rule = \"level\"")
+    policy.severities = {rule_id(r, source): _severity(v, source) for r, v in severity.items()}
+    if "redact" in table:
+        if not isinstance(table["redact"], bool):
+            raise PolicyError(f"{source}: 'redact' must be true or false")
+        policy.redact = table["redact"]
+    if "jobs" in table:
+        if not isinstance(table["jobs"], int) or table["jobs"] < 1:
+            raise PolicyError(f"{source}: 'jobs' must be a positive integer")
+        policy.jobs = table["jobs"]
+    return policy
+
+
+def rule_id(name_or_id: object, source: str) -> str:
+    """A rule id from an id ("LA104") or a name ("free-text")."""
+    text = str(name_or_id)
+    if text.upper() in RULES:
+        return text.upper()
+    if text in RULE_NAMES:
+        return RULE_NAMES[text]
+    raise PolicyError(f"{source}: unknown rule {text!r} (see `lora-audit rules`)")
+
+
+def _severity(value: object, source: str) -> Severity:
+    try:
+        return Severity[str(value).upper()]
+    except KeyError:
+        raise PolicyError(f"{source}: unknown severity {value!r}; expected info, low, medium, high or critical") from None

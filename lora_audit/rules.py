@@ -1,0 +1,65 @@
+"""The catalogue of rules: stable ids, default severities, titles and remediations.
+
+Rule ids never change meaning. A policy file may disable a rule or change its severity; reports
+(SARIF in particular) list every rule that produced a finding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lora_audit.results import Finding, Severity
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    name: str  # kebab-case short name, used in SARIF and policy files as an alias of the id
+    severity: Severity
+    title: str
+    remediation: str
+
+
+_RULES = [
+    # File-level problems.
+    Rule("LA001", "unreadable-file", Severity.HIGH, "File is not a readable safetensors file",
+         "Re-export the LoRA with a current trainer; a corrupt or truncated file cannot be audited."),
+    Rule("LA002", "pickle-format", Severity.HIGH, "Pickle checkpoint: loading it can run arbitrary code",
+         "Do not load it with torch.load. Convert it in a sandbox to safetensors "
+         "(e.g. safetensors.torch.save_file(torch.load(path, weights_only=True), 'out.safetensors')) and scan that."),
+    Rule("LA003", "no-lora-tensors", Severity.LOW, "No LoRA tensors recognised",
+         "Check that this is a LoRA file; lora-audit recognises kohya, LyCORIS and diffusers/PEFT layouts."),
+    # Metadata leaks.
+    Rule("LA101", "caption-tags", Severity.HIGH, "Training captions and tags are stored in the metadata",
+         "Remove ss_tag_frequency (lora-audit strip, or train with --no_metadata)."),
+    Rule("LA102", "dataset-folders", Severity.HIGH, "Dataset folder names are stored in the metadata",
+         "Remove ss_dataset_dirs, ss_reg_dataset_dirs and ss_datasets (lora-audit strip)."),
+    Rule("LA103", "local-path", Severity.MEDIUM, "Absolute or home-directory paths are stored in the metadata",
+         "Remove the keys that hold paths of the training machine (lora-audit strip)."),
+    Rule("LA104", "free-text", Severity.LOW, "Free-text fields may describe the subject or the author",
+         "Review the text; remove it if it names a person (lora-audit strip)."),
+    Rule("LA105", "trigger-phrase", Severity.MEDIUM, "The trigger phrase is stored in the metadata",
+         "The trigger lets anyone render the subject directly; remove it unless you mean to publish it."),
+    Rule("LA106", "embedded-image", Severity.HIGH, "Images are embedded in the metadata",
+         "Embedded cover images and thumbnails can show the subject and keep generation parameters "
+         "in PNG text chunks; remove them (lora-audit strip)."),
+    Rule("LA107", "trainer-config", Severity.MEDIUM, "A trainer configuration dump is stored in the metadata",
+         "Trainer configs carry paths, names and captions; remove them (lora-audit strip)."),
+    # Weight problems.
+    Rule("LA201", "non-finite-weights", Severity.HIGH, "Weights contain NaN or Inf values",
+         "The training diverged or the file is damaged; retrain or re-export."),
+    Rule("LA202", "orphaned-tensor", Severity.MEDIUM, "LoRA tensors without their partner",
+         "A down/up (A/B) pair is incomplete; the module cannot be applied. Re-export the LoRA."),
+    Rule("LA203", "shape-mismatch", Severity.MEDIUM, "LoRA pair with incompatible shapes",
+         "The down and up matrices do not share a rank; the module cannot be applied. Re-export the LoRA."),
+]
+
+RULES: dict[str, Rule] = {r.id: r for r in _RULES}
+RULE_NAMES: dict[str, str] = {r.name: r.id for r in _RULES}
+
+
+def make_finding(rule_id: str, message: str, evidence: dict[str, str] | None = None) -> Finding:
+    """A finding of ``rule_id`` with the rule's default severity, title and remediation."""
+    rule = RULES[rule_id]
+    return Finding(rule_id=rule.id, severity=rule.severity, title=rule.title, message=message,
+                   evidence=dict(evidence or {}), remediation=rule.remediation)

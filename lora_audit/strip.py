@@ -1,0 +1,56 @@
+"""Writing a copy of a LoRA file without its privacy-sensitive metadata; tensor bytes stay identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+
+from lora_audit.errors import UsageError
+from lora_audit.metadata import sensitive_keys
+from lora_audit.weights.safetensors_file import SafetensorsFile
+
+
+@dataclass
+class StripResult:
+    source: str
+    destination: str
+    removed: list[str]  # metadata keys removed
+    kept: list[str]
+
+
+def strip_metadata(source: str, destination: str, *, overwrite: bool = False,
+                   extra_keys: tuple[str, ...] = (), keep_keys: tuple[str, ...] = ()) -> StripResult:
+    """Copy ``source`` to ``destination`` minus sensitive metadata keys (plus ``extra_keys``, minus ``keep_keys``).
+
+    The tensor table and data are copied byte for byte. Refuses to replace an existing file unless
+    ``overwrite``; writes through a temporary file so a failure never leaves a half-written output.
+    """
+    if os.path.exists(destination) and not overwrite:
+        raise UsageError(f"{destination} exists; pass --force to replace it (or --in-place for the input)")
+    with SafetensorsFile(source) as st:  # validates the input
+        header_len, header, metadata = st.header_length, dict(st.header), st.metadata
+    removed = sorted((sensitive_keys(metadata) | set(extra_keys)) & set(metadata) - set(keep_keys))
+    kept = sorted(set(metadata) - set(removed))
+    if kept:
+        header = {"__metadata__": {k: metadata[k] for k in kept}, **header}
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    directory = os.path.dirname(os.path.abspath(destination))
+    fd, tmp = tempfile.mkstemp(prefix=".lora-audit-strip-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            out.write(struct.pack("<Q", len(encoded)))
+            out.write(encoded)
+            src.seek(8 + header_len)
+            shutil.copyfileobj(src, out, 1 << 20)
+        SafetensorsFile(tmp).close()  # the output must read back
+        os.replace(tmp, destination)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return StripResult(source, destination, removed, kept)
