@@ -142,7 +142,8 @@ def _clean_safetensors_message(message: str) -> str:
     """The first line of the library's message, without Rust debug noise."""
     line = message.strip().splitlines()[0] if message.strip() else "unreadable header"
     line = re.sub(r"^Error while deserializing header: ", "", line)
-    return line[:200]
+    line = re.sub(r", expected one of .*", "", line)  # the list of every dtype the library knows
+    return line[:160]
 
 
 def _read_header(path: str, header_len: int) -> dict:

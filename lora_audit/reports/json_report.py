@@ -1,0 +1,55 @@
+"""JSON and JSON Lines reports.
+
+``json`` is ``ScanResult.to_dict()`` as one document. ``jsonl`` has one ``{"type": "file", ...}``
+line per file, in input order, then one ``{"type": "summary", ...}`` line, so a consumer can read
+results while a long scan runs. Non-finite floats (a NaN weight norm, say) become ``null``: the
+output is always strict JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, TextIO
+
+from lora_audit.results import SCHEMA_VERSION, FileResult, ScanResult
+
+
+def write_json(result: ScanResult, stream: TextIO) -> None:
+    """Write the whole scan as one indented JSON document."""
+    json.dump(_strict(result.to_dict()), stream, indent=2, allow_nan=False)
+    stream.write("\n")
+
+
+def write_jsonl(result: ScanResult, stream: TextIO) -> None:
+    """Write one line per file and a final summary line."""
+    for file_result in result.files:
+        stream.write(jsonl_file_line(file_result) + "\n")
+    stream.write(jsonl_summary_line(result) + "\n")
+
+
+def jsonl_file_line(file_result: FileResult) -> str:
+    """The JSON Lines record of one file, without the trailing newline."""
+    return _line({"type": "file", "schema_version": SCHEMA_VERSION, **file_result.to_dict()})
+
+
+def jsonl_summary_line(result: ScanResult) -> str:
+    """The final JSON Lines record (tool, counts, exit code), without the trailing newline."""
+    d = result.to_dict()
+    return _line({"type": "summary", "schema_version": d["schema_version"], "tool": d["tool"],
+                  **d["summary"]})
+
+
+def _line(record: dict[str, Any]) -> str:
+    return json.dumps(_strict(record), allow_nan=False)
+
+
+def _strict(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strict(v) for v in obj]
+    return obj
