@@ -1,0 +1,430 @@
+"""Privacy rules LA101-LA107 over the ``__metadata__`` of a safetensors file.
+
+The metadata is a dict of str -> str; many values are JSON strings. Trainers write these keys
+(verified against their sources):
+
+- kohya-ss/sd-scripts (train_network.py): ``ss_tag_frequency`` (``{folder: {tag: count}}``),
+  ``ss_dataset_dirs`` / ``ss_reg_dataset_dirs`` (``{folder: {n_repeats, img_count}}``),
+  ``ss_datasets`` (list of datasets with ``tag_frequency`` and ``subsets[]`` holding ``image_dir``,
+  ``metadata_file``, ``class_tokens``, ``is_reg``, ``caption_prefix``), ``ss_output_name``,
+  ``ss_training_comment``, ``ss_network_args`` (JSON), ``ss_sd_model_name`` / ``ss_vae_name``
+  (a basename when the file existed, else the argument as given). Every value went through
+  ``str()``, so an unset option reads ``"None"``.
+- kohya library/sai_model_spec.py: ``modelspec.title`` (output name, else ``LoRA@<timestamp>``),
+  ``.author``, ``.description``, ``.usage_hint``, ``.tags``, ``.trigger_phrase`` and
+  ``.thumbnail`` (a ``data:<mime>;base64,...`` URL).
+- sd-webui-additional-networks metadata editor: ``ssmd_cover_images`` (JSON list of base64 PNGs that
+  keep the source image's text chunks), ``ssmd_display_name``, ``ssmd_author``, ``ssmd_keywords``
+  ("activation keywords", hence LA105 rather than LA104), ``ssmd_description``, ``ssmd_tags``,
+  ``ssmd_rating`` (a number, not text).
+- Nerogar/OneTrainer: ``ot_config`` (the JSON training config), ``ot_branch``, ``ot_revision``.
+- ostris/ai-toolkit: ``name`` (the job name), ``training_info`` (``{"step", "epoch"}``, harmless
+  unless it holds text), ``software``, ``ss_output_name`` and a one-tag ``ss_tag_frequency`` built
+  from the trigger word.
+
+Messages never quote metadata values; evidence does, truncated, or masked with ``redact=True``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import struct
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from lora_audit.results import Finding
+from lora_audit.rules import make_finding
+
+TAG_FREQUENCY_KEYS = ("ss_tag_frequency",)
+DATASET_KEYS = ("ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_datasets")
+FREE_TEXT_KEYS = (
+    "ss_training_comment", "ss_output_name", "modelspec.title", "modelspec.author",
+    "modelspec.description", "modelspec.usage_hint", "modelspec.tags", "name",
+    "ssmd_display_name", "ssmd_author", "ssmd_description", "ssmd_tags", "ssmd_version", "ssmd_source",
+)
+TRIGGER_KEYS = ("modelspec.trigger_phrase", "ssmd_keywords", "trigger_word", "trigger_words",
+                "trigger_phrase", "instance_prompt")
+IMAGE_KEYS = ("ssmd_cover_images", "modelspec.thumbnail")
+# Trainer configs; True means "only when it holds a path or free text" (otherwise it is numbers).
+CONFIG_KEYS = {"ot_config": False, "config": False, "training_info": True, "ss_network_args": True}
+
+# ssmd_* keys that are not free text: images (LA106), trigger keywords (LA105), a 0-10 rating.
+_SSMD_NOT_TEXT = {"ssmd_cover_images", "ssmd_keywords", "ssmd_rating"}
+
+SENSITIVE_KEYS = frozenset(
+    TAG_FREQUENCY_KEYS + DATASET_KEYS + FREE_TEXT_KEYS + TRIGGER_KEYS + IMAGE_KEYS
+    + tuple(k for k, only_text in CONFIG_KEYS.items() if not only_text)
+)
+"""Keys that leak by their nature: ``strip`` removes them even when they look empty."""
+
+_EMPTY = {"", "none", "null", "[]", "{}", '""'}
+# Values trainers write when the user set nothing: kohya's default title, ai-toolkit's name template.
+_PLACEHOLDER = re.compile(r"(LoRA|TextualInversion|Checkpoint)@[\d.]+|\[name\]")
+_TOP_TAGS = 5
+
+_PATH_PATTERNS = [
+    re.compile(r"file:/{1,3}[^\s\"'<>|]+", re.IGNORECASE),
+    # C:\Users\x or D:/data, not the "s:/" of "https://" (a letter may not precede the drive).
+    re.compile(r"(?<![A-Za-z0-9])[A-Za-z]:[\\/](?![\\/])[^\s\\/\"'<>|:*?,;]+(?:[\\/][^\s\\/\"'<>|:*?,;]+)*"),
+    re.compile(r"(?<![\\\w])\\\\[A-Za-z0-9][\w.$-]*\\[^\s\\\"'<>|]+(?:\\[^\s\\\"'<>|]+)*"),  # \\server\share
+    re.compile(r"(?<![\w~/])~[\\/][^\s\"'<>|,;]+"),
+    # /home/jane/x: starts the string or follows a separator, so URLs ("//host/a"), model ids
+    # ("org/model"), fractions and dates ("1/2") and base64 ("ab/cd") never match; the first
+    # component must start with a letter, "." "_" or "~", which rules out "/9j/" JPEG base64.
+    re.compile(r"(?:^|(?<=[\s\"'=(\[{,;]))/[A-Za-z._~][^\s/\"'<>|,;:*?]*(?:/[^\s/\"'<>|,;:*?]+)+"),
+]
+_WORDS = re.compile(r"[^\W\d_]{2,}\s+[^\W\d_]{2,}")  # two words: a caption, a name, a sentence
+
+
+@dataclass
+class _Hit:
+    """One leaking metadata ``key``; ``label`` names the evidence entry when it differs from it."""
+
+    key: str
+    value: str
+    label: str = ""
+
+
+_Check = Callable[[dict[str, str]], tuple[str, list[_Hit]] | None]
+
+
+def check_metadata(metadata: dict[str, str], *, redact: bool = False, max_value_chars: int = 120) -> list[Finding]:
+    """Findings LA101-LA107 for one file's metadata, at most one per rule, in rule order."""
+    findings = []
+    for rule_id, message, hits in _run_checks(metadata):
+        evidence = {hit.label or hit.key: _show(hit.value, redact, max_value_chars) for hit in hits}
+        findings.append(make_finding(rule_id, message, evidence))
+    return findings
+
+
+def sensitive_keys(metadata: dict[str, str]) -> set[str]:
+    """Keys a ``strip`` should remove: those behind a finding plus known leaky keys, even if empty."""
+    keys = {str(k) for k in metadata if str(k) in SENSITIVE_KEYS or str(k).startswith("ssmd_")}
+    keys.discard("ssmd_rating")
+    for _, _, hits in _run_checks(metadata):
+        keys.update(hit.key for hit in hits)
+    return keys
+
+
+def png_text_chunks(png_bytes: bytes) -> dict[str, str]:
+    """Text of the tEXt, zTXt and iTXt chunks of a PNG; what could be parsed, never an exception."""
+    if not isinstance(png_bytes, (bytes, bytearray, memoryview)):
+        return {}
+    data = bytes(png_bytes)
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return {}
+    chunks: dict[str, str] = {}
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        body = data[pos + 8:pos + 8 + length]
+        if len(body) < length or kind == b"IEND":
+            break
+        pos += 12 + length  # length, type, body, CRC
+        parser = _TEXT_CHUNKS.get(kind)
+        keyword, sep, rest = body.partition(b"\0")
+        if parser is None or not sep or not keyword:
+            continue
+        try:
+            text = parser(rest)
+        except (zlib.error, IndexError):
+            continue
+        chunks.setdefault(keyword.decode("latin-1"), text)
+    return chunks
+
+
+# --- the rules ---------------------------------------------------------------------------------
+
+
+def _caption_tags(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
+    """LA101: caption tags of ss_tag_frequency and of each ss_datasets entry."""
+    hits, tags, folders = [], Counter(), 0
+    sources = [(key, _json(md[key]), md[key]) for key in TAG_FREQUENCY_KEYS if _present(md, key)]
+    datasets = _json(md.get("ss_datasets", ""))
+    if isinstance(datasets, list):
+        freqs = [d.get("tag_frequency") for d in datasets if isinstance(d, dict)]
+        merged = {f"{i}/{folder}": counts for i, freq in enumerate(freqs) if isinstance(freq, dict)
+                  for folder, counts in freq.items()}
+        sources.append(("ss_datasets", merged, ""))
+    for key, freq, raw in sources:
+        if not isinstance(freq, dict):
+            hits.append(_Hit(key, raw))  # set, but not the {folder: {tag: count}} JSON we know
+            continue
+        counts = _tag_counts(freq)
+        if counts:
+            top = ", ".join(f"{tag} ({n})" for tag, n in counts.most_common(_TOP_TAGS))
+            hits.append(_Hit(key, f"{len(counts)} tags: {top}"))
+            tags.update(counts)
+            folders += len(freq)
+    if not hits:
+        return None
+    return f"{len(tags)} caption tag(s) from {folders} dataset folder(s) in {_names(hits)}", hits
+
+
+def _dataset_folders(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
+    """LA102: dataset folder names ("10_jane doe woman") and fine-tuning metadata file names."""
+    hits, count = [], 0
+    for key in DATASET_KEYS:
+        if not _present(md, key):
+            continue
+        parsed = _json(md[key])
+        if key == "ss_datasets" and isinstance(parsed, list):
+            names = [s.get(field) for s in _subsets(parsed) for field in ("image_dir", "metadata_file")]
+        elif key != "ss_datasets" and isinstance(parsed, dict):
+            names = list(parsed)
+        else:
+            hits.append(_Hit(key, md[key]))  # set, but not the JSON kohya writes
+            continue
+        names = [n for n in names if isinstance(n, str) and n.strip()]
+        if names:
+            hits.append(_Hit(key, ", ".join(names)))
+            count += len(names)
+    if not hits:
+        return None
+    return f"{count} dataset folder name(s) in {_names(hits)}", hits
+
+
+def _local_paths(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
+    """LA103: absolute, home-relative, Windows or UNC paths anywhere, inside JSON values too."""
+    hits = []
+    for key, value in md.items():
+        if key in IMAGE_KEYS:
+            continue  # base64 images: LA106 reports them
+        paths = [p for text in _strings(value) for p in _find_paths(text)]
+        if paths:
+            hits.append(_Hit(key, ", ".join(dict.fromkeys(paths))))
+    if not hits:
+        return None
+    return f"{len(hits)} metadata key(s) hold local paths: {_names(hits)}", hits
+
+
+def _free_text(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
+    """LA104: titles, names, descriptions, comments and the metadata editor's ssmd_* text."""
+    keys = list(FREE_TEXT_KEYS) + sorted(k for k in md if k.startswith("ssmd_") and k not in FREE_TEXT_KEYS)
+    hits = [_Hit(k, md[k]) for k in keys
+            if k not in _SSMD_NOT_TEXT and _present(md, k) and not _PLACEHOLDER.fullmatch(md[k].strip())]
+    if not hits:
+        return None
+    return f"Free-text fields are set: {_names(hits)}", hits
+
+
+def _trigger_phrases(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
+    """LA105: trigger phrases, activation keywords and kohya's instance class tokens."""
+    phrases = {k: ", ".join(_strings(md[k])) for k in TRIGGER_KEYS if _present(md, k)}
+    hits = [_Hit(k, text) for k, text in phrases.items() if text.strip()]
+    tokens = [s["class_tokens"] for s in _subsets(_json(md.get("ss_datasets", "")))
+              if not s.get("is_reg") and isinstance(s.get("class_tokens"), str) and s["class_tokens"].strip()]
+    if tokens:
+        hits.append(_Hit("ss_datasets", ", ".join(dict.fromkeys(tokens)), "ss_datasets class_tokens"))
+    if not hits:
+        return None
+    return f"Trigger phrase(s) stored in {_names(hits)}", hits
+
+
+def _embedded_images(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
+    """LA106: cover images and thumbnails, with the text chunks their PNGs carry."""
+    hits, n_images, n_chunks = [], 0, 0
+    for key in IMAGE_KEYS:
+        if not _present(md, key):
+            continue
+        if key == "modelspec.thumbnail":
+            if not md[key].strip().lower().startswith("data:"):
+                continue  # a URL or a path, not an embedded image (LA103 reports paths)
+            images = [md[key]]
+        else:
+            parsed = _json(md[key])
+            images = [s for s in parsed if isinstance(s, str) and s] if isinstance(parsed, list) else [md[key]]
+        summaries, chunks = [], []
+        for i, image in enumerate(images):
+            data = _decode_image(image)
+            summaries.append(_describe_image(data))
+            where = f"{key}[{i}]" if key == "ssmd_cover_images" else key
+            chunks += [_Hit(key, text, f"{where} {keyword}") for keyword, text in png_text_chunks(data or b"").items()]
+        if summaries:
+            hits += [_Hit(key, "; ".join(summaries)), *chunks]
+            n_images += len(summaries)
+            n_chunks += len(chunks)
+    if not hits:
+        return None
+    chunks = f", with {n_chunks} PNG text chunk(s) (generation parameters, prompts)" if n_chunks else ""
+    return f"{n_images} embedded image(s) in {_names(hits)}{chunks}", hits
+
+
+def _trainer_configs(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
+    """LA107: trainer configuration dumps (OneTrainer ot_config, ai-toolkit, kohya network args)."""
+    hits = []
+    for key, only_text in CONFIG_KEYS.items():
+        if not _present(md, key):
+            continue
+        parsed = _json(md[key])
+        leaves = list(_leaves(parsed)) if parsed is not None else [("", md[key])]
+        telling = [f"{where}={text}" if where else text for where, text in leaves
+                   if _find_paths(text) or _WORDS.search(text)]
+        if telling:
+            hits.append(_Hit(key, "; ".join(telling)))
+        elif not only_text:
+            hits.append(_Hit(key, md[key]))
+    if not hits:
+        return None
+    return f"Trainer configuration stored in {_names(hits)}", hits
+
+
+_CHECKS: list[tuple[str, _Check]] = [
+    ("LA101", _caption_tags),
+    ("LA102", _dataset_folders),
+    ("LA103", _local_paths),
+    ("LA104", _free_text),
+    ("LA105", _trigger_phrases),
+    ("LA106", _embedded_images),
+    ("LA107", _trainer_configs),
+]
+
+
+def _run_checks(metadata: dict[str, str]) -> list[tuple[str, str, list[_Hit]]]:
+    md = {str(k): v if isinstance(v, str) else str(v) for k, v in dict(metadata or {}).items()}
+    results = []
+    for rule_id, check in _CHECKS:
+        result = check(md)
+        if result is not None:
+            results.append((rule_id, *result))
+    return results
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _present(md: dict[str, str], key: str) -> bool:
+    return key in md and md[key].strip().lower() not in _EMPTY
+
+
+def _names(hits: list[_Hit]) -> str:
+    return ", ".join(dict.fromkeys(hit.key for hit in hits))
+
+
+def _show(value: str, redact: bool, max_chars: int) -> str:
+    """Evidence as shown: masked, or on one line and at most ``max_chars`` long."""
+    if redact:
+        return f"<redacted {len(value)} chars>"
+    text = " ".join(value.split())
+    limit = max(1, max_chars)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _json(value: str) -> Any:
+    """The parsed JSON of a value (unwrapping one level of double encoding), or None."""
+    try:
+        parsed = json.loads(value)
+        if isinstance(parsed, str) and parsed.strip()[:1] in ("{", "["):
+            parsed = json.loads(parsed)
+        return parsed
+    except (ValueError, TypeError, RecursionError):
+        return None
+
+
+def _leaves(obj: Any) -> Iterator[tuple[str, str]]:
+    """(JSON path, string) for every string in a parsed JSON value, dict keys included."""
+    stack = [("", obj)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, dict):
+            for k, v in reversed(list(node.items())):
+                yield where, str(k)
+                stack.append((f"{where}.{k}" if where else str(k), v))
+        elif isinstance(node, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(node))))
+        elif isinstance(node, str):
+            yield where, node
+
+
+def _strings(value: str) -> list[str]:
+    """The strings of a value: its JSON strings when it is JSON, else the value itself."""
+    parsed = _json(value)
+    if isinstance(parsed, (dict, list, str)):
+        return [text for _, text in _leaves(parsed) if text.strip()]
+    return [value]
+
+
+def _find_paths(text: str) -> list[str]:
+    if text.lstrip()[:5].lower() == "data:":
+        return []
+    return [m.group().rstrip(".)]}") for pattern in _PATH_PATTERNS for m in pattern.finditer(text)]
+
+
+def _subsets(datasets: Any) -> list[dict]:
+    """kohya ss_datasets[].subsets[] entries that are dicts."""
+    if not isinstance(datasets, list):
+        return []
+    return [s for d in datasets if isinstance(d, dict) and isinstance(d.get("subsets"), list)
+            for s in d["subsets"] if isinstance(s, dict)]
+
+
+def _tag_counts(freq: dict) -> Counter:
+    """Tag counts summed over folders of ``{folder: {tag: count}}``."""
+    counts: Counter = Counter()
+    for folder, tags in freq.items():
+        items = tags.items() if isinstance(tags, dict) else [(folder, tags)]  # tolerate a flat {tag: count}
+        for tag, n in items:
+            tag = str(tag).strip()
+            if tag:
+                counts[tag] += _as_int(n)
+    return counts
+
+
+def _as_int(value: Any) -> int:
+    try:
+        return max(int(float(value)), 0)
+    except (TypeError, ValueError, OverflowError):
+        return 1
+
+
+def _decode_image(value: str) -> bytes | None:
+    """Bytes of a base64 image or data: URL, or None when it does not decode."""
+    text = value.strip()
+    if text[:5].lower() == "data:":
+        text = text.partition(",")[2]
+    text = "".join(text.split())
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _describe_image(data: bytes | None) -> str:
+    if not data:
+        return "undecodable image data"
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack_from(">II", data, 16)
+        return f"PNG {width}x{height}, {len(data)} bytes"
+    for magic, name in ((b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF")):
+        if data.startswith(magic):
+            return f"{name}, {len(data)} bytes"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return f"WebP, {len(data)} bytes"
+    return f"unknown image format, {len(data)} bytes"
+
+
+_MAX_INFLATED = 1 << 20  # a text chunk is small; refuse to inflate a zip bomb
+
+
+def _inflate(data: bytes) -> bytes:
+    return zlib.decompressobj().decompress(data, _MAX_INFLATED)
+
+
+def _itxt(rest: bytes) -> str:
+    compressed, _method, rest = rest[0], rest[1], rest[2:]
+    _language, _, rest = rest.partition(b"\0")
+    _translated, _, text = rest.partition(b"\0")
+    return (_inflate(text) if compressed else text).decode("utf-8", "replace")
+
+
+_TEXT_CHUNKS: dict[bytes, Callable[[bytes], str]] = {
+    b"tEXt": lambda rest: rest.decode("latin-1"),
+    b"zTXt": lambda rest: _inflate(rest[1:]).decode("latin-1"),  # compression method byte, then zlib
+    b"iTXt": _itxt,
+}

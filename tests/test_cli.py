@@ -1,0 +1,154 @@
+"""The CLI end to end: exit codes, --fail-on, formats, -o, policy files, strip, and no torch on static paths."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from lora_audit.cli import main
+from lora_audit.errors import PolicyError
+from lora_audit.policy import load_policy
+from lora_audit.strip import strip_metadata
+from lora_audit.weights import open_lora
+
+LEAKY = {
+    "ss_tag_frequency": json.dumps({"10_jane doe woman": {"sks woman": 20, "smiling": 4}}),
+    "ss_sd_model_name": "/home/jane/models/v1-5-pruned.safetensors",
+    "ss_training_comment": "photos of my sister jane",
+    "ss_network_dim": "4",
+}
+
+
+def write_lora(path, metadata=None, nan=False):
+    rng = np.random.default_rng(0)
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    down = rng.normal(size=(4, 768)).astype(np.float32)
+    if nan:
+        down[0, 0] = np.nan
+    tensors = {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": rng.normal(size=(320, 4)).astype(np.float32),
+               f"{name}.alpha": np.array(4.0, np.float32)}
+    safetensors.numpy.save_file(tensors, str(path), metadata=metadata)
+    return str(path)
+
+
+@pytest.fixture
+def leaky(tmp_path):
+    return write_lora(tmp_path / "leaky.safetensors", LEAKY)
+
+
+@pytest.fixture
+def clean(tmp_path):
+    return write_lora(tmp_path / "clean.safetensors", {"ss_network_dim": "4"})
+
+
+def test_exit_codes_follow_fail_on(leaky, clean, capsys):
+    assert main(["scan", "-q", clean]) == 0
+    assert main(["scan", "-q", leaky]) == 1  # LA101 is high, the default threshold
+    assert main(["scan", "-q", "--fail-on", "critical", leaky]) == 0
+    assert main(["scan", "-q", "--fail-on", "low", clean]) == 0
+    assert main(["scan", "-q", "--fail-on", "bogus", leaky]) == 4
+    assert "unknown severity" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_4(capsys):
+    assert main([]) == 4
+    assert main(["scan"]) == 4
+    assert main(["scan", "--format", "xml", "x"]) == 4
+    assert main(["frobnicate"]) == 4
+
+
+def test_help_and_version(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Exit codes" in out and "scan" in out and "strip" in out
+    assert main(["scan", "--help"]) == 0
+    assert "--fail-on" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert "lora-audit" in capsys.readouterr().out
+
+
+def test_json_report_to_file_keeps_paths_as_given(leaky, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["scan", "-f", "json", "-o", "out.json", "leaky.safetensors"]) == 1
+    assert capsys.readouterr().out == ""
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["schema_version"] and report["files"][0]["path"] == "leaky.safetensors"
+    rules = {f["rule_id"] for f in report["files"][0]["findings"]}
+    assert {"LA101", "LA103", "LA104"} <= rules
+    assert report["summary"]["exit_code"] == 1
+
+
+def test_redact_hides_values(leaky, capsys):
+    main(["scan", "-f", "json", "--redact", leaky])
+    out = capsys.readouterr().out
+    assert "jane" not in out and "ss_sd_model_name" in out
+
+
+def test_policy_file_disables_rules_and_changes_severity(leaky, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lora-audit.toml").write_text('disable = ["caption-tags"]\n[severity]\nLA103 = "critical"\n')
+    assert main(["scan", "-f", "json", "leaky.safetensors"]) == 1
+    findings = json.loads(capsys.readouterr().out)["files"][0]["findings"]
+    assert "LA101" not in {f["rule_id"] for f in findings}
+    assert {f["rule_id"]: f["severity"] for f in findings}["LA103"] == "critical"
+    (tmp_path / "lora-audit.toml").unlink()
+    (tmp_path / "pyproject.toml").write_text('[tool.lora-audit]\nfail_on = "critical"\n')
+    assert main(["scan", "-q", "leaky.safetensors"]) == 0
+
+
+def test_bad_policy_files_are_usage_errors(tmp_path):
+    bad = tmp_path / "p.toml"
+    for text, message in [("fail_on = 'huge'", "unknown severity"), ("colour = 1", "unknown key"),
+                          ("disable = ['LA999']", "unknown rule"), ("fail_on = ", "not valid TOML")]:
+        bad.write_text(text)
+        with pytest.raises(PolicyError, match=message):
+            load_policy(str(bad))
+    assert main(["scan", "--policy", str(bad), str(bad)]) == 4
+
+
+def test_nan_weights_fail_the_gate(tmp_path):
+    path = write_lora(tmp_path / "nan.safetensors", nan=True)
+    assert main(["scan", "-q", path]) == 1
+
+
+def test_strip_removes_leaky_metadata_and_keeps_tensor_bytes(leaky, tmp_path, capsys):
+    out = tmp_path / "clean_copy.safetensors"
+    assert main(["strip", leaky, "-o", str(out)]) == 0
+    assert "removed" in capsys.readouterr().out
+    with open_lora(str(out)) as stripped, open_lora(leaky) as original:
+        assert set(stripped.metadata) == {"ss_network_dim"}
+        assert stripped.tensors.keys() == original.tensors.keys()
+        for name, info in original.tensors.items():
+            a = original.file._map[info.start:info.end]
+            b = stripped.file._map[stripped.tensors[name].start:stripped.tensors[name].end]
+            assert a == b
+    assert main(["scan", "-q", str(out)]) == 0
+
+
+def test_strip_never_overwrites_without_being_told(leaky, clean, tmp_path, capsys):
+    before = open(leaky, "rb").read()
+    assert main(["strip", leaky, "-o", clean]) == 4  # exists
+    assert main(["strip", leaky, "-o", leaky]) == 4  # the input itself
+    assert main(["strip", leaky]) == 4  # no destination
+    assert open(leaky, "rb").read() == before
+    assert main(["strip", leaky, "--in-place"]) == 0
+    assert "ss_tag_frequency" not in open_lora(leaky).metadata
+    assert main(["strip", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "o.safetensors")]) == 2
+
+
+def test_strip_keep_and_remove(leaky, tmp_path):
+    done = strip_metadata(leaky, str(tmp_path / "o.safetensors"), keep_keys=("ss_training_comment",),
+                          extra_keys=("ss_network_dim",))
+    assert "ss_training_comment" in done.kept and "ss_network_dim" in done.removed
+
+
+def test_static_paths_never_import_torch(leaky):
+    code = ("import sys; from lora_audit.cli import main; "
+            f"main(['--help']); main(['scan', '-q', '-f', 'sarif', {leaky!r}]); "
+            "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
+            "print('IMPORTED', bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert "IMPORTED []" in out
