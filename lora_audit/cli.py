@@ -55,7 +55,7 @@ def scan(
     fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Lowest severity that makes the exit code 1: info, low, medium, high, critical. [default: high]"),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Files scanned in parallel. [default: 1]"),
     redact: bool = typer.Option(False, "--redact", help="Mask metadata values in the evidence (keys stay)."),
-    policy: Optional[str] = typer.Option(None, "--policy", help="Policy file (default: ./lora-audit.toml or [tool.lora-audit] in ./pyproject.toml)."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Policy file (default: ./lora-audit.toml, or the \\[tool.lora-audit] table of ./pyproject.toml)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-module weight statistics in the console report."),
 ) -> int:

@@ -152,3 +152,13 @@ def test_static_paths_never_import_torch(leaky):
             "print('IMPORTED', bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert "IMPORTED []" in out
+
+
+def test_every_rule_is_documented():
+    from pathlib import Path
+
+    from lora_audit.rules import RULES
+
+    docs = (Path(__file__).parent.parent / "docs" / "rules.md").read_text()
+    for rule in RULES.values():
+        assert f"| {rule.id} | {rule.name} | {rule.severity.label} |" in docs
