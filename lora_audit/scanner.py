@@ -9,8 +9,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import numpy as np
-
 from lora_audit.errors import InvalidFileError, NothingToScanError
 from lora_audit.metadata import check_metadata
 from lora_audit.policy import Policy
@@ -18,7 +16,7 @@ from lora_audit.results import FileResult, Finding
 from lora_audit.rules import make_finding
 from lora_audit.weights.lora_file import LoraFile
 from lora_audit.weights.pickle_file import PICKLE_SUFFIXES, looks_like_pickle, pickle_imports
-from lora_audit.weights.safetensors_file import FLOAT_DTYPES, check_file
+from lora_audit.weights.safetensors_file import check_file
 from lora_audit.weights.stats import weight_stats
 
 log = logging.getLogger("lora_audit")
@@ -121,8 +119,7 @@ def _pickle_finding(path: str) -> Finding:
 
 def _weight_findings(lora: LoraFile) -> list[Finding]:
     findings = []
-    bad = [name for name, info in lora.tensors.items()
-           if info.dtype in FLOAT_DTYPES and not np.isfinite(lora.file.read(name)).all()]
+    bad = lora.file.non_finite()
     if bad:
         findings.append(make_finding("LA201", f"{len(bad)} tensor(s) hold NaN or Inf values",
                                      {"tensors": _listing(bad)}))

@@ -10,6 +10,7 @@ layout yields the same module names.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -44,6 +45,9 @@ _SUFFIXES: list[tuple[str, str, str]] = [
     (".alpha", "kohya", "alpha"),
 ]
 _PEFT_ADAPTER = re.compile(r"\.lora_(A|B)\.[A-Za-z0-9_\-]+\.weight$")  # lora_A.<adapter>.weight
+_SUFFIX_INFO = {suffix: (layout, role) for suffix, layout, role in _SUFFIXES}
+# One alternation, longest suffix first: a single regex search per key.
+_SUFFIX_RE = re.compile("(" + "|".join(re.escape(s) for s, _, _ in _SUFFIXES) + ")$")
 
 _KOHYA_PREFIXES = {
     "lora_unet_": "unet",
@@ -53,6 +57,7 @@ _KOHYA_PREFIXES = {
     "lora_te3_": "text_encoder_3",
     "lycoris_": "unet",
 }
+_KOHYA_PREFIX_TUPLE = tuple(_KOHYA_PREFIXES)
 _COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "prior")
 
 # Multi-word identifiers that kohya's "." -> "_" flattening glues together; un-flattening
@@ -88,17 +93,21 @@ def parse_key(key: str) -> ParsedKey | None:
     match = _PEFT_ADAPTER.search(key)
     if match:
         return ParsedKey(_canonical_dotted(key[: match.start()]), "peft", "down" if match.group(1) == "A" else "up")
-    for suffix, layout, role in _SUFFIXES:
-        if key.endswith(suffix):
-            stem = key[: -len(suffix)]
-            if stem.startswith(tuple(_KOHYA_PREFIXES)):
-                module = _canonical_kohya(stem)
-            else:
-                module = _canonical_dotted(stem)
-            if suffix.startswith("_lora.") and module.endswith(".to_out"):
-                module += ".0"  # old attention processors named to_out.0 "to_out_lora"
-            return ParsedKey(module, layout, role)
-    return None
+    match = _SUFFIX_RE.search(key)
+    if match is None:
+        return None
+    suffix = match.group(1)
+    layout, role = _SUFFIX_INFO[suffix]
+    module = _canonical(key[: match.start()], suffix.startswith("_lora."))
+    return ParsedKey(module, layout, role)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical(stem: str, old_processor: bool) -> str:
+    module = _canonical_kohya(stem) if stem.startswith(_KOHYA_PREFIX_TUPLE) else _canonical_dotted(stem)
+    if old_processor and module.endswith(".to_out"):
+        module += ".0"  # old attention processors named to_out.0 "to_out_lora"
+    return module
 
 
 def _canonical_kohya(stem: str) -> str:

@@ -14,8 +14,10 @@ _FULL_SVD_MAX_ELEMENTS = 1_000_000  # LoHa/LoKr/Tucker deltas: above this only t
 
 
 def weight_stats(lora: LoraFile) -> WeightStats:
-    """Counts over the file and per-module dW norm / effective rank (factored SVD for plain LoRA)."""
-    modules = [module_stats(lora, m) for m in lora.modules if has_float_tensors(m, lora.tensors)]
+    """Counts over the file and per-module dW norm / effective rank."""
+    measurable = [m for m in lora.modules if has_float_tensors(m, lora.tensors)]
+    singular = _factored_singular_values(lora, [m for m in measurable if _is_factored(m)])
+    modules = [module_stats(lora, m, singular.get(m.name)) for m in measurable]
     return WeightStats(
         layout=lora.layout,
         base_model=lora.base_model,
@@ -31,8 +33,9 @@ def weight_stats(lora: LoraFile) -> WeightStats:
     )
 
 
-def module_stats(lora: LoraFile, module: LoraModule) -> ModuleStats:
-    singular = _singular_values(lora, module)
+def module_stats(lora: LoraFile, module: LoraModule, singular: np.ndarray | None = None) -> ModuleStats:
+    if singular is None and not _is_factored(module):
+        singular = _full_singular_values(lora, module)
     if singular is None:
         try:
             norm = float(np.linalg.norm(lora.delta(module)))
@@ -55,16 +58,33 @@ def effective_rank(singular_values: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-def _singular_values(lora: LoraFile, module: LoraModule) -> np.ndarray | None:
-    """Singular values of dW; for scale*B@A from two r x r QR factors, without forming dW."""
-    if module.kind in ("lora", "locon", "dora") and "mid" not in module.keys:
-        up = lora.file.read(module.keys["up"]).reshape(module.shape[0], module.rank).astype(np.float64)
-        down = lora.file.read(module.keys["down"]).reshape(module.rank, -1).astype(np.float64)
-        if not (np.isfinite(up).all() and np.isfinite(down).all()):
-            return None
-        r_up = np.linalg.qr(up, mode="r")  # [r, r] (or [out, r] when out < r)
-        r_down = np.linalg.qr(down.T, mode="r")
-        return np.linalg.svd(module.scale * r_up @ r_down.T, compute_uv=False)
+def _is_factored(module: LoraModule) -> bool:
+    return module.kind in ("lora", "locon", "dora") and "mid" not in module.keys
+
+
+def _factored_singular_values(lora: LoraFile, modules: list[LoraModule]) -> dict[str, np.ndarray]:
+    """Singular values of dW = s * U @ D without forming dW: sigma^2 = eig(U^T U  D D^T) (r x r).
+
+    Modules of equal rank share one batched eigenvalue call; modules with non-finite factors are left out.
+    """
+    grams: dict[int, list[tuple[str, np.ndarray]]] = {}
+    for m in modules:
+        up = lora.file.read(m.keys["up"]).reshape(m.shape[0], m.rank)  # [out, r]
+        down = lora.file.read(m.keys["down"]).reshape(m.rank, -1)  # [r, in]
+        gram_up, gram_down = (up.T @ up).astype(np.float64), (down @ down.T).astype(np.float64)  # [r, r]
+        product = (m.scale ** 2) * gram_up @ gram_down  # eigenvalues = sigma^2
+        if np.isfinite(product).all():
+            grams.setdefault(m.rank, []).append((m.name, product))
+    out = {}
+    for items in grams.values():
+        eig = np.linalg.eigvals(np.stack([g for _, g in items]))  # [M, r]
+        sigma = np.sqrt(np.clip(eig.real, 0, None))
+        out.update({name: np.sort(s)[::-1] for (name, _), s in zip(items, sigma)})
+    return out
+
+
+def _full_singular_values(lora: LoraFile, module: LoraModule) -> np.ndarray | None:
+    """Singular values of a LoHa / LoKr / Tucker dW, formed explicitly when it is small enough."""
     if int(np.prod(module.shape)) > _FULL_SVD_MAX_ELEMENTS:
         return None
     try:
