@@ -77,6 +77,7 @@ _COMPOUNDS = {
     "final_layer_norm", "layer_norm1", "layer_norm2", "shared",
 }
 _MAX_COMPOUND = 3
+_CLIP_PROJECTIONS = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,12 @@ def parse_key(key: str) -> ParsedKey | None:
 @functools.lru_cache(maxsize=4096)
 def _canonical(stem: str, old_processor: bool) -> str:
     module = _canonical_kohya(stem) if stem.startswith(_KOHYA_PREFIX_TUPLE) else _canonical_dotted(stem)
-    if old_processor and module.endswith(".to_out"):
-        module += ".0"  # old attention processors named to_out.0 "to_out_lora"
+    if old_processor:  # old attention processors: to_q_lora ... to_out_lora, also on CLIP's self_attn
+        head, _, leaf = module.rpartition(".")
+        if head.endswith(".self_attn"):
+            return f"{head}.{_CLIP_PROJECTIONS.get(leaf, leaf)}"
+        if leaf == "to_out":
+            return f"{module}.0"
     return module
 
 

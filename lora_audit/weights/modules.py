@@ -205,7 +205,7 @@ def delta_weight(module: LoraModule, read: Reader) -> np.ndarray:
     down = read(k["down"])
     if "mid" in k:  # Tucker core [r, r, kh, kw]
         mid = read(k["mid"])
-        dw = np.einsum("oa,abhw,bi->oihw", up, mid, down.reshape(module.rank, -1))
+        dw = np.einsum("oa,abhw,bi->oihw", up, mid, down.reshape(module.rank, -1), optimize=True)
         return module.scale * dw
     return (module.scale * (up @ down.reshape(module.rank, -1))).reshape(module.shape)
 

@@ -99,7 +99,12 @@ class SafetensorsFile:
         return np.frombuffer(self._map, _RAW_DTYPES[dtype], count, start)
 
     def close(self) -> None:
-        self._map.close()
+        """Release the file; arrays from ``read`` that are still referenced keep the map alive until freed."""
+        self._converted.clear()
+        try:
+            self._map.close()
+        except BufferError:  # numpy views still export the buffer: it closes when they are collected
+            pass
         self._file.close()
 
     def __enter__(self) -> "SafetensorsFile":
