@@ -3,9 +3,11 @@
 Generates N realistic kohya SD1.5 LoRA files (F16, rank 8, 64 attention modules, leaky metadata on
 every tenth), then times, in one run:
   floor      for each file: safetensors.safe_open(...) and .metadata()            (1 process)
-  lora-audit `lora-audit scan DIR -f jsonl -q --jobs J` as a subprocess      (J = 1 and 2)
-and prints files/s and the ratio lora-audit time / floor time. Also checks that the scan
-imports neither torch nor diffusers.
+  lora-audit `lora-audit scan DIR -f jsonl -q --jobs J [--skip-weights]` as a subprocess (J = 1, 2),
+             i.e. including interpreter start-up and the process pool
+and prints files/s and the ratio lora-audit time / floor time. Also times loading every tensor
+as float32 with lora-audit's numpy reader against safetensors.torch (plus torch's import cost),
+and checks that the scan imports neither torch nor diffusers.
 
     python benchmarks/bench_static_scan.py --files 1000
 """
@@ -44,14 +46,40 @@ def floor(folder: str) -> float:
     return time.perf_counter() - start
 
 
-def lora_audit(folder: str, jobs: int) -> float:
+def lora_audit(folder: str, jobs: int, *extra: str) -> float:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "lora_audit", "scan", folder, "-f", "jsonl", "-q", "--jobs", str(jobs)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "lora_audit", "scan", folder, "-f", "jsonl", "-q", "--jobs", str(jobs),
+                           *extra], capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode not in (0, 1):
         raise SystemExit(f"scan failed ({proc.returncode}): {proc.stderr.strip()}")
     return elapsed
+
+
+def tensor_loading(path: str, repeats: int = 20) -> str:
+    """Per-file time to get every tensor as float32: numpy from a memory map vs safetensors.torch."""
+    code = f"""
+import time
+t0 = time.perf_counter()
+import torch, safetensors.torch
+t_import = time.perf_counter() - t0
+from lora_audit.weights.safetensors_file import SafetensorsFile
+def with_numpy():
+    with SafetensorsFile({path!r}) as f:
+        return [f.read(n) for n in f.tensors]
+def with_torch():
+    return [t.float() for t in safetensors.torch.load_file({path!r}).values()]
+for fn in (with_numpy, with_torch):
+    fn()
+res = []
+for fn in (with_numpy, with_torch):
+    t = time.perf_counter()
+    for _ in range({repeats}):
+        fn()
+    res.append((time.perf_counter() - t) / {repeats} * 1e3)
+print(f"numpy {{res[0]:.2f}} ms/file, torch {{res[1]:.2f}} ms/file, import torch {{t_import:.2f}} s")
+"""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
 
 
 def imports_of_static_scan(folder: str) -> list[str]:
@@ -70,11 +98,13 @@ def main() -> None:
         floor(folder)  # warm the page cache
         t_floor = min(floor(folder) for _ in range(3))
         print(f"{args.files} files of {size / 1024:.0f} KiB (kohya SD1.5, F16, rank 8, 64 modules)")
-        print(f"floor (safe_open + metadata): {t_floor:6.2f} s  {args.files / t_floor:8.0f} files/s")
-        for jobs in (1, 2):
-            t = lora_audit(folder, jobs)
-            print(f"lora-audit scan --jobs {jobs}:     {t:6.2f} s  {args.files / t:8.0f} files/s  "
-                  f"ratio to floor {t / t_floor:5.2f}x")
+        print(f"{'floor (safe_open + metadata, in-process)':<44} {t_floor:6.2f} s  {args.files / t_floor:8.0f} files/s")
+        for extra in ((), ("--skip-weights",)):
+            for jobs in (1, 2):
+                t = lora_audit(folder, jobs, *extra)
+                label = f"lora-audit scan --jobs {jobs} {' '.join(extra)}"
+                print(f"{label:<44} {t:6.2f} s  {args.files / t:8.0f} files/s  ratio to floor {t / t_floor:5.2f}x")
+        print("loading every tensor as float32:", tensor_loading(os.path.join(folder, "lora_00001.safetensors")))
         print(f"modules imported by a static scan: {imports_of_static_scan(folder) or 'no torch, no diffusers'}")
 
 

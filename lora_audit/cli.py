@@ -58,6 +58,7 @@ def scan(
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy file (default: ./lora-audit.toml, or the \\[tool.lora-audit] table of ./pyproject.toml)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-module weight statistics in the console report."),
+    skip_weights: bool = typer.Option(False, "--skip-weights", help="Read headers only: metadata, layout, base model and tensor pairing; no NaN/Inf check and no dW statistics (fast triage)."),
 ) -> int:
     """Audit LoRA files: metadata leaks, unsafe formats, broken or non-finite weights."""
     from lora_audit.policy import load_policy
@@ -68,7 +69,7 @@ def scan(
 
     rules = load_policy(policy)
     threshold = Severity.parse(fail_on) if fail_on else rules.fail_on or Severity.HIGH
-    options = ScanOptions(redact=redact or bool(rules.redact), policy=rules)
+    options = ScanOptions(redact=redact or bool(rules.redact), policy=rules, weights=not skip_weights)
     files = collect_files(paths)
     order = {path: i for i, path in enumerate(files)}
     results = []

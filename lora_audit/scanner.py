@@ -29,6 +29,7 @@ _MAX_LISTED = 8  # evidence lists longer than this are cut
 class ScanOptions:
     redact: bool = False
     policy: Policy = field(default_factory=Policy)
+    weights: bool = True  # False: header only, no NaN/Inf check and no per-module dW statistics
 
 
 def collect_files(paths: list[str]) -> list[str]:
@@ -97,8 +98,8 @@ def _scan_into(path: str, options: ScanOptions, result: FileResult) -> None:
         return
     with LoraFile(path) as lora:
         result.findings.extend(check_metadata(lora.metadata, redact=options.redact))
-        result.findings.extend(_weight_findings(lora))
-        result.stats = weight_stats(lora)
+        result.findings.extend(_weight_findings(lora, options.weights))
+        result.stats = weight_stats(lora, per_module=options.weights)
 
 
 def _head(path: str) -> bytes:
@@ -117,9 +118,9 @@ def _pickle_finding(path: str) -> Finding:
     return make_finding("LA002", message, evidence)
 
 
-def _weight_findings(lora: LoraFile) -> list[Finding]:
+def _weight_findings(lora: LoraFile, read_data: bool) -> list[Finding]:
     findings = []
-    bad = lora.file.non_finite()
+    bad = lora.file.non_finite() if read_data else []
     if bad:
         findings.append(make_finding("LA201", f"{len(bad)} tensor(s) hold NaN or Inf values",
                                      {"tensors": _listing(bad)}))

@@ -162,3 +162,12 @@ def test_every_rule_is_documented():
     docs = (Path(__file__).parent.parent / "docs" / "rules.md").read_text()
     for rule in RULES.values():
         assert f"| {rule.id} | {rule.name} | {rule.severity.label} |" in docs
+
+
+def test_skip_weights_reads_headers_only(tmp_path, capsys):
+    path = write_lora(tmp_path / "nan.safetensors", LEAKY, nan=True)
+    assert main(["scan", "-f", "json", "--skip-weights", path]) == 1
+    file = json.loads(capsys.readouterr().out)["files"][0]
+    assert "LA201" not in {f["rule_id"] for f in file["findings"]}  # NaN needs the data
+    assert file["stats"]["module_count"] == 1 and file["stats"]["modules"] == []
+    assert file["stats"]["base_model"] == "sd1"

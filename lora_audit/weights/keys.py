@@ -89,6 +89,7 @@ class ParsedKey:
     role: str  # down | up | mid | alpha | dora_scale | hada_* | lokr_*
 
 
+@functools.lru_cache(maxsize=65536)  # batches repeat the same architecture's keys
 def parse_key(key: str) -> ParsedKey | None:
     """Split a tensor name; None for tensors that are not part of any known LoRA layout."""
     match = _PEFT_ADAPTER.search(key)

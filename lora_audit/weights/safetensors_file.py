@@ -9,6 +9,7 @@ memory map with numpy, including BF16, which numpy has no type for.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import math
 import mmap
@@ -28,6 +29,7 @@ _RAW_DTYPES = {**_NUMPY_DTYPES, "BF16": np.uint16}
 _ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 FLOAT_DTYPES = frozenset(_ITEMSIZE)
 _RUN_CONVERT_BYTES = 64 * 1024 * 1024
+_SMALL_TENSOR = 4096  # elements; converted on their own
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class SafetensorsFile:
             return np.frombuffer(self._map, _NUMPY_DTYPES[info.dtype], info.numel, info.start).reshape(info.shape)
         index = self._run_of[name]
         dtype, start, end = self._runs[index]
-        if end - start > _RUN_CONVERT_BYTES:
+        if end - start > _RUN_CONVERT_BYTES or info.numel < _SMALL_TENSOR:  # e.g. alpha scalars
             return _to_float32(self._raw(dtype, info.start, info.numel)).reshape(info.shape)
         if index not in self._converted:
             self._converted[index] = _to_float32(self._raw(dtype, start, (end - start) // 2))
@@ -127,9 +129,17 @@ def _runs(tensors: dict[str, TensorInfo]) -> tuple[list[tuple[str, int, int]], d
     return runs, run_of
 
 
+@functools.lru_cache(maxsize=1)
+def _f16_table() -> np.ndarray:
+    """float32 value of every float16 bit pattern: a table lookup converts ~2x faster than astype."""
+    return np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
 def _to_float32(raw: np.ndarray) -> np.ndarray:
     if raw.dtype == np.uint16:  # BF16 bits are the top half of a float32
         return (raw.astype(np.uint32) << 16).view(np.float32)
+    if raw.dtype == np.float16:
+        return np.take(_f16_table(), raw.view(np.uint16))
     return raw.astype(np.float32)
 
 

@@ -13,9 +13,9 @@ from lora_audit.weights.modules import LoraModule, has_float_tensors
 _FULL_SVD_MAX_ELEMENTS = 1_000_000  # LoHa/LoKr/Tucker deltas: above this only the norm is computed
 
 
-def weight_stats(lora: LoraFile) -> WeightStats:
-    """Counts over the file and per-module dW norm / effective rank."""
-    measurable = [m for m in lora.modules if has_float_tensors(m, lora.tensors)]
+def weight_stats(lora: LoraFile, per_module: bool = True) -> WeightStats:
+    """Counts over the file and, with ``per_module``, each module's dW norm and effective rank."""
+    measurable = [m for m in lora.modules if per_module and has_float_tensors(m, lora.tensors)]
     singular = _factored_singular_values(lora, [m for m in measurable if _is_factored(m)])
     modules = [module_stats(lora, m, singular.get(m.name)) for m in measurable]
     return WeightStats(
