@@ -1,0 +1,110 @@
+"""Base diffusion models behind one small interface: the toy pixel-space pipeline and diffusers SD.
+
+Fine-tuning and the attack only need: the UNet, prompt embeddings, images mapped to the UNet's
+input space (pixels for the toy, VAE latents for SD), the training noise schedule, and sampling
+from ``prompt_embeds``. :class:`DiffusionBase` gives exactly that for both, so the same code
+fine-tunes and attacks the toy world and a local Stable Diffusion checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from lora_audit.errors import UsageError
+
+
+class DiffusionBase:
+    """A loaded base pipeline (diffusers ``DiffusionPipeline``) with the interface lora-audit uses."""
+
+    def __init__(self, pipe, family: str):
+        self.pipe = pipe
+        self.family = family  # toy | sd1 | sd2 | sdxl ...
+        self.unet = pipe.unet
+        self.text_encoder = pipe.text_encoder
+        self.tokenizer = pipe.tokenizer
+        self.vae = getattr(pipe, "vae", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def image_size(self) -> int:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+        return self.unet.config.sample_size * factor
+
+    def train_scheduler(self):
+        """The DDPM noise schedule the base was trained with (for add_noise and targets)."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.pipe.scheduler.config)
+
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """Text-encoder output, [B, L, D]: what the attack's latent z replaces."""
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
+    def to_model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, H, W, 3] in [0, 1] -> UNet input [B, C, h, w] (pixels in [-1, 1], or VAE latents)."""
+        x = images.permute(0, 3, 1, 2).to(self.device, self.unet.dtype) * 2 - 1  # [B, 3, H, W]
+        if self.vae is None:
+            return x
+        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.sample() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def generate(self, prompt_embeds: torch.Tensor, *, guidance_scale: float = 3.0, steps: int = 25,
+                 seed: int = 0) -> np.ndarray:
+        """Sample one image per row of ``prompt_embeds`` [B, L, D]; returns [B, H, W, 3] floats in [0, 1]."""
+        uncond = self.encode_prompt([""]).expand_as(prompt_embeds)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        if self.vae is None:
+            return self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=uncond,
+                             guidance_scale=guidance_scale, num_inference_steps=steps, generator=generator)
+        out = self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=uncond, guidance_scale=guidance_scale,
+                        num_inference_steps=steps, generator=generator, output_type="np")
+        return np.asarray(out.images, dtype=np.float32)
+
+
+def load_base(path: str | None = None, device: str | None = None) -> DiffusionBase:
+    """The toy base shipped with the package (``path=None``) or a local diffusers pipeline directory.
+
+    Nothing is downloaded: a Stable Diffusion checkpoint must already be on disk.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if path is None:
+        from lora_audit.toyworld.assets import toy_base_path
+
+        path = toy_base_path()
+    if not os.path.isdir(path):
+        raise UsageError(f"base model {path} is not a directory holding a diffusers pipeline (model_index.json)")
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        raise UsageError(f"{path} has no model_index.json: not a diffusers pipeline directory")
+    import json
+
+    with open(index) as f:
+        class_name = json.load(f).get("_class_name", "")
+    if class_name == "ToyFacePipeline":
+        from lora_audit.toyworld.pipeline import ToyFacePipeline
+
+        pipe = ToyFacePipeline.from_pretrained(path)
+        family = "toy"
+    else:
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None)
+        family = _family_of(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    return DiffusionBase(pipe, family)
+
+
+def _family_of(pipe) -> str:
+    dim = pipe.unet.config.cross_attention_dim
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl"
+    return {768: "sd1", 1024: "sd2"}.get(dim, "unknown")
