@@ -124,6 +124,105 @@ def rules() -> int:
     return 0
 
 
+toy_app = typer.Typer(help="The embedded toy face world: rebuild it from fixed seeds.", no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("build")
+def toy_build(
+    out: str = typer.Option("build/toy", "--out", help="Working directory for checkpoints and stage outputs."),
+    stage: List[str] = typer.Option([], "--stage", help="Run only these stages (repeatable): embedder, base, victims, install."),
+    tiny: bool = typer.Option(False, "--tiny", help="Tiny sizes (seconds), installed under OUT/installed: a smoke test."),
+) -> int:
+    """Rebuild the toy world (embedder, base model, victim LoRAs) resumably, then install it."""
+    from pathlib import Path
+
+    from lora_audit.toyworld.build import STAGES, BuildConfig, build
+
+    config = BuildConfig.tiny(Path(out), Path(out) / "installed") if tiny else BuildConfig(out=Path(out))
+    with _stage_progress() as report:
+        metrics = build(config, tuple(stage) or STAGES, report)
+    typer.echo(f"toy world built in {out}: stages {', '.join(metrics)}")
+    return 0
+
+
+@app.command(epilog="Exit codes: 0 written; 2 bad input images; 4 usage error.")
+def finetune(
+    images: str = typer.Argument(..., help="Folder of the subject's photos (PNG/JPEG).", show_default=False),
+    output: str = typer.Option(..., "--output", "-o", help="LoRA file to write (.safetensors)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory [default: the toy base]."),
+    rank: int = typer.Option(4, "--rank", min=1), alpha: Optional[float] = typer.Option(None, "--alpha", help="[default: rank]"),
+    steps: int = typer.Option(80, "--steps", min=1), lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"), trigger: Optional[str] = typer.Option(None, "--trigger", help="[default: a random rare word]"),
+    layout: str = typer.Option("peft", "--layout", help="peft (diffusers) or kohya."),
+    kohya_metadata: bool = typer.Option(False, "--kohya-metadata", help="Write kohya-style ss_* training metadata (leaky, for realistic samples)."),
+    snapshot_steps: str = typer.Option("", "--snapshot-steps", help="Comma-separated steps whose LoRA is also written (OUTPUT stem + _step_N)."),
+    text_encoder: bool = typer.Option(False, "--text-encoder", help="Also train a LoRA on the text encoder."),
+) -> int:
+    """DreamBooth-LoRA fine-tuning of a base model on a folder of photos (the victims' recipe)."""
+    from pathlib import Path
+
+    from lora_audit.finetune import FinetuneConfig, finetune_lora
+    from lora_audit.images import load_image_folder
+    from lora_audit.pipelines import load_base
+    from lora_audit.toyworld.victims import TOY_METADATA
+    from lora_audit.weights.writer import LAYOUTS, kohya_training_metadata, save_lora
+
+    if layout not in LAYOUTS:
+        raise UsageError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    try:
+        snapshots = tuple(int(s) for s in snapshot_steps.split(",") if s.strip())
+    except ValueError:
+        raise UsageError(f"--snapshot-steps must be comma-separated integers, got {snapshot_steps!r}") from None
+    pipeline = load_base(base)
+    photos = load_image_folder(images, pipeline.image_size)
+    config = FinetuneConfig(rank=rank, alpha=alpha, steps=steps, lr=lr, seed=seed, trigger=trigger,
+                            snapshot_steps=snapshots, text_encoder_lora=text_encoder)
+    with _stage_progress() as report:
+        result = finetune_lora(pipeline, photos, config, progress=lambda s, t, m: report("finetune", s, t, m) if report else None)
+    metadata = dict(TOY_METADATA) if pipeline.family == "toy" else {}
+    out, alpha_value = Path(output), alpha if alpha is not None else rank
+    for step, state in sorted(result.snapshots.items()):
+        path = out if step == steps else out.with_name(f"{out.stem}_step_{step}{out.suffix}")
+        meta = dict(metadata)
+        if kohya_metadata:
+            meta.update(kohya_training_metadata(trigger=result.trigger, class_word="person", num_images=len(photos),
+                                                steps=step, rank=rank, alpha=alpha_value,
+                                                base_model_version=pipeline.family, output_name=out.stem))
+        save_lora(str(path), state, layout=layout, rank=rank, alpha=alpha_value, metadata=meta)
+    typer.echo(f"wrote {output} (trigger: \"{result.instance_prompt}\", {steps} steps, {result.seconds:.1f} s)")
+    return 0
+
+
+@contextlib.contextmanager
+def _stage_progress():
+    """A progress callback ``(stage, step, total, metrics)`` drawing rich bars on stderr, or None off a terminal.
+
+    The libraries' own loading bars are turned off: lora-audit shows one progress display.
+    """
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=False) as progress:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, step: int, total: int, metrics: dict) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+            progress.update(tasks[stage], completed=step, description=f"{stage} {shown}")
+
+        yield report
+
+
 @contextlib.contextmanager
 def _open_output(path: str | None) -> Iterator[TextIO]:
     if path is None:

@@ -56,6 +56,13 @@ class FinetuneResult:
     def final(self) -> dict[str, torch.Tensor]:
         return self.snapshots[max(self.snapshots)]
 
+    def deltas(self, step: int | None = None) -> dict[str, torch.Tensor]:
+        """dW = (alpha / r) * B @ A per adapted module at ``step`` (default: the last)."""
+        state = self.snapshots[max(self.snapshots) if step is None else step]
+        alpha = self.config.alpha if self.config.alpha is not None else self.config.rank
+        return {key[: -len(".lora_A.weight")]: (alpha / self.config.rank) * state[key.replace("lora_A", "lora_B")] @ a
+                for key, a in state.items() if key.endswith(".lora_A.weight")}
+
 
 def random_trigger(seed: int) -> str:
     """A pronounceable rare word of 4-11 letters (like the paper's random trigger words)."""

@@ -8,7 +8,9 @@ fine-tunes and attacks the toy world and a local Stable Diffusion checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -54,6 +56,36 @@ class DiffusionBase:
         if self.vae is None:
             return x
         return self.vae.encode(x.to(self.vae.dtype)).latent_dist.sample() * self.vae.config.scaling_factor
+
+    @contextlib.contextmanager
+    def patched(self, deltas: Mapping[str, np.ndarray | torch.Tensor]) -> Iterator["DiffusionBase"]:
+        """Add each weight delta dW to its module for the duration of the block, then restore.
+
+        ``deltas`` maps canonical module names (``unet.<path>``, ``text_encoder.<path>``) to dW, as
+        :meth:`lora_audit.weights.LoraFile.deltas` gives them: any layout and any rank patch the same way.
+        """
+        components = {"unet": self.unet, "text_encoder": self.text_encoder}
+        saved = []
+        try:
+            for name, dw in deltas.items():
+                component, _, path = name.partition(".")
+                if component not in components:
+                    raise UsageError(f"the LoRA adapts {name}, which this {self.family} base model does not have")
+                try:
+                    weight = components[component].get_submodule(path).weight
+                except AttributeError:
+                    raise UsageError(f"the LoRA adapts {name}, which this {self.family} base model does not have") from None
+                dw = torch.as_tensor(dw).to(weight.device, weight.dtype)
+                if dw.numel() != weight.numel():
+                    raise UsageError(f"{name}: LoRA delta shape {tuple(dw.shape)} does not fit weight {tuple(weight.shape)}")
+                saved.append((weight, weight.detach().clone()))
+                with torch.no_grad():
+                    weight += dw.reshape(weight.shape)
+            yield self
+        finally:
+            with torch.no_grad():
+                for weight, original in saved:
+                    weight.copy_(original)
 
     @torch.no_grad()
     def generate(self, prompt_embeds: torch.Tensor, *, guidance_scale: float = 3.0, steps: int = 25,

@@ -1,0 +1,183 @@
+"""``lora-audit toy build``: rebuild the whole toy world from fixed seeds, resumably.
+
+Stages, each writing into ``<out>/<stage>/`` and finished when its ``metrics.json`` exists
+(a stage that was interrupted resumes from its own checkpoints):
+
+  embedder  train the toy face embedder and evaluate it on held-out identities
+  base      train the toy base pipeline and judge its samples with the embedder
+  victims   fine-tune the sample victim LoRAs and check their utility
+  install   copy the small final artefacts into the package data, ``weights_samples/`` and ``docs/``
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lora_audit.toyworld.identities import SHADOW
+from lora_audit.toyworld.pipeline import ToyBaseConfig
+from lora_audit.toyworld.train_embedder import EmbedderConfig
+from lora_audit.toyworld.victims import VictimConfig
+
+STAGES = ("embedder", "base", "victims", "install")
+Progress = Callable[[str, int, int, dict], None]  # (stage, step, total, metrics)
+
+
+@dataclass
+class BuildConfig:
+    out: Path = Path("build/toy")
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    base: ToyBaseConfig = field(default_factory=ToyBaseConfig)
+    victims: VictimConfig = field(default_factory=VictimConfig)
+    embedder_eval_identities: int = 200  # held-out SHADOW identities for the embedder's figures
+    embedder_eval_images: int = 10
+    base_judge_identities: int = 20  # SHADOW identities whose captions the base is judged on
+    base_judge_samples: int = 4
+    sampling_steps: int = 25  # DPM-Solver steps for every sample the build draws
+    grid_identities: int = 6
+    grid_seeds: int = 4
+    package_data: Path = Path(__file__).parent / "data"
+    samples_dir: Path = Path("weights_samples")
+    docs_dir: Path = Path("docs")
+
+    @classmethod
+    def tiny(cls, out: Path, install_root: Path) -> "BuildConfig":
+        """Seconds on a CPU, everything installed under ``install_root`` (for tests)."""
+        return cls(out=out, embedder=EmbedderConfig.tiny(), base=ToyBaseConfig.tiny(), victims=VictimConfig.tiny(),
+                   embedder_eval_identities=6, embedder_eval_images=3, base_judge_identities=3,
+                   base_judge_samples=1, sampling_steps=3, grid_identities=2, grid_seeds=1,
+                   package_data=install_root / "data",
+                   samples_dir=install_root / "weights_samples", docs_dir=install_root / "docs")
+
+
+def build(config: BuildConfig, stages: tuple[str, ...] = STAGES, progress: Progress | None = None) -> dict:
+    """Run the requested stages in order, skipping finished ones; returns every stage's metrics."""
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        from lora_audit.errors import UsageError
+
+        raise UsageError(f"unknown stage(s) {', '.join(sorted(unknown))}; expected {', '.join(STAGES)}")
+    runners = {"embedder": _embedder, "base": _base, "victims": _victims, "install": _install}
+    metrics = {}
+    for stage in STAGES:
+        marker = config.out / stage / "metrics.json"
+        if stage in stages and not marker.is_file():
+            start = time.perf_counter()
+            report = (lambda step, total, m, s=stage: progress(s, step, total, m)) if progress else None
+            result = runners[stage](config, report)
+            result["seconds"] = round(time.perf_counter() - start, 1)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps(result, indent=2, default=str))
+        if marker.is_file():
+            metrics[stage] = json.loads(marker.read_text())
+    return metrics
+
+
+def _embedder(config: BuildConfig, progress) -> dict:
+    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
+    from lora_audit.toyworld.eval_embedder import evaluate_embedder
+    from lora_audit.toyworld.train_embedder import train_embedder
+
+    out = config.out / "embedder"
+    training = train_embedder(config.embedder, out, progress)
+    ids = range(SHADOW.start, SHADOW.start + config.embedder_eval_identities)
+    evaluation = evaluate_embedder(ToyFaceEmbedder.load(out), ids, config.embedder_eval_images,
+                                   size=config.embedder.image_size)
+    return {"config": asdict(config.embedder), "training": training, "evaluation": evaluation}
+
+
+def _base(config: BuildConfig, progress) -> dict:
+    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
+    from lora_audit.pipelines import load_base
+    from lora_audit.toyworld.renderer import caption, identity, render_batch
+    from lora_audit.toyworld.train_base import train_base_model
+    from lora_audit.toyworld.victims import identity_ranking
+
+    out = config.out / "base"
+    training = train_base_model(config.base, out, progress)
+    base = load_base(str(out))
+    embedder = ToyFaceEmbedder.load(config.out / "embedder")
+    ids = [SHADOW.start + i for i in range(config.base_judge_identities)]  # captions the base never saw
+    k, size = config.base_judge_samples, config.base.image_size
+    samples, real = [], []
+    for i in ids:
+        embeds = base.encode_prompt([caption(identity(i))]).detach().expand(k, -1, -1)
+        samples.append(identity_ranking(embedder, base.generate(embeds, seed=i, steps=config.sampling_steps), i, ids, size))
+        real.append(identity_ranking(embedder, render_batch([i] * k, list(range(k)), seed=0, size=size), i, ids, size))
+    return {"config": asdict(config.base), "training": training,
+            "judged_on": f"{len(ids)} unseen SHADOW identities, {k} samples each from their caption",
+            "caption_samples": _summary(samples), "real_renders": _summary(real), "chance_rank1": 1 / len(ids)}
+
+
+def _victims(config: BuildConfig, progress) -> dict:
+    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
+    from lora_audit.finetune import generate_class_images
+    from lora_audit.pipelines import load_base
+    from lora_audit.toyworld.victims import make_victim, utility_check
+
+    base = load_base(str(config.out / "base"))
+    embedder = ToyFaceEmbedder.load(config.out / "embedder")
+    ft = config.victims.finetune
+    class_images = generate_class_images(base, ft.class_prompt, ft.num_class_images, guidance_scale=ft.class_guidance_scale,
+                                         steps=ft.class_sampling_steps, seed=ft.seed)
+    out, results = config.out / "victims", {}
+    for n, spec in enumerate(config.victims.victims):
+        path, result = make_victim(base, spec, config.victims, out, class_images)
+        results[spec.name] = {"identity": spec.identity_id, "layout": spec.layout, "leaky_metadata": spec.leaky_metadata,
+                              "trigger": result.trigger, "finetune_seconds": round(result.seconds, 1),
+                              "final_loss": result.losses[-1],
+                              **utility_check(base, result, spec, embedder, config.victims)}
+        if progress:
+            progress(n + 1, len(config.victims.victims), {"victim": spec.name})
+    checks = list(results.values())
+    return {"config": asdict(config.victims), "victims": results,
+            "lora_with_trigger": _summary([c["lora_with_trigger"] for c in checks]),
+            "base_class_prompt": _summary([c["base_class_prompt"] for c in checks])}
+
+
+def _install(config: BuildConfig, progress) -> dict:
+    from lora_audit.pipelines import load_base
+    from lora_audit.toyworld.pipeline import sample_grid
+    from lora_audit.toyworld.renderer import save_contact_sheet
+    from lora_audit.toyworld.identities import PUBLIC
+
+    copied = {}
+    for name, skip in (("base", {"checkpoint.pt", "metrics.json"}),
+                       ("embedder", {"checkpoint.safetensors", "eval.json", "metrics.json"})):
+        target = config.package_data / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(config.out / name, target, ignore=lambda d, names: [n for n in names if n in skip])
+        copied[name] = _size(target)
+    config.samples_dir.mkdir(parents=True, exist_ok=True)
+    for item in sorted((config.out / "victims").iterdir()):
+        if item.name == "metrics.json":
+            continue
+        target = config.samples_dir / item.name
+        if item.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(item, target)
+        else:
+            shutil.copy2(item, target)
+        copied[f"samples/{item.name}"] = _size(target)
+    images = config.docs_dir / "img"
+    images.mkdir(parents=True, exist_ok=True)
+    base = load_base(str(config.out / "base"))
+    sample_grid(base.pipe, [SHADOW.start + i for i in range(config.grid_identities)], seeds=range(config.grid_seeds),
+                path=images / "toy_base_samples.png", num_inference_steps=config.sampling_steps)
+    save_contact_sheet(images / "contact_sheet.png", [PUBLIC.start + i for i in range(8)], size=config.base.image_size)
+    return {"copied_bytes": copied}
+
+
+def _summary(rankings: list[dict]) -> dict:
+    n = len(rankings)
+    return {"mean_similarity": round(sum(r["similarity"] for r in rankings) / n, 4),
+            "mean_best_impostor": round(sum(r["best_impostor"] for r in rankings) / n, 4),
+            "rank1": round(sum(r["rank"] == 1 for r in rankings) / n, 3), "n": n}
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
