@@ -775,3 +775,24 @@ def clean_metadata(family: str = "sd15", rank: int = 4, alpha: float | None = No
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": f"{_ARCHITECTURES[family]}/lora",
     }
+
+
+def write_static_samples(out: str | Path) -> list[Path]:
+    """The synthetic real-world-layout samples shipped in ``weights_samples/`` (fixed seeds, byte-identical):
+
+    ``sd15_kohya_leaky`` (kohya SD1.5, F16, leaky training metadata with a cover image),
+    ``sd15_peft_clean`` (diffusers/PEFT SD1.5, only the metadata diffusers writes) and
+    ``sdxl_kohya`` (kohya SDXL with SGM block names, BF16, an absolute base-model path).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sd15 = make_lora("sd15", rank=4, alpha=1, max_modules=48, seed=1, dtype="F16")
+    leaky = leaky_kohya_metadata(name="jane doe", trigger="sks", with_cover_image=True, rank=4, alpha=1)
+    paths = [save_lora(out / "sd15_kohya_leaky.safetensors", to_kohya(sd15), leaky)]
+    peft = make_lora("sd15", rank=4, max_modules=32, seed=2, dtype="F16")
+    paths.append(save_lora(out / "sd15_peft_clean.safetensors", *to_peft(peft)))
+    sdxl = make_lora("sdxl", rank=8, alpha=4, max_modules=16, seed=3, dtype="BF16")
+    sdxl_metadata = {**clean_metadata("sdxl", rank=8, alpha=4), "ss_output_name": "watercolor_style_xl",
+                     "ss_sd_model_name": "/home/jane/models/sd_xl_base_1.0.safetensors"}
+    paths.append(save_lora(out / "sdxl_kohya.safetensors", to_kohya(sdxl), sdxl_metadata, dtype="BF16"))
+    return paths

@@ -48,6 +48,10 @@ def test_installed_artefacts_load_and_scan(built, capsys):
     assert not (config.package_data / "base" / "checkpoint.pt").exists()
     for spec in config.victims.victims:
         assert len(list((config.samples_dir / f"{spec.name}_photos").glob("*.png"))) == config.victims.photos
+    readme = (config.samples_dir / "README.md").read_text()
+    assert "lora-audit toy build" in readme and "tiny_kohya_leaky.safetensors" in readme
+    assert (config.samples_dir / "sdxl_kohya.safetensors").is_file()  # the synthetic layouts ship too
+    assert (config.docs_dir / "img" / "toy_base_samples.png").is_file()
     assert main(["scan", "-f", "json", "-q", str(config.samples_dir)]) == 1
     report = json.loads(capsys.readouterr().out)
     files = {f["path"].rsplit("/", 1)[-1]: f for f in report["files"]}
@@ -60,3 +64,29 @@ def test_installed_artefacts_load_and_scan(built, capsys):
 
 def test_unknown_stage_is_a_usage_error(tmp_path):
     assert main(["toy", "build", "--tiny", "--out", str(tmp_path), "--stage", "bogus"]) == 4
+
+
+def test_finetune_command_on_the_tiny_base(built, tmp_path, capsys):
+    from lora_audit.weights import open_lora
+
+    config, _, _ = built
+    base, photos = str(config.package_data / "base"), str(config.samples_dir / "tiny_peft_photos")
+    out = tmp_path / "mine.safetensors"
+    assert main(["finetune", photos, "-o", str(out), "--base", base, "--steps", "2", "--rank", "2",
+                 "--snapshot-steps", "1", "--layout", "kohya", "--kohya-metadata", "--trigger", "zwxq"]) == 0
+    assert "a face of zwxq" in capsys.readouterr().out
+    with open_lora(str(out)) as lora:
+        assert lora.layout == "kohya" and lora.base_model == "toy" and lora.metadata["ss_steps"] == "2"
+    with open_lora(str(tmp_path / "mine_step_1.safetensors")) as lora:
+        assert lora.metadata["ss_steps"] == "1"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["finetune", str(empty), "-o", str(out), "--base", base]) == 4
+    assert main(["finetune", str(tmp_path / "missing"), "-o", str(out), "--base", base]) == 4
+    assert main(["finetune", photos, "-o", str(out), "--base", str(tmp_path)]) == 4  # not a pipeline
+    assert main(["finetune", photos, "-o", str(out), "--base", base, "--layout", "ckpt"]) == 4
+    (empty / "broken.png").write_bytes(b"not a png")
+    assert main(["finetune", str(empty), "-o", str(out), "--base", base]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "broken.png" in err

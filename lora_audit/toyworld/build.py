@@ -141,9 +141,10 @@ def _victims(config: BuildConfig, progress) -> dict:
 
 def _install(config: BuildConfig, progress) -> dict:
     from lora_audit.pipelines import load_base
+    from lora_audit.synthetic import write_static_samples
+    from lora_audit.toyworld.identities import PUBLIC
     from lora_audit.toyworld.pipeline import sample_grid
     from lora_audit.toyworld.renderer import save_contact_sheet
-    from lora_audit.toyworld.identities import PUBLIC
 
     copied = {}
     for name, skip in (("base", {"checkpoint.pt", "metrics.json"}),
@@ -163,13 +164,86 @@ def _install(config: BuildConfig, progress) -> dict:
         else:
             shutil.copy2(item, target)
         copied[f"samples/{item.name}"] = _size(target)
+    copied.update({f"samples/{p.name}": p.stat().st_size for p in write_static_samples(config.samples_dir)})
     images = config.docs_dir / "img"
     images.mkdir(parents=True, exist_ok=True)
     base = load_base(str(config.out / "base"))
     sample_grid(base.pipe, [SHADOW.start + i for i in range(config.grid_identities)], seeds=range(config.grid_seeds),
                 path=images / "toy_base_samples.png", num_inference_steps=config.sampling_steps)
     save_contact_sheet(images / "contact_sheet.png", [PUBLIC.start + i for i in range(8)], size=config.base.image_size)
+    stages = {s: json.loads((config.out / s / "metrics.json").read_text()) for s in ("embedder", "base", "victims")}
+    (config.samples_dir / "README.md").write_text(samples_readme(stages, copied))
     return {"copied_bytes": copied}
+
+
+def samples_readme(metrics: dict, sizes: dict) -> str:
+    """weights_samples/README.md: what each file is, the command and seeds that made it, and the figures."""
+    import PIL
+
+    emb, base, vic = metrics["embedder"], metrics["base"], metrics["victims"]
+    rows = "\n".join(
+        f"| `{name}.safetensors` | {v['layout']} | {v['identity']} | {'yes' if v['leaky_metadata'] else 'no'} "
+        f"| `a face of {v['trigger']}` | {v['lora_with_trigger']['similarity']:.3f} "
+        f"| {v['lora_with_trigger']['rank']} | {v['base_class_prompt']['similarity']:.3f} | {v['finetune_seconds']} s |"
+        for name, v in vic["victims"].items())
+    clean, degraded = emb["evaluation"]["clean"], emb["evaluation"]["degraded"]
+    ft = vic["config"]["finetune"]
+    return f"""# weights_samples
+
+Everything here is rebuilt by one command of the product, from fixed seeds:
+
+```bash
+lora-audit toy build            # stages: embedder, base, victims, install (resumable; outputs in build/toy)
+```
+
+The renderer draws with Pillow {PIL.__version__}; another Pillow version may change pixels slightly.
+
+## Synthetic real-world layouts (no model behind them)
+
+| file | what |
+|---|---|
+| `sd15_kohya_leaky.safetensors` | kohya SD1.5, 48 attention modules, rank 4, F16, leaky kohya metadata (captions, folders, trigger, a cover image whose PNG text names the subject) |
+| `sd15_peft_clean.safetensors` | diffusers/PEFT SD1.5, 32 modules, only the metadata diffusers writes |
+| `sdxl_kohya.safetensors` | kohya SDXL (SGM block names), 16 modules, rank 8, BF16, an absolute base-model path |
+
+Made by `lora_audit.synthetic.write_static_samples` (seeds 1, 2, 3).
+
+## Toy-world victims
+
+DreamBooth-LoRA on the toy base: {vic['config']['photos']} private photos of one PRIVATE identity
+(`<name>_photos/`), instance prompt `a face of <random rare word>`, prior preservation with
+{ft['num_class_images']} class images, rank {ft['rank']}, {ft['steps']} steps, lr {ft['lr']}, targets
+{', '.join(ft['target_modules'])}, seed = {ft['seed']} + identity id.
+
+Utility check: {vic['config']['samples_per_check']} images of the LoRA prompted with its trigger, scored
+with the toy face embedder against reference views of {vic['victims'][next(iter(vic['victims']))]['candidates']}
+PRIVATE identities (cosine similarity to the identity's mean embedding; rank 1 = identified); the
+base model prompted with the class prompt is the chance level.
+
+| file | layout | identity | leaky metadata | trigger | similarity with trigger | rank | base similarity | fine-tune time |
+|---|---|---|---|---|---|---|---|---|
+{rows}
+
+Mean: LoRA with trigger similarity {vic['lora_with_trigger']['mean_similarity']}, rank-1
+{vic['lora_with_trigger']['rank1']:.0%}; base with class prompt {vic['base_class_prompt']['mean_similarity']},
+rank-1 {vic['base_class_prompt']['rank1']:.0%}.
+
+## The models behind them (shipped in `lora_audit/toyworld/data/`)
+
+- Face embedder: {emb['training']['params']:,} parameters, CosFace on {emb['training']['identities']:,} identities
+  x {emb['config']['images_per_identity']} images, {emb['training']['steps']} steps ({emb['training']['train_seconds']} s of training).
+  On {emb['evaluation']['identities']} held-out SHADOW identities: ROC AUC {clean['auc']:.5f}, TAR@FAR=1e-3
+  {clean['tar_at_far_1e-3']:.4f}, rank-1 among 100 {clean['rank1']:.4f}; on diffusion-like degraded images
+  (blur + noise) AUC {degraded['auc']:.5f}, TAR {degraded['tar_at_far_1e-3']:.4f}, rank-1 {degraded['rank1']:.4f}.
+- Base pipeline: UNet2DConditionModel {base['training'].get('unet_parameters', 0):,} parameters + CLIP text
+  encoder {base['training'].get('text_encoder_parameters', 0):,}, {base['config']['identities']:,} public identities
+  x {base['config']['images_per_identity']} images, {base['config']['steps']} steps at batch {base['config']['batch_size']}
+  ({base['training'].get('train_seconds', 0):.0f} s of training). Judged by the embedder on {base['judged_on']}:
+  caption samples rank-1 {base['caption_samples']['rank1']:.0%} (similarity {base['caption_samples']['mean_similarity']}),
+  real renders rank-1 {base['real_renders']['rank1']:.0%}, chance {base['chance_rank1']:.0%}.
+
+Stage times: embedder {emb['seconds']} s, base {base['seconds']} s, victims {vic['seconds']} s (2-core CPU).
+"""
 
 
 def _summary(rankings: list[dict]) -> dict:
