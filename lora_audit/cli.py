@@ -14,6 +14,11 @@ import typer
 
 from lora_audit import __version__
 from lora_audit.errors import LoraAuditError, UsageError
+from lora_audit.finetune import FinetuneConfig
+
+_RECIPE = FinetuneConfig()
+
+log = logging.getLogger("lora_audit")
 
 EXIT_CODES = """Exit codes: 0 no finding at or above --fail-on; 1 findings at or above it;
 2 a file could not be scanned; 3 nothing was scanned; 4 usage error."""
@@ -71,6 +76,8 @@ def scan(
     threshold = Severity.parse(fail_on) if fail_on else rules.fail_on or Severity.HIGH
     options = ScanOptions(redact=redact or bool(rules.redact), policy=rules, weights=not skip_weights)
     files = collect_files(paths)
+    if output is not None:
+        _check_report_path(output, files)
     order = {path: i for i, path in enumerate(files)}
     results = []
     with _open_output(output) as stream, _progress(len(files), quiet) as advance:
@@ -151,13 +158,14 @@ def finetune(
     images: str = typer.Argument(..., help="Folder of the subject's photos (PNG/JPEG).", show_default=False),
     output: str = typer.Option(..., "--output", "-o", help="LoRA file to write (.safetensors)."),
     base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory [default: the toy base]."),
-    rank: int = typer.Option(4, "--rank", min=1), alpha: Optional[float] = typer.Option(None, "--alpha", help="[default: rank]"),
-    steps: int = typer.Option(80, "--steps", min=1), lr: float = typer.Option(1e-3, "--lr"),
+    rank: int = typer.Option(_RECIPE.rank, "--rank", min=1),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="[default: rank]"),
+    steps: int = typer.Option(_RECIPE.steps, "--steps", min=1), lr: float = typer.Option(_RECIPE.lr, "--lr"),
     seed: int = typer.Option(0, "--seed"), trigger: Optional[str] = typer.Option(None, "--trigger", help="[default: a random rare word]"),
     layout: str = typer.Option("peft", "--layout", help="peft (diffusers) or kohya."),
     kohya_metadata: bool = typer.Option(False, "--kohya-metadata", help="Write kohya-style ss_* training metadata (leaky, for realistic samples)."),
     snapshot_steps: str = typer.Option("", "--snapshot-steps", help="Comma-separated steps whose LoRA is also written (OUTPUT stem + _step_N)."),
-    text_encoder: bool = typer.Option(False, "--text-encoder", help="Also train a LoRA on the text encoder."),
+    text_encoder: bool = typer.Option(_RECIPE.text_encoder_lora, "--text-encoder/--no-text-encoder", help="Also train a LoRA on the text encoder."),
 ) -> int:
     """DreamBooth-LoRA fine-tuning of a base model on a folder of photos (the victims' recipe)."""
     from pathlib import Path
@@ -223,17 +231,41 @@ def _stage_progress():
         yield report
 
 
+def _check_report_path(path: str, files: list[str]) -> None:
+    """Refuse a report path that could overwrite a scanned file, or that is a directory."""
+    from lora_audit.scanner import SCANNED_SUFFIXES
+
+    if path.lower().endswith(SCANNED_SUFFIXES):
+        raise UsageError(f"--output {path} has the suffix of a file lora-audit scans; choose e.g. report.json")
+    if os.path.isdir(path):
+        raise UsageError(f"--output {path} is a directory")
+    if os.path.exists(path) and any(os.path.exists(f) and os.path.samefile(path, f) for f in files):
+        raise UsageError(f"--output {path} is one of the scanned files")
+
+
 @contextlib.contextmanager
 def _open_output(path: str | None) -> Iterator[TextIO]:
+    """stdout, or ``path`` written through a temporary file renamed at the end, so that a failed scan
+    leaves no half report (devices such as /dev/null are written directly)."""
     if path is None:
         yield sys.stdout
         return
+    direct = os.path.exists(path) and not os.path.isfile(path)
+    tmp = path if direct else os.path.join(os.path.dirname(path) or ".",
+                                           f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        stream = open(path, "w", encoding="utf-8")
+        stream = open(tmp, "w" if direct else "x", encoding="utf-8")
     except OSError as e:
         raise UsageError(f"cannot write report to {path}: {e.strerror}") from None
-    with stream:
-        yield stream
+    try:
+        with stream:
+            yield stream
+        if not direct:
+            os.replace(tmp, path)
+    except BaseException:
+        if not direct:
+            os.unlink(tmp)
+        raise
 
 
 @contextlib.contextmanager
@@ -266,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("lora-audit: interrupted", err=True)
         return 130
+    except Exception as e:  # a bug: never exit 1, which means "findings"
+        log.debug("internal error", exc_info=True)
+        typer.echo(f"lora-audit: internal error: {e!r} (LORA_AUDIT_LOG=debug shows the traceback)", err=True)
+        return 2
     return code if isinstance(code, int) else 0
 
 

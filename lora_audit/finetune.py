@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from lora_audit.pipelines import DiffusionBase
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads FinetuneConfig's defaults cheaply
+    import torch
+
+    from lora_audit.pipelines import DiffusionBase
 
 ADAPTER = "lora_audit"
 _CONSONANTS = "bcdfghjklmnpqrstvwxz"
@@ -25,16 +26,18 @@ _VOWELS = "aeiouy"
 
 @dataclass
 class FinetuneConfig:
-    rank: int = 4
+    """The recipe; the defaults are the toy world's victims' (measured in weights_samples/README.md)."""
+
+    rank: int = 8
     alpha: float | None = None  # None: alpha = rank (scale 1)
-    steps: int = 80
-    lr: float = 1e-3
+    steps: int = 500
+    lr: float = 2e-3
     batch_size: int = 1  # instance images per step (plus as many class images)
     prior_loss_weight: float = 1.0
     num_class_images: int = 16
     class_prompt: str = "a face of a person"
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-    text_encoder_lora: bool = False
+    text_encoder_lora: bool = True  # as the paper's victims: without it the toy LoRAs barely bind the trigger
     text_encoder_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
     snapshot_steps: tuple[int, ...] = ()  # LoRA state saved after these steps (the final step always)
     class_guidance_scale: float = 3.0
@@ -85,6 +88,7 @@ def finetune_lora(base: DiffusionBase, instance_images: np.ndarray, config: Fine
                   class_images: np.ndarray | None = None,
                   progress: Callable[[int, int, dict], None] | None = None) -> FinetuneResult:
     """DreamBooth-LoRA on ``instance_images`` [N, H, W, 3] in [0, 1]; the base model is left unchanged."""
+    import torch
     from diffusers.utils import recurse_remove_peft_layers
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -116,6 +120,9 @@ def finetune_lora(base: DiffusionBase, instance_images: np.ndarray, config: Fine
 
 
 def _train(base, instance_images, class_images, instance_prompt, config, rng, progress):
+    import torch
+    import torch.nn.functional as F
+
     unet, text_encoder = base.unet, base.text_encoder
     scheduler = base.train_scheduler()
     params = [p for p in (*unet.parameters(), *text_encoder.parameters()) if p.requires_grad]

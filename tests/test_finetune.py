@@ -33,7 +33,8 @@ def test_random_trigger_is_a_rare_word():
 def test_finetune_snapshots_and_leaves_base_unchanged(base, images):
     embeds = base.encode_prompt(["a face of a person"]).detach()
     before = base.generate(embeds, steps=3, seed=1)
-    config = FinetuneConfig(rank=2, steps=6, snapshot_steps=(2, 4), num_class_images=2, class_sampling_steps=2, seed=3, lr=1e-2)
+    config = FinetuneConfig(rank=2, steps=6, snapshot_steps=(2, 4), num_class_images=2, class_sampling_steps=2, seed=3,
+                            lr=1e-2, text_encoder_lora=False)
     seen = []
     result = finetune_lora(base, images, config, progress=lambda step, total, m: seen.append(step))
     assert sorted(result.snapshots) == [2, 4, 6] and seen == list(range(1, 7))
@@ -46,6 +47,7 @@ def test_finetune_snapshots_and_leaves_base_unchanged(base, images):
     assert any(not torch.equal(first[k], result.final[k]) for k in keys)
     # the base model is unchanged: no adapter left, identical samples
     assert not any("lora" in name for name, _ in base.unet.named_modules())
+    assert not any("lora" in name for name, _ in base.text_encoder.named_modules())
     np.testing.assert_array_equal(base.generate(embeds, steps=3, seed=1), before)
 
 
