@@ -83,6 +83,19 @@ def test_training_noise_schedule_is_the_samplers(pipe):
     torch.testing.assert_close(ddpm.alphas_cumprod, pipe.scheduler.alphas_cumprod, rtol=0, atol=0)
 
 
+def test_training_target_follows_the_prediction_type(pipe, config):
+    import torch
+
+    from lora_audit.toyworld.pipeline import make_toy_pipeline
+
+    x0, noise, t = torch.rand(2, 3, 4, 4), torch.randn(2, 3, 4, 4), torch.tensor([10, 900])
+    alpha_bar = pipe.scheduler.alphas_cumprod[t].view(2, 1, 1, 1)
+    v = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+    torch.testing.assert_close(pipe.training_target(x0, noise, t), v)
+    eps_pipe = make_toy_pipeline(dataclasses.replace(config, prediction_type="epsilon"))
+    assert eps_pipe.training_target(x0, noise, t) is noise
+
+
 def test_save_and_load_round_trip(pipe, tmp_path):
     from lora_audit.toyworld.pipeline import ToyFacePipeline
 
@@ -127,3 +140,11 @@ def test_training_resumes_where_it_stopped(config, tmp_path):
     samples = [ToyFacePipeline.from_pretrained(tmp_path / run)(PROMPT, num_inference_steps=2)
                for run in ("resumed", "straight")]
     np.testing.assert_array_equal(*samples)
+
+
+def test_resuming_with_another_config_is_refused(config, tmp_path):
+    from lora_audit.toyworld.train_base import train_base_model
+
+    train_base_model(dataclasses.replace(config, steps=2), tmp_path)
+    with pytest.raises(ValueError, match="another ToyBaseConfig"):
+        train_base_model(config, tmp_path)

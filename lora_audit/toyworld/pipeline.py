@@ -2,11 +2,11 @@
 
 Same parts and interfaces as SD, smaller: a CLIP tokenizer and ``CLIPTextModel`` whose
 ``last_hidden_state`` ([B, L, D]) is the UNet's ``encoder_hidden_states``; a diffusers
-``UNet2DConditionModel`` that predicts the noise (epsilon) of 32x32 RGB images in [-1, 1] (no VAE);
-a DPM-Solver++ sampler with classifier-free guidance against the empty prompt. ``prompt_embeds`` may
-replace the text encoder's output, exactly as in SD pipelines: the weight-to-image attack decodes its
-latent z that way. The pipeline saves and loads like any diffusers pipeline (``model_index.json`` and
-one folder of config + safetensors per component).
+``UNet2DConditionModel`` that predicts v (as SD 2.x does; epsilon on request) for 32x32 RGB images
+in [-1, 1] (no VAE); a DPM-Solver++ sampler with classifier-free guidance against the empty prompt.
+``prompt_embeds`` may replace the text encoder's output, exactly as in SD pipelines: the
+weight-to-image attack decodes its latent z that way. The pipeline saves and loads like any diffusers
+pipeline (``model_index.json`` and one folder of config + safetensors per component).
 """
 
 from __future__ import annotations
@@ -39,14 +39,15 @@ class ToyBaseConfig:
     text_layers: int = 3
     text_heads: int = 4
     max_length: int = MODEL_MAX_LENGTH
-    # noise schedule: cosine suits pixel-space models (as in DeepFloyd IF)
+    # noise schedule and what the UNet predicts
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "v_prediction"  # as in SD 2.x; epsilon made 32x32 pixel samples unstable
     # data: images 0 .. images_per_identity-1 of the first `identities` public identities
     identities: int = 6000
     images_per_identity: int = 3
     # training
-    steps: int = 1500
+    steps: int = 1600
     batch_size: int = 16
     learning_rate: float = 1e-3
     warmup_steps: int = 100
@@ -76,6 +77,12 @@ class ToyFacePipeline(DiffusionPipeline):
     def training_scheduler(self) -> DDPMScheduler:
         """The forward (noising) process of training: DDPM with the sampler's noise schedule."""
         return DDPMScheduler.from_config(self.scheduler.config)
+
+    def training_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the UNet learns to output for ``training_scheduler().add_noise(images, noise, timesteps)``."""
+        if self.scheduler.config.prediction_type == "epsilon":
+            return noise
+        return self.training_scheduler().get_velocity(images, noise, timesteps)
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         """Token ids [B, L], padded with <|endoftext|> to the tokenizer's model_max_length (as in SD)."""
@@ -119,12 +126,12 @@ class ToyFacePipeline(DiffusionPipeline):
         x = (x * self.scheduler.init_noise_sigma).to(self.device, dtype)  # [B, 3, H, W]
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         for t in self.scheduler.timesteps:
-            if guided:
-                eps_uncond, eps_cond = self.unet(torch.cat([x, x]), t, torch.cat([uncond, cond])).sample.chunk(2)
-                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            if guided:  # the UNet's output (v or epsilon), pushed away from the unconditional one
+                out_uncond, out_cond = self.unet(torch.cat([x, x]), t, torch.cat([uncond, cond])).sample.chunk(2)
+                out = out_uncond + guidance_scale * (out_cond - out_uncond)
             else:
-                eps = self.unet(x, t, cond).sample
-            x = self.scheduler.step(eps, t, x).prev_sample
+                out = self.unet(x, t, cond).sample
+            x = self.scheduler.step(out, t, x).prev_sample
         images = (x.float().clamp(-1, 1) + 1) / 2  # [B, 3, H, W] in [0, 1]
         return images.permute(0, 2, 3, 1).cpu().numpy()
 
@@ -152,7 +159,8 @@ def make_toy_pipeline(config: ToyBaseConfig) -> ToyFacePipeline:
             norm_num_groups=config.norm_num_groups)
     scheduler = DPMSolverMultistepScheduler(
         num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-        prediction_type="epsilon", algorithm_type="dpmsolver++", solver_order=2,
+        prediction_type=config.prediction_type,
+        algorithm_type="dpmsolver++", solver_order=2,
         thresholding=True, sample_max_value=1.0,  # clip predicted images to [-1, 1] (pixel space)
         lambda_min_clipped=-5.1)  # needed with the cosine schedule
     return ToyFacePipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)

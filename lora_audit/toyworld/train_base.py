@@ -1,9 +1,10 @@
 """Train the toy base model on captioned public identities, like a (very) small Stable Diffusion.
 
 Top to bottom: render the data set, build a fresh pipeline, resume from ``checkpoint.pt`` when
-present, train the UNet and the text encoder jointly on the epsilon-prediction MSE at random
-diffusion timesteps (captions dropped to "" at random, for classifier-free guidance), keep an EMA of
-both, checkpoint every ``checkpoint_every`` steps, and save the EMA pipeline with ``save_pretrained``.
+present, train the UNet and the text encoder jointly on the diffusion MSE (target: v or epsilon, as
+the config's prediction_type says) at random timesteps, with captions dropped to "" at random for
+classifier-free guidance; keep an EMA of both, checkpoint every ``checkpoint_every`` steps, and save
+the EMA pipeline with ``save_pretrained``.
 Each step draws its batch from a generator seeded by (seed, step), so a resumed run follows the same
 path as an uninterrupted one. No horizontal flips: the renderer parts hair left or right by identity.
 """
@@ -11,6 +12,7 @@ path as an uninterrupted one. No horizontal flips: the renderer parts hair left 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
 from lora_audit.toyworld.identities import PUBLIC
 from lora_audit.toyworld.pipeline import ToyBaseConfig, make_toy_pipeline
 from lora_audit.toyworld.renderer import caption, identity, render_batch
@@ -66,6 +69,8 @@ def train_base_model(config: ToyBaseConfig, out_dir: str | Path, progress: Progr
     checkpoint = out_dir / CHECKPOINT
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state["config"] != dataclasses.asdict(config):
+            raise ValueError(f"{checkpoint} was written with another ToyBaseConfig; delete it or use another out_dir")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -86,7 +91,8 @@ def train_base_model(config: ToyBaseConfig, out_dir: str | Path, progress: Progr
         for group in optimizer.param_groups:
             group["lr"] = lr
         hidden = model["text_encoder"](input_ids).last_hidden_state  # [B, L, D]
-        loss = F.mse_loss(model["unet"](xt, t, encoder_hidden_states=hidden).sample, noise)
+        pred = model["unet"](xt, t, encoder_hidden_states=hidden).sample  # [B, 3, H, W]
+        loss = F.mse_loss(pred, pipe.training_target(x0, noise, t))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -103,7 +109,7 @@ def train_base_model(config: ToyBaseConfig, out_dir: str | Path, progress: Progr
             progress(step, config.steps, {"loss": losses[-1], "lr": lr})
         if step % config.checkpoint_every == 0 or step == config.steps:
             state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                     "step": step, "seconds": seconds, "losses": losses}
+                     "step": step, "seconds": seconds, "losses": losses, "config": dataclasses.asdict(config)}
             torch.save(state, out_dir / (CHECKPOINT + ".tmp"))
             (out_dir / (CHECKPOINT + ".tmp")).replace(checkpoint)
 
