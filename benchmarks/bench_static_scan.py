@@ -57,7 +57,7 @@ def lora_audit(folder: str, jobs: int, *extra: str) -> float:
 
 
 def tensor_loading(path: str, repeats: int = 20) -> str:
-    """Per-file time to get every tensor as float32: numpy from a memory map vs safetensors.torch."""
+    """Per-file time to get every tensor as float32: lora-audit's numpy reader vs safetensors.torch."""
     code = f"""
 import time
 t0 = time.perf_counter()

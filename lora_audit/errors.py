@@ -32,10 +32,6 @@ class InvalidFileError(LoraAuditError):
         self.reason = reason
 
 
-class UnsupportedFormatError(InvalidFileError):
-    """A file in a format lora-audit refuses to load (pickle checkpoints, unknown tensor layouts)."""
-
-
 class NothingToScanError(LoraAuditError):
     """The given paths held no file lora-audit could scan (exit code 3)."""
 

@@ -79,7 +79,10 @@ _PATH_PATTERNS = [
     # component must start with a letter, "." "_" or "~", which rules out "/9j/" JPEG base64.
     re.compile(r"(?:^|(?<=[\s\"'=(\[{,;]))/[A-Za-z._~][^\s/\"'<>|,;:*?]*(?:/[^\s/\"'<>|,;:*?]+)+"),
 ]
-_WORDS = re.compile(r"[^\W\d_]{2,}\s+[^\W\d_]{2,}")  # two words: a caption, a name, a sentence
+# Two words: a caption, a name, a sentence. Matching starts only where a word starts, which keeps
+# the search linear on long runs of letters.
+_WORDS = re.compile(r"(?<![^\W\d_])[^\W\d_]{2,}\s+[^\W\d_]{2,}")
+_MAX_SCANNED_CHARS = 65536  # of each string the text rules search; longer ones are cut
 
 
 @dataclass
@@ -145,8 +148,8 @@ def png_text_chunks(png_bytes: bytes) -> dict[str, str]:
 def _caption_tags(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
     """LA101: caption tags of ss_tag_frequency and of each ss_datasets entry."""
     hits, tags, folders = [], Counter(), 0
-    sources = [(key, _json(md[key]), md[key]) for key in TAG_FREQUENCY_KEYS if _present(md, key)]
-    datasets = _json(md.get("ss_datasets", ""))
+    sources = [(key, parse_json(md[key]), md[key]) for key in TAG_FREQUENCY_KEYS if _present(md, key)]
+    datasets = parse_json(md.get("ss_datasets", ""))
     if isinstance(datasets, list):
         freqs = [d.get("tag_frequency") for d in datasets if isinstance(d, dict)]
         merged = {f"{i}/{folder}": counts for i, freq in enumerate(freqs) if isinstance(freq, dict)
@@ -173,7 +176,7 @@ def _dataset_folders(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
     for key in DATASET_KEYS:
         if not _present(md, key):
             continue
-        parsed = _json(md[key])
+        parsed = parse_json(md[key])
         if key == "ss_datasets" and isinstance(parsed, list):
             names = [s.get(field) for s in _subsets(parsed) for field in ("image_dir", "metadata_file")]
         elif key != "ss_datasets" and isinstance(parsed, dict):
@@ -218,7 +221,7 @@ def _trigger_phrases(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
     """LA105: trigger phrases, activation keywords and kohya's instance class tokens."""
     phrases = {k: ", ".join(_strings(md[k])) for k in TRIGGER_KEYS if _present(md, k)}
     hits = [_Hit(k, text) for k, text in phrases.items() if text.strip()]
-    tokens = [s["class_tokens"] for s in _subsets(_json(md.get("ss_datasets", "")))
+    tokens = [s["class_tokens"] for s in _subsets(parse_json(md.get("ss_datasets", "")))
               if not s.get("is_reg") and isinstance(s.get("class_tokens"), str) and s["class_tokens"].strip()]
     if tokens:
         hits.append(_Hit("ss_datasets", ", ".join(dict.fromkeys(tokens)), "ss_datasets class_tokens"))
@@ -238,7 +241,7 @@ def _embedded_images(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
                 continue  # a URL or a path, not an embedded image (LA103 reports paths)
             images = [md[key]]
         else:
-            parsed = _json(md[key])
+            parsed = parse_json(md[key])
             images = [s for s in parsed if isinstance(s, str) and s] if isinstance(parsed, list) else [md[key]]
         summaries, chunks = [], []
         for i, image in enumerate(images):
@@ -262,10 +265,10 @@ def _trainer_configs(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
     for key, only_text in CONFIG_KEYS.items():
         if not _present(md, key):
             continue
-        parsed = _json(md[key])
+        parsed = parse_json(md[key])
         leaves = list(_leaves(parsed)) if parsed is not None else [("", md[key])]
         telling = [f"{where}={text}" if where else text for where, text in leaves
-                   if _find_paths(text) or _WORDS.search(text)]
+                   if _find_paths(text) or _WORDS.search(text[:_MAX_SCANNED_CHARS])]
         if telling:
             hits.append(_Hit(key, "; ".join(telling)))
         elif not only_text:
@@ -316,7 +319,7 @@ def _show(value: str, redact: bool, max_chars: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _json(value: str) -> Any:
+def parse_json(value: str) -> Any:
     """The parsed JSON of a value (unwrapping one level of double encoding), or None."""
     try:
         parsed = json.loads(value)
@@ -344,13 +347,14 @@ def _leaves(obj: Any) -> Iterator[tuple[str, str]]:
 
 def _strings(value: str) -> list[str]:
     """The strings of a value: its JSON strings when it is JSON, else the value itself."""
-    parsed = _json(value)
+    parsed = parse_json(value)
     if isinstance(parsed, (dict, list, str)):
         return [text for _, text in _leaves(parsed) if text.strip()]
     return [value]
 
 
 def _find_paths(text: str) -> list[str]:
+    text = text[:_MAX_SCANNED_CHARS]
     if text.lstrip()[:5].lower() == "data:":
         return []
     return [m.group().rstrip(".)]}") for pattern in _PATH_PATTERNS for m in pattern.finditer(text)]

@@ -91,8 +91,10 @@ def _scan_chunk(paths: list[str], options: ScanOptions) -> list[FileResult]:
 
 
 def _scan_into(path: str, options: ScanOptions, result: FileResult) -> None:
-    head = _head(path)
-    if looks_like_pickle(path, head):
+    size = check_file(path)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if looks_like_pickle(path, head, size):
         result.findings.append(_pickle_finding(path))
         result.error = "pickle checkpoint: not loaded (unsafe format); convert it to safetensors to audit it"
         return
@@ -100,12 +102,6 @@ def _scan_into(path: str, options: ScanOptions, result: FileResult) -> None:
         result.findings.extend(check_metadata(lora.metadata, redact=options.redact))
         result.findings.extend(_weight_findings(lora, options.weights))
         result.stats = weight_stats(lora, per_module=options.weights)
-
-
-def _head(path: str) -> bytes:
-    check_file(path)
-    with open(path, "rb") as f:
-        return f.read(8)
 
 
 def _pickle_finding(path: str) -> Finding:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -26,13 +27,17 @@ def strip_metadata(source: str, destination: str, *, overwrite: bool = False,
                    extra_keys: tuple[str, ...] = (), keep_keys: tuple[str, ...] = ()) -> StripResult:
     """Copy ``source`` to ``destination`` minus sensitive metadata keys (plus ``extra_keys``, minus ``keep_keys``).
 
-    The tensor table and data are copied byte for byte. Refuses to replace an existing file unless
-    ``overwrite``; writes through a temporary file so a failure never leaves a half-written output.
+    The tensor table and data are copied byte for byte and the file mode is kept. Refuses to replace
+    an existing file unless ``overwrite``; writes through a temporary file so a failure never leaves a
+    half-written output.
     """
+    if os.path.isdir(destination):
+        raise UsageError(f"{destination} is a directory; give the path of the file to write")
     if os.path.exists(destination) and not overwrite:
         raise UsageError(f"{destination} exists; pass --force to replace it (or --in-place for the input)")
     with SafetensorsFile(source) as st:  # validates the input
         header_len, header, metadata = st.header_length, dict(st.header), st.metadata
+    mode = stat.S_IMODE(os.stat(source).st_mode)
     removed = sorted((sensitive_keys(metadata) | set(extra_keys)) & set(metadata) - set(keep_keys))
     kept = sorted(set(metadata) - set(removed))
     if kept:
@@ -40,7 +45,10 @@ def strip_metadata(source: str, destination: str, *, overwrite: bool = False,
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
     directory = os.path.dirname(os.path.abspath(destination))
-    fd, tmp = tempfile.mkstemp(prefix=".lora-audit-strip-", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".lora-audit-strip-", dir=directory)
+    except OSError as e:
+        raise UsageError(f"cannot write {destination}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
             out.write(struct.pack("<Q", len(encoded)))
@@ -48,6 +56,7 @@ def strip_metadata(source: str, destination: str, *, overwrite: bool = False,
             src.seek(8 + header_len)
             shutil.copyfileobj(src, out, 1 << 20)
         SafetensorsFile(tmp).close()  # the output must read back
+        os.chmod(tmp, mode)  # mkstemp made it 0600; keep the source's mode
         os.replace(tmp, destination)
     except BaseException:
         if os.path.exists(tmp):

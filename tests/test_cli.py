@@ -1,6 +1,8 @@
 """The CLI end to end: exit codes, --fail-on, formats, -o, policy files, strip, and no torch on static paths."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -81,6 +83,38 @@ def test_json_report_to_file_keeps_paths_as_given(leaky, tmp_path, monkeypatch, 
     assert report["summary"]["exit_code"] == 1
 
 
+def test_report_never_overwrites_a_scanned_file(leaky, tmp_path, capsys):
+    before = open(leaky, "rb").read()
+    odd = tmp_path / "model.dat"
+    odd.write_bytes(before)
+    assert main(["scan", "-q", "-f", "json", "-o", leaky, leaky]) == 4  # the input itself
+    assert main(["scan", "-q", "-o", str(tmp_path / "r.ckpt"), leaky]) == 4  # a scanned suffix
+    assert main(["scan", "-q", "-o", str(odd), str(odd)]) == 4  # given directly, any suffix
+    assert main(["scan", "-q", "-o", str(tmp_path), leaky]) == 4  # a folder
+    assert open(leaky, "rb").read() == before and odd.read_bytes() == before
+    assert capsys.readouterr().err.count("lora-audit: error:") == 4
+
+
+def test_failed_scan_leaves_no_half_report(leaky, tmp_path, monkeypatch, capsys):
+    import lora_audit.reports
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(lora_audit.reports, "write_report", explode)
+    report = tmp_path / "report.json"
+    assert main(["scan", "-q", "-f", "json", "-o", str(report), leaky]) == 2
+    assert not report.exists() and [p.name for p in tmp_path.iterdir()] == ["leaky.safetensors"]
+    err = capsys.readouterr().err
+    assert err.startswith("lora-audit: internal error: RuntimeError('boom')") and err.count("\n") == 1
+    monkeypatch.undo()
+    assert main(["scan", "-q", "-f", "json", "-o", str(report), leaky]) == 1 and report.exists()
+
+
+def test_report_to_a_device_is_written_directly(leaky):
+    assert main(["scan", "-q", "-f", "json", "-o", os.devnull, leaky]) == 1
+
+
 def test_redact_hides_values(leaky, capsys):
     main(["scan", "-f", "json", "--redact", leaky])
     out = capsys.readouterr().out
@@ -121,11 +155,27 @@ def test_strip_removes_leaky_metadata_and_keeps_tensor_bytes(leaky, tmp_path, ca
     with open_lora(str(out)) as stripped, open_lora(leaky) as original:
         assert set(stripped.metadata) == {"ss_network_dim"}
         assert stripped.tensors.keys() == original.tensors.keys()
+        a, b = open(leaky, "rb").read(), out.read_bytes()
         for name, info in original.tensors.items():
-            a = original.file._map[info.start:info.end]
-            b = stripped.file._map[stripped.tensors[name].start:stripped.tensors[name].end]
-            assert a == b
+            assert a[info.start:info.end] == b[stripped.tensors[name].start:stripped.tensors[name].end]
     assert main(["scan", "-q", str(out)]) == 0
+
+
+def test_strip_keeps_the_file_mode(leaky, tmp_path):
+    os.chmod(leaky, 0o640)
+    out = tmp_path / "copy.safetensors"
+    assert main(["strip", leaky, "-o", str(out)]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert main(["strip", leaky, "--in-place"]) == 0
+    assert stat.S_IMODE(os.stat(leaky).st_mode) == 0o640
+
+
+def test_strip_to_a_missing_folder_or_onto_a_folder_is_one_line(leaky, tmp_path, capsys):
+    assert main(["strip", leaky, "-o", str(tmp_path / "missing" / "x.safetensors")]) == 4
+    assert main(["strip", leaky, "--force", "-o", str(tmp_path)]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "No such file" in err and "is a directory" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["leaky.safetensors"]
 
 
 def test_strip_never_overwrites_without_being_told(leaky, clean, tmp_path, capsys):

@@ -39,6 +39,20 @@ ATTN = "transformer_blocks.0.attn1.to_q"
     # kohya Flux keeps BFL names
     ("lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight", "transformer.double_blocks.0.img_attn.qkv", "kohya", "down"),
     ("lora_unet_single_blocks_37_linear2.alpha", "transformer.single_blocks.37.linear2", "kohya", "alpha"),
+    ("lora_unet_final_layer_linear.lora_down.weight", "transformer.final_layer.linear", "kohya", "down"),
+    ("lora_unet_img_in.lora_up.weight", "transformer.img_in", "kohya", "up"),
+    ("lora_unet_time_in_in_layer.lora_down.weight", "transformer.time_in.in_layer", "kohya", "down"),
+    ("lora_unet_guidance_in_out_layer.alpha", "transformer.guidance_in.out_layer", "kohya", "alpha"),
+    # kohya-style names of a transformer (SD3 / Flux trainers), ComfyUI / BFL names
+    ("lora_transformer_single_transformer_blocks_0_attn_to_k.lora_down.weight",
+     "transformer.single_transformer_blocks.0.attn.to_k", "kohya", "down"),
+    ("diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight", "transformer.double_blocks.0.img_attn.qkv", "peft", "down"),
+    ("diffusion_model.single_blocks.3.linear1.lora_B.weight", "transformer.single_blocks.3.linear1", "peft", "up"),
+    ("diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.lora_A.weight",
+     "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k", "peft", "down"),
+    # LyCORIS Tucker factors
+    ("lora_unet_down_blocks_0_resnets_0_conv1.hada_t1", "unet.down_blocks.0.resnets.0.conv1", "lycoris", "hada_t1"),
+    ("lora_unet_down_blocks_0_resnets_0_conv1.lokr_t2", "unet.down_blocks.0.resnets.0.conv1", "lycoris", "lokr_t2"),
     # LyCORIS
     ("lora_unet_down_blocks_0_resnets_0_conv1.lora_mid.weight", "unet.down_blocks.0.resnets.0.conv1", "lycoris", "mid"),
     ("lora_unet_mid_block_attentions_0_proj_out.dora_scale", "unet.mid_block.attentions.0.proj_out", "lycoris", "dora_scale"),
@@ -72,6 +86,11 @@ def test_parse_key(key, module, layout, role):
                                  "random_tensor", ""])
 def test_non_lora_keys_are_not_parsed(key):
     assert parse_key(key) is None
+
+
+def test_sgm_names_that_are_not_numbered_pass_through():
+    assert parse_key("lora_unet_input_blocks_a_b.lora_down.weight").module == "unet.input_blocks.a.b"
+    assert sgm_to_diffusers("output_blocks.x.1.conv") == "output_blocks.x.1.conv"
 
 
 def test_unflatten_rejoins_compound_identifiers():

@@ -117,6 +117,16 @@ def test_flux_kohya_is_detected(tmp_path):
     assert_same_deltas(got, synthetic.delta_weights(lora))
 
 
+def test_flux_with_a_t5_text_encoder_is_flux_not_sdxl(tmp_path):
+    lora = synthetic.make_lora("flux", rank=2, targets=("img_attn.proj",), max_modules=1, seed=12)
+    tensors = synthetic.to_kohya(lora)
+    t5 = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"  # kohya Flux: lora_te2_ is T5-XXL
+    tensors |= {f"{t5}.lora_down.weight": np.zeros((2, 4096), np.float32),
+                f"{t5}.lora_up.weight": np.zeros((4096, 2), np.float32)}
+    _, file = deltas_of(write(tmp_path, tensors))
+    assert file.base_model == "flux"
+
+
 def test_metadata_base_model_hint_wins_over_shapes(tmp_path):
     lora = synthetic.make_lora("sd15", rank=2, max_modules=2, seed=13)
     _, file = deltas_of(write(tmp_path, synthetic.to_kohya(lora), {"ss_base_model_version": "sdxl_base_v1-0"}))

@@ -369,3 +369,13 @@ def test_png_text_chunks_never_raises(data, with_signature):
     prefix = b"\x89PNG\r\n\x1a\n" if with_signature else b""
     result = png_text_chunks(prefix + data)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in result.items())
+
+
+@pytest.mark.parametrize("key", ["ss_network_args", "ot_config", "ss_training_comment", "anything"])
+def test_megabyte_values_are_checked_quickly(key):
+    import time
+
+    for value in ("a" * 1_000_000, "/a" + "b" * 1_000_000, "C:\\" + "a" * 1_000_000, "a " * 500_000):
+        start = time.perf_counter()
+        check_metadata({key: value})
+        assert time.perf_counter() - start < 0.5

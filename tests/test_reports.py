@@ -45,7 +45,8 @@ def _scan() -> ScanResult:
         FileResult("sub\\win\\other.safetensors", stats=_stats(), findings=[
             make_finding("LA101", "3 caption tags", {"ss_tag_frequency": '{"a": {"b": 1}}'}), info,
         ]),
-        FileResult("broken/bad file.safetensors", error="header length 999999 exceeds file size 12"),
+        FileResult("broken/bad file.safetensors", error="header length 999999 exceeds file size 12",
+                   findings=[make_finding("LA001", "header length 999999 exceeds file size 12")]),
         FileResult("broken/model.ckpt", error="pickle checkpoint refused",
                    findings=[make_finding("LA002", "model.ckpt is a pickle file")]),
     ])
@@ -72,7 +73,7 @@ def test_json_round_trips_with_schema_version_and_summary():
     assert data["schema_version"] == SCHEMA_VERSION
     summary = data["summary"]
     assert summary["files"] == 5 and summary["scanned"] == 3 and summary["errors"] == 2
-    assert summary["findings"] == {"info": 1, "low": 1, "medium": 1, "high": 3, "critical": 1}
+    assert summary["findings"] == {"info": 1, "low": 1, "medium": 1, "high": 4, "critical": 1}
     assert summary["exit_code"] == 2
     assert [f["path"] for f in data["files"]][2] == "sub\\win\\other.safetensors"
 
@@ -99,7 +100,7 @@ def test_jsonl_one_line_per_file_then_summary():
     assert [r["type"] for r in records] == ["file"] * len(result.files) + ["summary"]
     assert [r["path"] for r in records[:-1]] == [f.path for f in result.files]
     assert all(r["schema_version"] == SCHEMA_VERSION for r in records)
-    assert records[-1]["exit_code"] == 2 and records[-1]["findings"]["high"] == 3
+    assert records[-1]["exit_code"] == 2 and records[-1]["findings"]["high"] == 4
     assert records[-1]["tool"]["name"] == "lora-audit"
     assert "\n" not in jsonl_file_line(result.files[1]) + jsonl_summary_line(result)
 
@@ -203,7 +204,7 @@ def test_sarif_rules_results_and_locations():
     levels = {(res["ruleId"], res["level"]) for res in run["results"]}
     assert {("LA106", "error"), ("LA101", "error"), ("LA103", "warning"), ("LA104", "note"),
             ("LA003", "note")} <= levels
-    # The unscanned file without findings becomes LA001; the pickle keeps its own finding only.
+    # The unscanned file has its LA001 result; the pickle keeps its own finding only.
     unscanned = [res for res in run["results"] if res["ruleId"] == "LA001"]
     assert len(unscanned) == 1 and "header length" in unscanned[0]["message"]["text"]
     assert unscanned[0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == uris[3]
@@ -217,6 +218,21 @@ def test_sarif_fingerprints_are_stable_and_distinct():
     prints = [r["partialFingerprints"] for r in first]
     assert prints == [r["partialFingerprints"] for r in second]
     assert len({json.dumps(p, sort_keys=True) for p in prints}) == len(prints)
+
+
+def test_sarif_keeps_a_policy_disabled_la001_out_but_notifies_the_error():
+    run = to_sarif(ScanResult(files=[FileResult("bad.safetensors", error="empty file (0 bytes)")]))["runs"][0]
+    assert run["results"] == [] and run["tool"]["driver"]["rules"] == []
+    assert "empty file" in run["invocations"][0]["toolExecutionNotifications"][0]["message"]["text"]
+
+
+def test_sarif_undecodable_filename_is_percent_encoded():
+    path = b"models/caf\xe9.safetensors".decode("utf-8", "surrogateescape")  # a Latin-1 name on Linux
+    result = ScanResult(files=[FileResult(path, findings=[make_finding("LA104", "title", {"modelspec.title": "x"})])])
+    run = to_sarif(result)["runs"][0]
+    assert run["artifacts"][0]["location"]["uri"] == "models/caf%E9.safetensors"
+    assert len(run["results"][0]["partialFingerprints"]["loraAuditFinding/v1"]) == 64
+    json.dumps(run)
 
 
 def test_sarif_clean_scan_is_successful_with_no_results():

@@ -1,8 +1,9 @@
 """JSON and JSON Lines reports.
 
 ``json`` is ``ScanResult.to_dict()`` as one document. ``jsonl`` has one ``{"type": "file", ...}``
-line per file, in input order, then one ``{"type": "summary", ...}`` line, so a consumer can read
-results while a long scan runs. Non-finite floats (a NaN weight norm, say) become ``null``: the
+line per file, then one ``{"type": "summary", ...}`` line, so a consumer can read results while a
+long scan runs: ``scan`` streams file lines as files finish (input order with one job, completion
+order with ``--jobs`` above 1); :func:`write_jsonl` writes them in the result's order. Non-finite floats (a NaN weight norm, say) become ``null``: the
 output is always strict JSON.
 """
 

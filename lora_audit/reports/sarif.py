@@ -1,9 +1,10 @@
 """SARIF 2.1.0 report, in the subset GitHub code scanning accepts.
 
 One run; one rule (reportingDescriptor) per rule id that produced a result; one artifact per file.
-A file that could not be scanned and has no finding becomes a result of rule LA001, and every such
-error is also a tool execution notification. Paths are the ones given, with forward slashes,
-percent-encoded as URI references and never made absolute. Weight files have no lines, so each
+A file that could not be scanned has its LA001 finding (unless a policy disabled the rule), and
+every such error is also a tool execution notification. Paths are the ones given, with forward
+slashes, percent-encoded as URI references (undecodable bytes of a filename kept as bytes) and
+never made absolute. Weight files have no lines, so each
 result points at line 1 (GitHub requires a region).
 """
 
@@ -15,7 +16,7 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 from lora_audit.results import FileResult, Finding, ScanResult, Severity
-from lora_audit.rules import RULES, make_finding
+from lora_audit.rules import RULES
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://pypi.org/project/lora-audit/"
@@ -48,8 +49,7 @@ def to_sarif(result: ScanResult) -> dict[str, Any]:
     """The SARIF log of ``result`` as a JSON-ready dict."""
     from lora_audit import __version__
 
-    pairs = [(index, finding) for index, file in enumerate(result.files)
-             for finding in _findings(file)]
+    pairs = [(index, finding) for index, file in enumerate(result.files) for finding in file.findings]
     rule_ids = sorted({finding.rule_id for _, finding in pairs})
     rule_index = {rule_id: i for i, rule_id in enumerate(rule_ids)}
     rules = [_rule(rule_id, [f for _, f in pairs if f.rule_id == rule_id]) for rule_id in rule_ids]
@@ -73,14 +73,7 @@ def path_to_uri(path: str) -> str:
     uri = path.replace("\\", "/")
     while uri.startswith("./"):
         uri = uri[2:]
-    return quote(uri, safe="/")
-
-
-def _findings(file: FileResult) -> list[Finding]:
-    """The findings of ``file``, plus an LA001 finding for an unscanned file that has none."""
-    if file.error is not None and not file.findings:
-        return [make_finding("LA001", file.error)]
-    return file.findings
+    return quote(uri.encode("utf-8", "surrogateescape"), safe="/")
 
 
 def _rule(rule_id: str, findings: list[Finding]) -> dict[str, Any]:
@@ -123,7 +116,7 @@ def _result(finding: Finding, file: FileResult, artifact_index: int, rule_index:
 def _fingerprint(finding: Finding, path: str) -> str:
     """A hash of rule id, path and evidence keys: stable across runs, blind to evidence values."""
     parts = [finding.rule_id, path.replace("\\", "/"), *sorted(finding.evidence)]
-    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _artifact(file: FileResult) -> dict[str, Any]:

@@ -28,12 +28,13 @@ def detect_base_model(metadata: dict[str, str], modules: list[LoraModule]) -> tu
         value = metadata.get(key, "")
         if value.lower().startswith(prefix):
             return family, f"metadata {key}={value!r}"
-    names = {m.name: m for m in modules}
-    if any(n.startswith("text_encoder_2.") for n in names):
-        return "sdxl", "a second text encoder (text_encoder_2 / lora_te2_) is adapted"
+    names = {m.name: m for m in modules if len(m.shape) >= 2}
+    # Flux first: its T5 encoder is a second text encoder too (lora_te2_).
     if any(n.startswith(("transformer.double_blocks.", "transformer.single_blocks.",
                          "transformer.single_transformer_blocks.")) for n in names):
         return "flux", "Flux double/single transformer blocks are adapted"
+    if any(n.startswith("text_encoder_2.") for n in names):
+        return "sdxl", "a second text encoder (text_encoder_2 / lora_te2_) is adapted"
     for name, module in names.items():
         if name.startswith("unet.") and name.endswith((".attn2.to_k", ".attn2.to_v")):
             dim = module.shape[1]

@@ -55,6 +55,7 @@ _KOHYA_PREFIXES = {
     "lora_te1_": "text_encoder",
     "lora_te2_": "text_encoder_2",
     "lora_te3_": "text_encoder_3",
+    "lora_transformer_": "transformer",
     "lycoris_": "unet",
 }
 _KOHYA_PREFIX_TUPLE = tuple(_KOHYA_PREFIXES)
@@ -77,6 +78,10 @@ _COMPOUNDS = {
     "final_layer_norm", "layer_norm1", "layer_norm2", "shared",
 }
 _MAX_COMPOUND = 3
+# Top-level Flux (BFL) blocks: kohya keeps them under lora_unet_, ComfyUI under diffusion_model.
+_FLUX_BLOCKS = ("double_blocks", "single_blocks", "img_in", "txt_in", "time_in", "vector_in",
+                "guidance_in", "final_layer")
+_SGM_BLOCKS = ("input_blocks", "middle_block", "output_blocks")
 _CLIP_PROJECTIONS = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 
 
@@ -121,8 +126,8 @@ def _canonical_kohya(stem: str) -> str:
     for prefix, component in sorted(_KOHYA_PREFIXES.items(), key=lambda kv: -len(kv[0])):
         if stem.startswith(prefix):
             body = unflatten(stem[len(prefix):])
-            if component == "unet" and body.startswith(("double_blocks.", "single_blocks.")):
-                component = "transformer"  # kohya Flux keeps BFL names under lora_unet_
+            if component == "unet" and body.split(".", 1)[0] in _FLUX_BLOCKS:
+                component = "transformer"
             if component == "unet":
                 body = sgm_to_diffusers(body)
             return f"{component}.{body}"
@@ -130,16 +135,18 @@ def _canonical_kohya(stem: str) -> str:
 
 
 def _canonical_dotted(stem: str) -> str:
-    """Dotted (diffusers / PEFT) names: strip PEFT wrappers, drop old processor names, add a component."""
-    stem = stem.removeprefix("base_model.model.")
+    """Dotted (diffusers / PEFT / ComfyUI) names: strip wrappers, drop old processor names, add a component."""
+    stem = stem.removeprefix("base_model.model.").removeprefix("diffusion_model.")
     stem = stem.replace(".processor.", ".")
     first = stem.split(".", 1)[0]
     if first in _COMPONENTS:
         return stem
     if first == "text_model":
         return f"text_encoder.{stem}"
-    if first in ("double_blocks", "single_blocks", "transformer_blocks", "single_transformer_blocks"):
+    if first in _FLUX_BLOCKS or first in ("transformer_blocks", "single_transformer_blocks"):
         return f"transformer.{stem}"
+    if first in _SGM_BLOCKS:
+        return f"unet.{sgm_to_diffusers(stem)}"
     return f"unet.{stem}"
 
 
@@ -164,7 +171,8 @@ def sgm_to_diffusers(body: str) -> str:
     ``input_blocks.4.1.transformer_blocks...`` -> ``down_blocks.1.attentions.0.transformer_blocks...``
     """
     parts = body.split(".")
-    if parts[0] not in ("input_blocks", "middle_block", "output_blocks") or len(parts) < 3:
+    if parts[0] not in _SGM_BLOCKS or len(parts) < 3 or not parts[1].isdecimal() or (
+            parts[0] != "middle_block" and not parts[2].isdecimal()):
         return body
     if parts[0] == "middle_block":
         index, rest = int(parts[1]), parts[2:]

@@ -10,7 +10,7 @@ from lora_audit.weights.safetensors_file import SafetensorsFile
 
 
 class LoraFile:
-    """A validated safetensors LoRA. Use as a context manager (it holds a memory map)."""
+    """A validated safetensors LoRA. Use as a context manager (it holds the file open)."""
 
     def __init__(self, path: str):
         self.file = SafetensorsFile(path)

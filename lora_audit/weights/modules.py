@@ -7,15 +7,14 @@ dW = scale * B @ A (or the LoHa / LoKr / Tucker equivalent) as a numpy array.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from lora_audit.metadata import parse_json
 from lora_audit.weights.keys import parse_key
 from lora_audit.weights.safetensors_file import FLOAT_DTYPES, TensorInfo
 
@@ -79,68 +78,96 @@ def _build_module(name, keys, layout, tensors, read, peft_config, problems) -> L
     if not roles:
         problems.orphaned[name] = sorted(keys)
         return None
+    if any(tensors[keys[r]].numel == 0 for r in roles):  # rank 0 or an empty dimension
+        problems.mismatched[name] = _shapes(keys, tensors)
+        return None
     if any(r.startswith("hada_") for r in roles):
-        return _build_loha(name, keys, layout, tensors, read, problems)
+        return _build_loha(name, keys, tensors, read, problems)
     if any(r.startswith("lokr_") for r in roles):
-        return _build_lokr(name, keys, layout, tensors, read, problems)
+        return _build_lokr(name, keys, tensors, read, problems)
     if not {"down", "up"} <= roles:
         problems.orphaned[name] = sorted(keys)
         return None
-    down, up = tensors[keys["down"]], tensors[keys["up"]]
-    rank = down.shape[0] if down.shape else 0
-    if len(down.shape) < 2 or len(up.shape) < 2 or up.shape[1] != rank or (
-            "mid" in keys and tensors[keys["mid"]].shape[:2] != (rank, rank)):
+    # up [out, r(, 1, 1)], down [r, in(, kh, kw)]; Tucker: down [r, in, 1, 1], mid [r, r, kh, kw]
+    down, up = tensors[keys["down"]].shape, tensors[keys["up"]].shape
+    mid = tensors[keys["mid"]].shape if "mid" in keys else None
+    valid = len(down) >= 2 and len(up) >= 2 and up[1] == down[0] and _ones(up[2:])
+    if valid and mid is not None:
+        valid = len(mid) == len(down) >= 3 and mid[:2] == (down[0], down[0]) and _ones(down[2:])
+    if not valid:
         problems.mismatched[name] = _shapes(keys, tensors)
         return None
-    if layout == "peft":
+    rank = down[0]
+    if layout == "peft" and (peft_config.present or "alpha" not in keys):
         alpha, scale = peft_config.alpha_and_scale(name, rank)
-    else:
+    else:  # kohya, or diffusers' network_alphas (PEFT names with .alpha tensors)
         alpha = _read_alpha(keys, read, rank)
         scale = alpha / rank
-    if "mid" in keys:  # Tucker: up [out, r, 1, 1], mid [r, r, kh, kw], down [r, in, 1, 1]
-        shape = (up.shape[0], down.shape[1], *tensors[keys["mid"]].shape[2:])
-    else:  # up [out, r(, 1, 1)], down [r, in(, kh, kw)]
-        shape = (up.shape[0], *down.shape[1:])
+    shape = (up[0], down[1], *(mid or down)[2:])
     kind = "dora" if "dora_scale" in keys else "locon" if len(shape) == 4 else "lora"
     return LoraModule(name, kind, layout, keys, rank, alpha, scale, shape)
 
 
-def _build_loha(name, keys, layout, tensors, read, problems) -> LoraModule | None:
-    needed = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"}
+def _build_loha(name, keys, tensors, read, problems) -> LoraModule | None:
+    """LoHa: (w1_a @ w1_b) * (w2_a @ w2_b), w*_a [out, r], w*_b [r, in(*kh*kw)]; Tucker (LyCORIS
+    ``use_tucker``): w*_a [r, out], w*_b [r, in], t* [r, r, kh, kw]."""
+    tucker = "hada_t1" in keys or "hada_t2" in keys
+    needed = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"} | ({"hada_t1", "hada_t2"} if tucker else set())
     if not needed <= set(keys):
         problems.orphaned[name] = sorted(keys)
         return None
-    w1a, w1b = tensors[keys["hada_w1_a"]], tensors[keys["hada_w1_b"]]
-    w2a, w2b = tensors[keys["hada_w2_a"]], tensors[keys["hada_w2_b"]]
-    rank = w1b.shape[0]
-    if w1a.shape[-1] != rank or w2a.shape[-1] != w2b.shape[0] or w1a.shape[0] != w2a.shape[0]:
+    w1a, w1b, w2a, w2b = (tensors[keys[f"hada_w{i}"]].shape for i in ("1_a", "1_b", "2_a", "2_b"))
+    if tucker:
+        t1, t2 = tensors[keys["hada_t1"]].shape, tensors[keys["hada_t2"]].shape
+        valid = (all(len(w) == 2 for w in (w1a, w1b, w2a, w2b)) and len(t1) >= 3 and t1[2:] == t2[2:]
+                 and w1a[0] == w1b[0] == t1[0] == t1[1] and w2a[0] == w2b[0] == t2[0] == t2[1]
+                 and w1a[1] == w2a[1] and w1b[1] == w2b[1])
+    else:
+        valid = (len(w1a) == len(w2a) == 2 and len(w1b) == len(w2b) >= 2
+                 and w1a[1] == w1b[0] and w2a[1] == w2b[0] and w1a[0] == w2a[0] and w1b[1:] == w2b[1:])
+    if not valid:
         problems.mismatched[name] = _shapes(keys, tensors)
         return None
+    rank = w1b[0]
+    shape = (w1a[1], w1b[1], *t1[2:]) if tucker else (w1a[0], *w1b[1:])
     alpha = _read_alpha(keys, read, rank)
-    shape = (w1a.shape[0], *w1b.shape[1:]) if "hada_t1" not in keys else (w1a.shape[0],)
     return LoraModule(name, "loha", "lycoris", keys, rank, alpha, alpha / rank, shape)
 
 
-def _build_lokr(name, keys, layout, tensors, read, problems) -> LoraModule | None:
+def _build_lokr(name, keys, tensors, read, problems) -> LoraModule | None:
+    """LoKr: kron(w1, w2), each factor whole or as a low-rank product; w2 may be a Tucker product (lokr_t2)."""
     has_w1 = "lokr_w1" in keys or {"lokr_w1_a", "lokr_w1_b"} <= set(keys)
     has_w2 = "lokr_w2" in keys or {"lokr_w2_a", "lokr_w2_b"} <= set(keys)
     if not (has_w1 and has_w2):
         problems.orphaned[name] = sorted(keys)
         return None
+    w1, w2 = _lokr_shape(tensors, keys, "1"), _lokr_shape(tensors, keys, "2")
+    if w1 is None or w2 is None or len(w1) != 2:
+        problems.mismatched[name] = _shapes(keys, tensors)
+        return None
     factor = keys.get("lokr_w2_b") or keys.get("lokr_w1_b")
     rank = tensors[factor].shape[0] if factor else 0
     alpha = _read_alpha(keys, read, rank) if rank else 0.0
-    w1 = _lokr_shape(tensors, keys, "1")
-    w2 = _lokr_shape(tensors, keys, "2")
     shape = (w1[0] * w2[0], w1[1] * w2[1], *w2[2:])
     return LoraModule(name, "lokr", "lycoris", keys, rank, alpha, alpha / rank if rank else 1.0, shape)
 
 
-def _lokr_shape(tensors, keys, i: str) -> tuple[int, ...]:
+def _lokr_shape(tensors, keys, i: str) -> tuple[int, ...] | None:
+    """Shape of LoKr factor w1 or w2, or None when its parts do not fit together."""
     if f"lokr_w{i}" in keys:
-        return tensors[keys[f"lokr_w{i}"]].shape
+        shape = tensors[keys[f"lokr_w{i}"]].shape
+        return shape if len(shape) >= 2 else None
     a, b = tensors[keys[f"lokr_w{i}_a"]].shape, tensors[keys[f"lokr_w{i}_b"]].shape
-    return (a[0], *b[1:])
+    if i == "2" and "lokr_t2" in keys:  # Tucker: t2 [r, r, kh, kw], w2_a [r, out], w2_b [r, in]
+        t = tensors[keys["lokr_t2"]].shape
+        fits = len(a) == len(b) == 2 and len(t) >= 3 and a[0] == b[0] == t[0] == t[1]
+        return (a[1], b[1], *t[2:]) if fits else None
+    fits = len(a) == 2 and len(b) >= 2 and a[1] == b[0]  # a [out, r], b [r, in(, kh, kw)]
+    return (a[0], *b[1:]) if fits else None
+
+
+def _ones(dims: tuple[int, ...]) -> bool:
+    return all(d == 1 for d in dims)
 
 
 def _read_alpha(keys: dict[str, str], read: Reader, rank: int) -> float:
@@ -162,10 +189,8 @@ class _PeftAlphas:
     """lora_alpha / r / rsLoRA from diffusers' ``lora_adapter_metadata`` (flat or per-component keys)."""
 
     def __init__(self, metadata: dict[str, str]):
-        try:
-            config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
-        except (json.JSONDecodeError, TypeError):
-            config = {}
+        self.present = "lora_adapter_metadata" in metadata
+        config = parse_json(metadata.get("lora_adapter_metadata", "{}"))
         self.config = config if isinstance(config, dict) else {}
 
     def _get(self, component: str, key: str):
@@ -175,8 +200,8 @@ class _PeftAlphas:
         component, _, path = module.partition(".")
         alpha = self._get(component, "lora_alpha")
         pattern = self._get(component, "alpha_pattern") or {}
-        for suffix, value in pattern.items() if isinstance(pattern, dict) else ():
-            if re.fullmatch(rf"(.*\.)?{suffix}", path):
+        for key, value in pattern.items() if isinstance(pattern, dict) else ():
+            if path == key or path.endswith("." + key):  # PEFT matches module-path suffixes
                 alpha = value
         try:
             alpha = float(alpha) if alpha is not None else float(rank)
@@ -190,16 +215,12 @@ def delta_weight(module: LoraModule, read: Reader) -> np.ndarray:
     """dW of ``module`` in float32/64, shaped ``module.shape``."""
     k = module.keys
     if module.kind == "loha":
-        if "hada_t1" in k:
-            raise ValueError(f"{module.name}: Tucker LoHa deltas are not computed")
-        w1 = read(k["hada_w1_a"]) @ read(k["hada_w1_b"]).reshape(module.rank, -1)
-        w2 = read(k["hada_w2_a"]) @ read(k["hada_w2_b"]).reshape(read(k["hada_w2_b"]).shape[0], -1)
+        w1, w2 = (_loha_factor(k, i, read) for i in "12")
         return (module.scale * w1 * w2).reshape(module.shape)
     if module.kind == "lokr":
         w1 = _lokr_factor(k, "1", read)
         w2 = _lokr_factor(k, "2", read)
-        if w2.ndim == 4:
-            w1 = w1.reshape(*w1.shape[:2], 1, 1)
+        w1 = w1.reshape(w1.shape + (1,) * (w2.ndim - w1.ndim))
         return (module.scale * np.kron(w1, w2)).reshape(module.shape)
     up = read(k["up"]).reshape(module.shape[0], module.rank)  # [out, r]
     down = read(k["down"])
@@ -210,12 +231,24 @@ def delta_weight(module: LoraModule, read: Reader) -> np.ndarray:
     return (module.scale * (up @ down.reshape(module.rank, -1))).reshape(module.shape)
 
 
+def _loha_factor(k: dict[str, str], i: str, read: Reader) -> np.ndarray:
+    """w_a @ w_b, [out, in(*kh*kw)]; Tucker: t x w_a x w_b, [out, in, kh, kw]."""
+    a, b = read(k[f"hada_w{i}_a"]), read(k[f"hada_w{i}_b"])
+    if f"hada_t{i}" in k:
+        return np.einsum("ij...,io,jn->on...", read(k[f"hada_t{i}"]), a, b, optimize=True)
+    return (a @ b.reshape(b.shape[0], -1)).reshape(a.shape[0], *b.shape[1:])
+
+
 def _lokr_factor(k: dict[str, str], i: str, read: Reader) -> np.ndarray:
     if f"lokr_w{i}" in k:
         return read(k[f"lokr_w{i}"])
     a, b = read(k[f"lokr_w{i}_a"]), read(k[f"lokr_w{i}_b"])
+    if i == "2" and "lokr_t2" in k:
+        return np.einsum("ij...,io,jn->on...", read(k["lokr_t2"]), a, b, optimize=True)
     return (a @ b.reshape(b.shape[0], -1)).reshape(a.shape[0], *b.shape[1:])
 
 
 def has_float_tensors(module: LoraModule, tensors: dict[str, TensorInfo]) -> bool:
-    return all(tensors[key].dtype in FLOAT_DTYPES for key in module.keys.values())
+    """Whether the factors (not alpha or dora_scale) are float tensors that dW can be computed from."""
+    return all(tensors[key].dtype in FLOAT_DTYPES for role, key in module.keys.items()
+               if role not in ("alpha", "dora_scale"))

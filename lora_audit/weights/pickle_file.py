@@ -7,16 +7,27 @@ from __future__ import annotations
 
 import io
 import pickletools
+import struct
 import zipfile
+import zlib
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 _SAFE_MODULES = ("collections", "torch", "numpy", "_codecs")
 _MAX_PICKLE_BYTES = 64 * 1024 * 1024
 
 
-def looks_like_pickle(path: str, head: bytes) -> bool:
-    """True for pickle extensions, raw pickle streams (protocol 2+) and torch zip archives."""
-    return path.lower().endswith(PICKLE_SUFFIXES) or head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
+def looks_like_pickle(path: str, head: bytes, size: int) -> bool:
+    """True for pickle extensions, and for torch zip archives and raw pickle streams (protocol 2-5)
+    that are not plausibly safetensors.
+
+    ``head`` is the file's first 9 bytes. A safetensors header length can start with byte 0x80, so
+    a file whose u64 header length fits in the file and whose header starts with ``{`` is safetensors.
+    """
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        return True
+    if len(head) >= 9 and 8 + struct.unpack("<Q", head[:8])[0] <= size and head[8:9] == b"{":
+        return False
+    return head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
 
 
 def pickle_imports(path: str) -> tuple[list[str], list[str]]:
@@ -29,12 +40,19 @@ def pickle_imports(path: str) -> tuple[list[str], list[str]]:
 
 
 def _pickle_streams(path: str) -> list[bytes]:
-    if zipfile.is_zipfile(path):
+    """The pickle streams of a raw pickle or torch zip archive; of a damaged archive, those that could be read."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            return [f.read(_MAX_PICKLE_BYTES)]
+    streams = []
+    try:
         with zipfile.ZipFile(path) as archive:
-            return [archive.read(info) for info in archive.infolist()
-                    if info.filename.endswith(".pkl") and info.file_size <= _MAX_PICKLE_BYTES]
-    with open(path, "rb") as f:
-        return [f.read(_MAX_PICKLE_BYTES)]
+            for info in archive.infolist():
+                if info.filename.endswith(".pkl") and info.file_size <= _MAX_PICKLE_BYTES:
+                    streams.append(archive.read(info))
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError):
+        pass  # corrupt, truncated, encrypted or oddly compressed
+    return streams
 
 
 def _globals(data: bytes) -> set[str]:

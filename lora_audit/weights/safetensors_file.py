@@ -2,8 +2,9 @@
 
 Cheap pre-checks (a regular file, the 8-byte header length within the file and under the 100 MB cap)
 come first, then the ``safetensors`` library validates the header (JSON, dtypes, contiguous
-in-range offsets); its errors become one-line messages. Tensor data is then read straight from a
-memory map with numpy, including BF16, which numpy has no type for.
+in-range offsets); its errors become one-line messages. Tensor data is then read with positioned
+reads into numpy buffers (no memory map, so a file truncated during the scan is an error, not a
+SIGBUS), including BF16 and F8, which numpy has no type for.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import errno
 import functools
 import json
 import math
-import mmap
 import os
 import re
 import struct
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,9 +26,11 @@ from lora_audit.errors import InvalidFileError
 MAX_HEADER_BYTES = 100_000_000  # the Rust library's own cap
 
 _NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
-_RAW_DTYPES = {**_NUMPY_DTYPES, "BF16": np.uint16}
-_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
-FLOAT_DTYPES = frozenset(_ITEMSIZE)
+_OTHER_DTYPES = {"I8": np.int8, "U8": np.uint8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
+                 "U32": np.uint32, "I64": np.int64, "U64": np.uint64, "BOOL": np.bool_,
+                 "F8_E4M3": np.uint8, "F8_E5M2": np.uint8}  # read as float64 (alpha scalars)
+_RAW_DTYPES = {**_NUMPY_DTYPES, "BF16": np.uint16, **_OTHER_DTYPES}
+FLOAT_DTYPES = frozenset(("F16", "BF16", "F32", "F64"))
 _RUN_CONVERT_BYTES = 64 * 1024 * 1024
 _SMALL_TENSOR = 4096  # elements; converted on their own
 
@@ -42,7 +45,7 @@ class TensorInfo:
 
 
 class SafetensorsFile:
-    """An open, validated safetensors file: its metadata, tensor table and a memory map of its data.
+    """An open, validated safetensors file: its metadata, tensor table and an open handle on its data.
 
     Use as a context manager; ``read(name)`` returns a float numpy array.
     """
@@ -65,48 +68,69 @@ class SafetensorsFile:
         }
         self._runs, self._run_of = _runs(self.tensors)
         self._converted: dict[int, np.ndarray] = {}  # run index -> float32 copy of a 16-bit run
-        self._file = open(path, "rb")
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._file = open(path, "rb", buffering=0)
 
     def read(self, name: str) -> np.ndarray:
-        """The tensor as float32 (F16/BF16/F32) or float64 (F64); other dtypes raise ValueError.
+        """The tensor as float32 (F16/BF16/F32), float64 (F64) or, for integer and F8 tensors
+        (alpha scalars), float64; other dtypes raise ValueError.
 
-        16-bit tensors are converted a whole run of same-dtype tensors at a time (one numpy call
-        instead of one per tensor), runs up to 64 MB; the result is a read-only view.
+        16-bit tensors are converted a whole run of same-dtype tensors at a time (one read and one
+        numpy call instead of one per tensor), runs up to 64 MB; small tensors (alpha scalars) are
+        read alone until their run has been converted.
         """
         info = self.tensors[name]
-        if info.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"tensor {name} has non-float dtype {info.dtype}")
+        if info.dtype not in _RAW_DTYPES:
+            raise ValueError(f"tensor {name} has unsupported dtype {info.dtype}")
+        if info.dtype in _OTHER_DTYPES:
+            raw = self._raw(info.dtype, info.start, info.numel, scratch=True)
+            return _to_float64(raw, info.dtype).reshape(info.shape)
         if info.dtype in ("F32", "F64"):
-            return np.frombuffer(self._map, _NUMPY_DTYPES[info.dtype], info.numel, info.start).reshape(info.shape)
+            return self._raw(info.dtype, info.start, info.numel).reshape(info.shape)
         index = self._run_of[name]
         dtype, start, end = self._runs[index]
-        if end - start > _RUN_CONVERT_BYTES or info.numel < _SMALL_TENSOR:  # e.g. alpha scalars
-            return _to_float32(self._raw(dtype, info.start, info.numel)).reshape(info.shape)
         if index not in self._converted:
-            self._converted[index] = _to_float32(self._raw(dtype, start, (end - start) // 2))
+            if end - start > _RUN_CONVERT_BYTES or info.numel < _SMALL_TENSOR:  # e.g. alpha scalars
+                return _to_float32(self._raw(dtype, info.start, info.numel, scratch=True)).reshape(info.shape)
+            self._converted[index] = _to_float32(self._raw(dtype, start, (end - start) // 2, scratch=True))
         offset = (info.start - start) // 2
         return self._converted[index][offset : offset + info.numel].reshape(info.shape)
 
     def non_finite(self) -> list[str]:
-        """Float tensors holding NaN or Inf: one check per run of same-dtype tensors, per tensor only in a bad run."""
+        """Float tensors holding NaN or Inf: one read and check per run of same-dtype tensors (runs
+        up to 64 MB; longer runs tensor by tensor), per tensor only in a bad run."""
+        members: dict[int, list[str]] = {}
+        for name, index in self._run_of.items():
+            members.setdefault(index, []).append(name)
         bad = []
         for index, (dtype, start, end) in enumerate(self._runs):
-            if dtype in FLOAT_DTYPES and not _finite(self._raw(dtype, start, (end - start) // _ITEMSIZE[dtype]), dtype):
-                bad += [name for name, i in self._run_of.items() if i == index
-                        and not _finite(self._raw(dtype, self.tensors[name].start, self.tensors[name].numel), dtype)]
+            if dtype not in FLOAT_DTYPES:
+                continue
+            count = (end - start) // np.dtype(_RAW_DTYPES[dtype]).itemsize
+            if end - start <= _RUN_CONVERT_BYTES and _finite(self._raw(dtype, start, count, scratch=True), dtype):
+                continue
+            bad += [name for name in members[index] if not _finite(
+                self._raw(dtype, self.tensors[name].start, self.tensors[name].numel, scratch=True), dtype)]
         return sorted(bad)
 
-    def _raw(self, dtype: str, start: int, count: int) -> np.ndarray:
-        return np.frombuffer(self._map, _RAW_DTYPES[dtype], count, start)
+    def _raw(self, dtype: str, start: int, count: int, scratch: bool = False) -> np.ndarray:
+        """``count`` elements of ``dtype`` read from byte ``start`` into a new array or, with
+        ``scratch``, into this thread's reusable buffer (valid until the next scratch read)."""
+        nbytes = count * np.dtype(_RAW_DTYPES[dtype]).itemsize
+        if scratch and nbytes <= _RUN_CONVERT_BYTES:
+            out = np.frombuffer(_scratch_buffer(nbytes), _RAW_DTYPES[dtype], count)
+        else:
+            out = np.empty(count, _RAW_DTYPES[dtype])
+        view = memoryview(out).cast("B")
+        while view:
+            self._file.seek(start)
+            n = self._file.readinto(view)
+            if not n:
+                raise InvalidFileError(self.path, "file changed while being read (truncated)")
+            view, start = view[n:], start + n
+        return out
 
     def close(self) -> None:
-        """Release the file; arrays from ``read`` that are still referenced keep the map alive until freed."""
         self._converted.clear()
-        try:
-            self._map.close()
-        except BufferError:  # numpy views still export the buffer: it closes when they are collected
-            pass
         self._file.close()
 
     def __enter__(self) -> "SafetensorsFile":
@@ -114,6 +138,18 @@ class SafetensorsFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_scratch = threading.local()
+
+
+def _scratch_buffer(nbytes: int) -> memoryview:
+    """This thread's reusable read buffer, grown to ``nbytes``: fresh memory costs a page fault per
+    page, which made reading a run into a new array several times slower than a memory map."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or len(buffer) < nbytes:
+        buffer = _scratch.buffer = bytearray(nbytes)
+    return memoryview(buffer)[:nbytes]
 
 
 def _runs(tensors: dict[str, TensorInfo]) -> tuple[list[tuple[str, int, int]], dict[str, int]]:
@@ -145,6 +181,24 @@ def _to_float32(raw: np.ndarray) -> np.ndarray:
 
 _EXPONENT_BITS = {"F16": (np.uint16, 0x7C00), "BF16": (np.uint16, 0x7F80),
                   "F32": (np.uint32, 0x7F800000), "F64": (np.uint64, 0x7FF0000000000000)}
+
+
+@functools.lru_cache(maxsize=1)
+def _f8_e4m3_table() -> np.ndarray:
+    """float64 value of every F8 E4M3 (fn) bit pattern: bias 7, no infinities, S.1111.111 is NaN."""
+    bits = np.arange(256)
+    exponent, mantissa = (bits >> 3) & 0xF, (bits & 7) / 8
+    value = np.where(exponent == 0, mantissa * 2.0**-6, (1 + mantissa) * 2.0 ** (exponent - 7))
+    value[(bits & 0x7F) == 0x7F] = np.nan
+    return np.where(bits & 0x80, -value, value)
+
+
+def _to_float64(raw: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "F8_E5M2":  # the top byte of a float16
+        return (raw.astype(np.uint16) << 8).view(np.float16).astype(np.float64)
+    if dtype == "F8_E4M3":
+        return np.take(_f8_e4m3_table(), raw)
+    return raw.astype(np.float64)
 
 
 def _finite(raw: np.ndarray, dtype: str) -> bool:

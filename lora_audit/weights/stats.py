@@ -16,8 +16,9 @@ _FULL_SVD_MAX_ELEMENTS = 1_000_000  # LoHa/LoKr/Tucker deltas: above this only t
 def weight_stats(lora: LoraFile, per_module: bool = True) -> WeightStats:
     """Counts over the file and, with ``per_module``, each module's dW norm and effective rank."""
     measurable = [m for m in lora.modules if per_module and has_float_tensors(m, lora.tensors)]
-    singular = _factored_singular_values(lora, [m for m in measurable if _is_factored(m)])
-    modules = [module_stats(lora, m, singular.get(m.name)) for m in measurable]
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd alphas give inf/NaN norms, not warnings
+        singular = _factored_singular_values(lora, [m for m in measurable if _is_factored(m)])
+        modules = [module_stats(lora, m, singular.get(m.name)) for m in measurable]
     return WeightStats(
         layout=lora.layout,
         base_model=lora.base_model,
@@ -37,11 +38,7 @@ def module_stats(lora: LoraFile, module: LoraModule, singular: np.ndarray | None
     if singular is None and not _is_factored(module):
         singular = _full_singular_values(lora, module)
     if singular is None:
-        try:
-            norm = float(np.linalg.norm(lora.delta(module)))
-        except ValueError:  # a delta lora-audit does not compute (Tucker LoHa)
-            norm = float("nan")
-        eff = float("nan")
+        norm, eff = float(np.linalg.norm(lora.delta(module))), float("nan")
     else:
         norm, eff = float(np.linalg.norm(singular)), effective_rank(singular)
     return ModuleStats(module.name, module.kind, module.rank, module.alpha, module.scale,
@@ -72,7 +69,7 @@ def _factored_singular_values(lora: LoraFile, modules: list[LoraModule]) -> dict
         up = lora.file.read(m.keys["up"]).reshape(m.shape[0], m.rank)  # [out, r]
         down = lora.file.read(m.keys["down"]).reshape(m.rank, -1)  # [r, in]
         gram_up, gram_down = (up.T @ up).astype(np.float64), (down @ down.T).astype(np.float64)  # [r, r]
-        product = (m.scale ** 2) * gram_up @ gram_down  # eigenvalues = sigma^2
+        product = np.float64(m.scale) ** 2 * gram_up @ gram_down  # eigenvalues = sigma^2
         if np.isfinite(product).all():
             grams.setdefault(m.rank, []).append((m.name, product))
     out = {}
@@ -87,10 +84,7 @@ def _full_singular_values(lora: LoraFile, module: LoraModule) -> np.ndarray | No
     """Singular values of a LoHa / LoKr / Tucker dW, formed explicitly when it is small enough."""
     if int(np.prod(module.shape)) > _FULL_SVD_MAX_ELEMENTS:
         return None
-    try:
-        dw = lora.delta(module).reshape(module.shape[0], -1)
-    except ValueError:
-        return None
+    dw = lora.delta(module).reshape(module.shape[0], -1)
     if not np.isfinite(dw).all():
         return None
     return np.linalg.svd(dw.astype(np.float64), compute_uv=False)
