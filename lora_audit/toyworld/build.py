@@ -212,8 +212,9 @@ Made by `lora_audit.synthetic.write_static_samples` (seeds 1, 2, 3).
 
 DreamBooth-LoRA on the toy base: {vic['config']['photos']} private photos of one PRIVATE identity
 (`<name>_photos/`), instance prompt `a face of <random rare word>`, prior preservation with
-{ft['num_class_images']} class images, rank {ft['rank']}, {ft['steps']} steps, lr {ft['lr']}, targets
-{', '.join(ft['target_modules'])}, seed = {ft['seed']} + identity id.
+{ft['num_class_images']} class images, rank {ft['rank']}, {ft['steps']} steps, lr {ft['lr']}, UNet targets
+{', '.join(ft['target_modules'])}{', plus a text-encoder LoRA on ' + ', '.join(ft['text_encoder_targets']) if ft['text_encoder_lora'] else ''},
+seed = {ft['seed']} + identity id.
 
 Utility check: {vic['config']['samples_per_check']} images of the LoRA prompted with its trigger, scored
 with the toy face embedder against reference views of {vic['victims'][next(iter(vic['victims']))]['candidates']}
