@@ -84,6 +84,12 @@ class WeightStats:
     kinds: dict[str, int]
     modules: list[ModuleStats] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Like ``dataclasses.asdict`` but without its deep copies (thousands of modules per batch)."""
+        d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items() if k != "modules"}
+        d["modules"] = [{**vars(m), "shape": list(m.shape)} for m in self.modules]
+        return d
+
 
 @dataclass
 class FileResult:
@@ -108,7 +114,7 @@ class FileResult:
             "seconds": round(self.seconds, 4),
             "max_severity": self.max_severity.label if self.max_severity is not None else None,
             "findings": [f.to_dict() for f in self.findings],
-            "stats": asdict(self.stats) if self.stats is not None else None,
+            "stats": self.stats.to_dict() if self.stats is not None else None,
         }
 
 

@@ -32,7 +32,7 @@ _OTHER_DTYPES = {"I8": np.int8, "U8": np.uint8, "I16": np.int16, "U16": np.uint1
 _RAW_DTYPES = {**_NUMPY_DTYPES, "BF16": np.uint16, **_OTHER_DTYPES}
 FLOAT_DTYPES = frozenset(("F16", "BF16", "F32", "F64"))
 _RUN_CONVERT_BYTES = 64 * 1024 * 1024
-_SMALL_TENSOR = 4096  # elements; converted on their own
+_SMALL_TENSOR = 64  # elements (alpha scalars, ...): converted on their own, not their whole run
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def _f16_table() -> np.ndarray:
 def _to_float32(raw: np.ndarray) -> np.ndarray:
     if raw.dtype == np.uint16:  # BF16 bits are the top half of a float32
         return (raw.astype(np.uint32) << 16).view(np.float32)
-    if raw.dtype == np.float16:
+    if raw.dtype == np.float16 and raw.size >= _SMALL_TENSOR:  # the table pays off on large arrays only
         return np.take(_f16_table(), raw.view(np.uint16))
     return raw.astype(np.float32)
 
