@@ -146,6 +146,7 @@ def toy_build(
 
     from lora_audit.toyworld.build import STAGES, BuildConfig, build
 
+    _quiet_libraries()
     config = BuildConfig.tiny(Path(out), Path(out) / "installed") if tiny else BuildConfig(out=Path(out))
     with _stage_progress() as report:
         metrics = build(config, tuple(stage) or STAGES, report)
@@ -182,6 +183,7 @@ def finetune(
         snapshots = tuple(int(s) for s in snapshot_steps.split(",") if s.strip())
     except ValueError:
         raise UsageError(f"--snapshot-steps must be comma-separated integers, got {snapshot_steps!r}") from None
+    _quiet_libraries()
     pipeline = load_base(base)
     photos = load_image_folder(images, pipeline.image_size)
     config = FinetuneConfig(rank=rank, alpha=alpha, steps=steps, lr=lr, seed=seed, trigger=trigger,
@@ -202,17 +204,18 @@ def finetune(
     return 0
 
 
-@contextlib.contextmanager
-def _stage_progress():
-    """A progress callback ``(stage, step, total, metrics)`` drawing rich bars on stderr, or None off a terminal.
-
-    The libraries' own loading bars are turned off: lora-audit shows one progress display.
-    """
+def _quiet_libraries() -> None:
+    """Turn off diffusers' and transformers' own loading bars: lora-audit shows one progress display."""
     import diffusers.utils.logging
     import transformers.utils.logging
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def _stage_progress():
+    """A progress callback ``(stage, step, total, metrics)`` drawing rich bars on stderr, or None off a terminal."""
     if not sys.stderr.isatty():
         yield None
         return
