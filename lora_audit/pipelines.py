@@ -64,17 +64,10 @@ class DiffusionBase:
         ``deltas`` maps canonical module names (``unet.<path>``, ``text_encoder.<path>``) to dW, as
         :meth:`lora_audit.weights.LoraFile.deltas` gives them: any layout and any rank patch the same way.
         """
-        components = {"unet": self.unet, "text_encoder": self.text_encoder}
         saved = []
         try:
             for name, dw in deltas.items():
-                component, _, path = name.partition(".")
-                if component not in components:
-                    raise UsageError(f"the LoRA adapts {name}, which this {self.family} base model does not have")
-                try:
-                    weight = components[component].get_submodule(path).weight
-                except AttributeError:
-                    raise UsageError(f"the LoRA adapts {name}, which this {self.family} base model does not have") from None
+                weight = self._weight_of(name)
                 dw = torch.as_tensor(dw).to(weight.device, weight.dtype)
                 if dw.numel() != weight.numel():
                     raise UsageError(f"{name}: LoRA delta shape {tuple(dw.shape)} does not fit weight {tuple(weight.shape)}")
@@ -86,6 +79,15 @@ class DiffusionBase:
             with torch.no_grad():
                 for weight, original in saved:
                     weight.copy_(original)
+
+    def _weight_of(self, name: str) -> torch.nn.Parameter:
+        """The weight of a canonical module name (``unet.<path>``, ``text_encoder.<path>``)."""
+        component, _, path = name.partition(".")
+        model = {"unet": self.unet, "text_encoder": self.text_encoder}.get(component)
+        try:
+            return model.get_submodule(path).weight
+        except AttributeError:  # no such component, module, or a module without a weight
+            raise UsageError(f"the LoRA adapts {name}, which this {self.family} base model does not have") from None
 
     @torch.no_grad()
     def generate(self, prompt_embeds: torch.Tensor, *, guidance_scale: float = 3.0, steps: int = 25,
