@@ -14,9 +14,11 @@ import typer
 
 from lora_audit import __version__
 from lora_audit.errors import LoraAuditError, UsageError
+from lora_audit.attack.train_config import TrainConfig
 from lora_audit.finetune import FinetuneConfig
 
 _RECIPE = FinetuneConfig()
+_TRAIN = TrainConfig()
 
 log = logging.getLogger("lora_audit")
 
@@ -63,9 +65,14 @@ def scan(
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy file (default: ./lora-audit.toml, or the \\[tool.lora-audit] table of ./pyproject.toml)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-module weight statistics in the console report."),
-    skip_weights: bool = typer.Option(False, "--skip-weights", help="Read headers only: metadata, layout, base model and tensor pairing; no NaN/Inf check and no dW statistics (fast triage)."),
+    skip_weights: bool = typer.Option(False, "--skip-weights", help="Read headers only: metadata, layout, base model and tensor pairing; no NaN/Inf check, no dW statistics, no attack (fast triage)."),
+    attack: bool = typer.Option(True, "--attack/--no-attack", help="Run the weight-to-image attack where an attack model for the file's base family is available (the toy one ships)."),
+    attack_model: Optional[str] = typer.Option(None, "--attack-model", help="Attack model directory for non-toy families (from `lora-audit train-attack`)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory of the base model, for non-toy families."),
+    face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint for non-toy families [default: the torch hub cache]."),
+    reconstructions: Optional[str] = typer.Option(None, "--reconstructions", help="Directory for the reconstruction PNGs and grids [default: next to --output, else ./lora-audit-reconstructions]."),
 ) -> int:
-    """Audit LoRA files: metadata leaks, unsafe formats, broken or non-finite weights."""
+    """Audit LoRA files: metadata leaks, unsafe formats, broken weights, and the identity the weights reveal."""
     from lora_audit.policy import load_policy
     from lora_audit.reports import write_report
     from lora_audit.reports.json_report import jsonl_file_line, jsonl_summary_line
@@ -78,10 +85,20 @@ def scan(
     files = collect_files(paths)
     if output is not None:
         _check_report_path(output, files)
+    identity = None
+    if attack and not skip_weights:
+        from pathlib import Path
+
+        from lora_audit.attack.audit import AttackOptions, IdentityAuditor, check_inputs
+
+        where = reconstructions or (f"{os.path.splitext(output)[0]}_reconstructions" if output else "lora-audit-reconstructions")
+        attack_options = AttackOptions(attack_model=attack_model, base=base, face_weights=face_weights, out_dir=Path(where))
+        check_inputs(attack_options)
+        identity = IdentityAuditor(attack_options)
     order = {path: i for i, path in enumerate(files)}
     results = []
     with _open_output(output) as stream, _progress(len(files), quiet) as advance:
-        for file_result in scan_files(files, options, jobs=jobs or rules.jobs or 1):
+        for file_result in scan_files(files, options, jobs=jobs or rules.jobs or 1, identity=identity):
             results.append(file_result)
             advance()
             if format is Format.jsonl:
@@ -138,8 +155,9 @@ app.add_typer(toy_app, name="toy")
 @toy_app.command("build")
 def toy_build(
     out: str = typer.Option("build/toy", "--out", help="Working directory for checkpoints and stage outputs."),
-    stage: List[str] = typer.Option([], "--stage", help="Run only these stages (repeatable): embedder, base, victims, install."),
+    stage: List[str] = typer.Option([], "--stage", help="Run only these stages (repeatable): embedder, base, victims, shadows, install."),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny sizes (seconds), installed under OUT/installed: a smoke test."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Processes for the shadows stage."),
 ) -> int:
     """Rebuild the toy world (embedder, base model, victim LoRAs) resumably, then install it."""
     from pathlib import Path
@@ -148,6 +166,7 @@ def toy_build(
 
     _quiet_libraries()
     config = BuildConfig.tiny(Path(out), Path(out) / "installed") if tiny else BuildConfig(out=Path(out))
+    config.jobs = jobs
     with _stage_progress() as report:
         metrics = build(config, tuple(stage) or STAGES, report)
     typer.echo(f"toy world built in {out}: stages {', '.join(metrics)}")
@@ -179,17 +198,14 @@ def finetune(
 
     if layout not in LAYOUTS:
         raise UsageError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
-    try:
-        snapshots = tuple(int(s) for s in snapshot_steps.split(",") if s.strip())
-    except ValueError:
-        raise UsageError(f"--snapshot-steps must be comma-separated integers, got {snapshot_steps!r}") from None
+    snapshots = _int_list(snapshot_steps, "--snapshot-steps")
     _quiet_libraries()
     pipeline = load_base(base)
     photos = load_image_folder(images, pipeline.image_size)
     config = FinetuneConfig(rank=rank, alpha=alpha, steps=steps, lr=lr, seed=seed, trigger=trigger,
                             snapshot_steps=snapshots, text_encoder_lora=text_encoder)
     with _stage_progress() as report:
-        result = finetune_lora(pipeline, photos, config, progress=lambda s, t, m: report("finetune", s, t, m) if report else None)
+        result = finetune_lora(pipeline, photos, config, progress=lambda s, t, m: report("finetune", s, t, m))
     metadata = dict(TOY_METADATA) if pipeline.family == "toy" else {}
     out, alpha_value = Path(output), alpha if alpha is not None else rank
     for step, state in sorted(result.snapshots.items()):
@@ -204,6 +220,100 @@ def finetune(
     return 0
 
 
+@app.command(epilog="Exit codes: 0 written; 2 bad input images; 4 usage error.")
+def shadow(
+    out: str = typer.Option(..., "--out", "-o", help="Directory for the trajectory shards (resumes what is there)."),
+    identities: int = typer.Option(128, "--identities", "-n", min=1, help="Shadow identities to fine-tune."),
+    images: Optional[str] = typer.Option(None, "--images", help="One sub-folder of photos per shadow identity [default: toy-world SHADOW identities]."),
+    base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory [default: the toy base]."),
+    steps: int = typer.Option(_RECIPE.steps, "--steps", min=1, help="Fine-tuning steps per identity."),
+    snapshot_steps: str = typer.Option("50,100,200,300,400,500", "--snapshot-steps", help="Comma-separated steps r stored per trajectory (each <= --steps)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Identities fine-tuned in parallel (processes)."),
+) -> int:
+    """Fine-tune shadow LoRAs with the victims' recipe and store their trajectories (the attack's training data)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from lora_audit.attack.shadow import ShadowConfig, build_shadows
+
+    snapshots = _int_list(snapshot_steps, "--snapshot-steps")
+    _quiet_libraries()
+    config = ShadowConfig(identities=identities, snapshot_steps=snapshots, images_dir=images,
+                          finetune=replace(_RECIPE, steps=steps))
+    with _stage_progress() as report:
+        summary = build_shadows(config, Path(out), base, jobs, lambda d, t, m: report("shadow", d, t, m))
+    typer.echo(f"{summary['identities']} shadow trajectories in {out} ({summary['trained_now']} fine-tuned now)")
+    return 0
+
+
+@app.command("train-attack", epilog="Exit codes: 0 written; 4 usage error.")
+def train_attack(
+    shadows: str = typer.Argument(..., help="Directory of shadow trajectories (from `lora-audit shadow`).", show_default=False),
+    out: str = typer.Option(..., "--out", "-o", help="Directory for the attack model (attack.json + attack.safetensors), curves and checkpoints; resumes what is there."),
+    base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory the shadows were fine-tuned on [default: the toy base]."),
+    steps: int = typer.Option(_TRAIN.steps, "--steps", min=1, help="Optimiser steps."),
+    shadows_per_step: int = typer.Option(_TRAIN.shadows_per_step, "--shadows-per-step", min=1),
+    lr: float = typer.Option(_TRAIN.lr, "--lr"),
+    beta: float = typer.Option(_TRAIN.beta, "--beta", help="KL weight after warm-up."),
+    validation: int = typer.Option(_TRAIN.validation, "--validation", min=0, help="Shadow identities held out of training."),
+    final_only: bool = typer.Option(False, "--final-only", help="Ablation: train on final weights only, without the step embedding."),
+) -> int:
+    """Train the weight-to-image VAE attack on shadow trajectories."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from lora_audit.attack.shadow import load_trajectories
+    from lora_audit.attack.train import train_attack as train
+    from lora_audit.pipelines import load_base
+
+    _quiet_libraries()
+    trajectories = load_trajectories(Path(shadows))
+    pipeline = load_base(base)
+    config = replace(_TRAIN, steps=steps, shadows_per_step=shadows_per_step, lr=lr, beta=beta,
+                     validation=validation, final_only=final_only)
+    with _stage_progress() as report:
+        model = train(pipeline, trajectories, config, Path(out), lambda s, t, m: report("train", s, t, m))
+    final = model.config.training["final"]
+    typer.echo(f"wrote the attack model to {out} ({model.config.training['seconds']:.0f} s; "
+               f"held-out diffusion MSE {final.get('val_mse', float('nan')):.4f})")
+    return 0
+
+
+@app.command(epilog="Exit codes: 0 written; 2 the LoRA could not be read; 4 usage error.")
+def reconstruct(
+    lora: str = typer.Argument(..., help="LoRA file (.safetensors).", show_default=False),
+    out: str = typer.Option(..., "--out", "-o", help="Directory for the PNGs and the grid."),
+    attack_model: Optional[str] = typer.Option(None, "--attack-model", help="Attack model directory [default: the shipped toy attack, for toy LoRAs]."),
+    base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory [default: the toy base]."),
+    latents: int = typer.Option(4, "--latents", min=1, help="Samples of z."),
+    seeds: int = typer.Option(2, "--seeds", min=1, help="Sampler seeds per z."),
+    step: Optional[float] = typer.Option(None, "--step", min=1, help="Fine-tuning step r [default: from metadata, else estimated]."),
+    sampling_steps: int = typer.Option(25, "--sampling-steps", min=1),
+    seed: int = typer.Option(0, "--seed"),
+) -> int:
+    """Reconstruct the identity behind a LoRA file from its weights (K = latents x seeds images and a grid)."""
+    from pathlib import Path
+
+    from lora_audit.attack.reconstruct import load_attack, reconstruct as run, save_reconstruction
+    from lora_audit.weights import open_lora
+
+    _quiet_libraries()
+    with open_lora(lora) as lora_file:
+        attack, pipeline = load_attack(lora_file.base_model, attack_model, base)
+        result = run(attack, pipeline, lora_file, latents=latents, seeds=seeds, step=step,
+                     sampling_steps=sampling_steps, seed=seed)
+    paths = save_reconstruction(result, Path(out), Path(lora).stem)
+    typer.echo(f"wrote {len(paths) - 1} reconstructions and {paths[-1]} (step r = {result.step:.0f}, {result.step_source})")
+    return 0
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
 def _quiet_libraries() -> None:
     """Turn off diffusers' and transformers' own loading bars: lora-audit shows one progress display."""
     import diffusers.utils.logging
@@ -215,9 +325,19 @@ def _quiet_libraries() -> None:
 
 @contextlib.contextmanager
 def _stage_progress():
-    """A progress callback ``(stage, step, total, metrics)`` drawing rich bars on stderr, or None off a terminal."""
+    """A progress callback ``(stage, step, total, metrics)``: rich bars on a terminal, else a line on
+    stderr at most every 30 s (logs of background runs)."""
     if not sys.stderr.isatty():
-        yield None
+        import time
+
+        last = {"time": 0.0}
+
+        def line(stage: str, step: int, total: int, metrics: dict) -> None:
+            if step == total or time.monotonic() - last["time"] >= 30:
+                last["time"] = time.monotonic()
+                print(f"{stage} {step}/{total} {_shown(metrics)}", file=sys.stderr, flush=True)
+
+        yield line
         return
     from rich.console import Console
     from rich.progress import Progress
@@ -228,10 +348,13 @@ def _stage_progress():
         def report(stage: str, step: int, total: int, metrics: dict) -> None:
             if stage not in tasks:
                 tasks[stage] = progress.add_task(stage, total=total)
-            shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-            progress.update(tasks[stage], completed=step, description=f"{stage} {shown}")
+            progress.update(tasks[stage], completed=step, description=f"{stage} {_shown(metrics)}")
 
         yield report
+
+
+def _shown(metrics: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
 def _check_report_path(path: str, files: list[str]) -> None:

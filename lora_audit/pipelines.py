@@ -67,7 +67,7 @@ class DiffusionBase:
         saved = []
         try:
             for name, dw in deltas.items():
-                weight = self._weight_of(name)
+                weight = self.weight_of(name)
                 dw = torch.as_tensor(dw).to(weight.device, weight.dtype)
                 if dw.numel() != weight.numel():
                     raise UsageError(f"{name}: LoRA delta shape {tuple(dw.shape)} does not fit weight {tuple(weight.shape)}")
@@ -80,7 +80,7 @@ class DiffusionBase:
                 for weight, original in saved:
                     weight.copy_(original)
 
-    def _weight_of(self, name: str) -> torch.nn.Parameter:
+    def weight_of(self, name: str) -> torch.nn.Parameter:
         """The weight of a canonical module name (``unet.<path>``, ``text_encoder.<path>``)."""
         component, _, path = name.partition(".")
         model = {"unet": self.unet, "text_encoder": self.text_encoder}.get(component)

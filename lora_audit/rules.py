@@ -52,6 +52,15 @@ _RULES = [
          "A down/up (A/B) pair is incomplete; the module cannot be applied. Re-export the LoRA."),
     Rule("LA203", "shape-mismatch", Severity.MEDIUM, "LoRA pair with incompatible shapes",
          "The down and up matrices do not share a rank; the module cannot be applied. Re-export the LoRA."),
+    # Identity leakage from the weights (the weight-to-image attack).
+    Rule("LA301", "identity-reconstruction", Severity.HIGH, "The weights alone reconstruct one identity",
+         "Anyone holding the file can render the person it was trained on. Do not publish a LoRA of a "
+         "private person; if it must be shared, train it with differential privacy and re-scan."),
+    Rule("LA302", "identity-attack-clean", Severity.INFO, "The weight-to-image attack found no consistent identity",
+         "No action needed from this measure; see the reconstruction grid, and scan with --references "
+         "to compare the reconstructions with the owner's photos."),
+    Rule("LA303", "identity-attack-unavailable", Severity.INFO, "The weight-to-image attack was not run",
+         "Give the inputs it names (--base, --attack-model) to audit the identity leak of this base family."),
 ]
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}

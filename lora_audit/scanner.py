@@ -9,6 +9,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from lora_audit.attack.audit import IdentityAuditor
 from lora_audit.errors import InvalidFileError, NothingToScanError
 from lora_audit.metadata import check_metadata
 from lora_audit.policy import Policy
@@ -71,9 +72,22 @@ def scan_file(path: str, options: ScanOptions | None = None) -> FileResult:
     return result
 
 
-def scan_files(files: list[str], options: ScanOptions | None = None, jobs: int = 1) -> Iterator[FileResult]:
-    """Scan ``files``, yielding each result as it finishes (input order when ``jobs`` is 1)."""
+def scan_files(files: list[str], options: ScanOptions | None = None, jobs: int = 1,
+               identity: IdentityAuditor | None = None) -> Iterator[FileResult]:
+    """Scan ``files``, yielding each result as it finishes (input order when ``jobs`` is 1).
+
+    With ``identity``, each readable LoRA is also attacked (in this process, after its static scan).
+    """
     options = options or ScanOptions()
+    for result in _static_results(files, options, jobs):
+        if identity is not None and result.error is None and result.stats is not None and result.stats.module_count:
+            start = time.perf_counter()
+            result.findings.extend(options.policy.apply(identity.findings(result.path, result.stats.base_model)))
+            result.seconds += time.perf_counter() - start
+        yield result
+
+
+def _static_results(files: list[str], options: ScanOptions, jobs: int) -> Iterator[FileResult]:
     if jobs <= 1 or len(files) < 2:
         for path in files:
             yield scan_file(path, options)

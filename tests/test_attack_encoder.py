@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lora_audit import synthetic as S
-from lora_audit.attack.encoder import EncoderConfig, WeightEncoder, sketch_batch
+from lora_audit.attack.encoder import EncoderConfig, WeightEncoder
+from lora_audit.attack.model import AttackConfig, AttackModel
 from lora_audit.attack.features import ModuleSketcher
 from lora_audit.weights import open_lora
 
@@ -75,29 +76,31 @@ def test_loha_and_lokr_use_the_delta(tmp_path, kind):
 def test_encoder_shapes_padding_and_step(tmp_path):
     full = S.make_lora("sd15", rank=4, max_modules=3, seed=3)
     names = list(full.modules)
-    sketcher = ModuleSketcher(k=4)
+    config = EncoderConfig(names, sketch_k=4, width=16, layers=1, heads=2, latent_len=5, latent_dim=6, latent_rank=7)
+    attack = AttackModel(AttackConfig(family="sd1", encoder=config))
     with write(tmp_path, "full.safetensors", S.to_kohya(full)) as a, \
             write(tmp_path, "part.safetensors", S.to_kohya(small(full, names[1:]))) as b:
-        sketches, padding = sketch_batch(sketcher, [a, b], names)
+        inputs = [attack.file_inputs(a), attack.file_inputs(b)]
+    sketches, padding = (torch.stack(x) for x in zip(*inputs))
     assert sketches.shape == (2, 3, 16) and sketches.dtype == torch.float32
     assert padding.tolist() == [[False, False, False], [True, False, False]]
     assert not sketches[1, 0].any() and torch.equal(sketches[0, 1:], sketches[1, 1:])
 
     torch.manual_seed(0)
-    encoder = WeightEncoder(EncoderConfig(names, sketch_k=4, width=16, layers=1, heads=2,
-                                          latent_len=5, latent_dim=6)).eval()
+    encoder = WeightEncoder(config).eval()
     sketches = sketches * 1e3  # LoRA deltas are small; scale them so the test sees their effect
     step = torch.tensor([100, 100])
     with torch.no_grad():
         mu, logvar = encoder(sketches, step, padding)
-        assert mu.shape == logvar.shape == (2, 5, 6)
+        assert mu.shape == logvar.shape == (2, 7)
         noisy = sketches.clone()
         noisy[1, 0] = torch.randn(16)  # a missing module's input is ignored
         torch.testing.assert_close(encoder(noisy, step, padding)[0], mu)
         assert not torch.allclose(encoder(noisy, step)[0][1], mu[1])
         assert not torch.allclose(encoder(sketches, torch.tensor([100, 900]), padding)[0][1], mu[1])
     z1, z2 = (encoder.sample(mu, logvar, torch.Generator().manual_seed(7)) for _ in range(2))
-    assert z1.shape == (2, 5, 6) and torch.equal(z1, z2)
+    assert z1.shape == (2, 7) and torch.equal(z1, z2)
+    assert attack.to_latent(z1).shape == (2, 5, 6)
 
 
 def test_same_seed_same_sketch_matrices():

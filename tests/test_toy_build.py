@@ -20,7 +20,9 @@ def built(tmp_path_factory):
 
 def test_every_stage_runs_and_reports(built):
     config, metrics, seen = built
-    assert list(metrics) == list(STAGES) and set(seen) >= {"embedder", "base", "victims"}
+    assert list(metrics) == list(STAGES) and set(seen) >= {"embedder", "base", "victims", "shadows", "attack"}
+    assert metrics["shadows"]["identities"] == config.shadows.identities
+    assert metrics["attack"]["evaluation"]["victims"]["attack"]["n"] == len(config.victims.victims)
     assert 0 <= metrics["embedder"]["evaluation"]["clean"]["auc"] <= 1
     assert set(metrics["victims"]["victims"]) == {v.name for v in config.victims.victims}
     for name in ("caption_samples", "real_renders"):
@@ -52,14 +54,21 @@ def test_installed_artefacts_load_and_scan(built, capsys):
     assert "lora-audit toy build" in readme and "tiny_kohya_leaky.safetensors" in readme
     assert (config.samples_dir / "sdxl_kohya.safetensors").is_file()  # the synthetic layouts ship too
     assert (config.docs_dir / "img" / "toy_base_samples.png").is_file()
-    assert main(["scan", "-f", "json", "-q", str(config.samples_dir)]) == 1
+    assert {p.name for p in (config.package_data / "attack").iterdir()} == {"attack.json", "attack.safetensors"}
+    assert (config.docs_dir / "img" / "attack_reconstructions.png").is_file()
+    assert "What the attack recovers" in readme
+    grids = config.out / "grids"
+    assert main(["scan", "-f", "json", "-q", str(config.samples_dir), "--attack-model", str(config.package_data / "attack"),
+                 "--base", str(config.package_data / "base"), "--reconstructions", str(grids)]) == 1
     report = json.loads(capsys.readouterr().out)
     files = {f["path"].rsplit("/", 1)[-1]: f for f in report["files"]}
     leaky = files["tiny_kohya_leaky.safetensors"]
     assert leaky["stats"]["base_model"] == "toy" and leaky["stats"]["layout"] == "kohya"
     assert {"LA101", "LA102", "LA105"} <= {f["rule_id"] for f in leaky["findings"]}
     clean = files["tiny_peft.safetensors"]
-    assert clean["stats"]["layout"] == "peft" and clean["findings"] == []
+    assert clean["stats"]["layout"] == "peft"
+    (identity,) = clean["findings"]  # no metadata finding; the attack's verdict on its weights
+    assert identity["rule_id"] in ("LA301", "LA302") and identity["evidence"]["grid"].startswith(str(grids))
 
 
 def test_unknown_stage_is_a_usage_error(tmp_path):

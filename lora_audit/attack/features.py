@@ -56,9 +56,14 @@ class ModuleSketcher:
         down = read(keys["down"]).astype(np.float64)  # [r, in(, kh, kw)]; Tucker: [r, in, 1, 1]
         if "mid" in keys:  # Tucker core [r, r, kh, kw]: A = mid applied after the 1x1 down
             down = np.einsum("abhw,bi->aihw", read(keys["mid"]), down.reshape(r, -1))  # [r, in, kh, kw]
-        down = down.reshape(r, -1)  # [r, in*kh*kw]
+        return self.sketch_factors(up, down, module.scale)
+
+    def sketch_factors(self, up: np.ndarray, down: np.ndarray, scale: float) -> np.ndarray:
+        """Features [k*k] of dW = scale * up @ down from the factors up [out, r], down [r, in(, kh, kw)]."""
+        up = np.asarray(up, dtype=np.float64)  # [out, r]
+        down = np.asarray(down, dtype=np.float64).reshape(up.shape[1], -1)  # [r, in*kh*kw]
         s_out, s_in = self.matrix(up.shape[0]), self.matrix(down.shape[1])  # [out, k], [in, k]
-        return (module.scale * (s_out.T @ up) @ (down @ s_in)).reshape(-1)  # [k, r] @ [r, k] -> [k*k]
+        return (scale * (s_out.T @ up) @ (down @ s_in)).reshape(-1)  # [k, r] @ [r, k] -> [k*k]
 
     def sketch(self, lora_file: LoraFile) -> dict[str, np.ndarray]:
         """Features [k*k] of every module of ``lora_file``, by canonical module name."""

@@ -6,6 +6,8 @@ Stages, each writing into ``<out>/<stage>/`` and finished when its ``metrics.jso
   embedder  train the toy face embedder and evaluate it on held-out identities
   base      train the toy base pipeline and judge its samples with the embedder
   victims   fine-tune the sample victim LoRAs and check their utility
+  shadows   fine-tune the attacker's shadow LoRAs and store their trajectories
+  attack    train the weight-to-image VAE on them and score it on held-out identities
   install   copy the small final artefacts into the package data, ``weights_samples/`` and ``docs/``
 """
 
@@ -18,12 +20,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+from lora_audit.attack.shadow import ShadowConfig
+from lora_audit.attack.train_config import TrainConfig
 from lora_audit.toyworld.identities import SHADOW
 from lora_audit.toyworld.pipeline import ToyBaseConfig
 from lora_audit.toyworld.train_embedder import EmbedderConfig
 from lora_audit.toyworld.victims import VictimConfig
 
-STAGES = ("embedder", "base", "victims", "install")
+STAGES = ("embedder", "base", "victims", "shadows", "attack", "install")
 Progress = Callable[[str, int, int, dict], None]  # (stage, step, total, metrics)
 
 
@@ -33,6 +39,11 @@ class BuildConfig:
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     base: ToyBaseConfig = field(default_factory=ToyBaseConfig)
     victims: VictimConfig = field(default_factory=VictimConfig)
+    shadows: ShadowConfig = field(default_factory=ShadowConfig)
+    jobs: int = 1  # processes for the shadows stage
+    attack: TrainConfig = field(default_factory=TrainConfig)
+    attack_latents: int = 4  # reconstructions per held-out LoRA: latents x seeds
+    attack_seeds: int = 2
     embedder_eval_identities: int = 200  # held-out SHADOW identities for the embedder's figures
     embedder_eval_images: int = 10
     base_judge_identities: int = 20  # SHADOW identities whose captions the base is judged on
@@ -48,6 +59,9 @@ class BuildConfig:
     def tiny(cls, out: Path, install_root: Path) -> "BuildConfig":
         """Seconds on a CPU, everything installed under ``install_root`` (for tests)."""
         return cls(out=out, embedder=EmbedderConfig.tiny(), base=ToyBaseConfig.tiny(), victims=VictimConfig.tiny(),
+                   shadows=ShadowConfig(identities=3, photos=2, image_size=16, snapshot_steps=(2, 3),
+                                        finetune=VictimConfig.tiny().finetune),
+                   attack=TrainConfig.tiny(), attack_latents=2, attack_seeds=1,
                    embedder_eval_identities=6, embedder_eval_images=3, base_judge_identities=3,
                    base_judge_samples=1, sampling_steps=3, grid_identities=2, grid_seeds=1,
                    package_data=install_root / "data",
@@ -61,7 +75,8 @@ def build(config: BuildConfig, stages: tuple[str, ...] = STAGES, progress: Progr
         from lora_audit.errors import UsageError
 
         raise UsageError(f"unknown stage(s) {', '.join(sorted(unknown))}; expected {', '.join(STAGES)}")
-    runners = {"embedder": _embedder, "base": _base, "victims": _victims, "install": _install}
+    runners = {"embedder": _embedder, "base": _base, "victims": _victims, "shadows": _shadows, "attack": _attack,
+               "install": _install}
     metrics = {}
     for stage in STAGES:
         marker = config.out / stage / "metrics.json"
@@ -139,6 +154,51 @@ def _victims(config: BuildConfig, progress) -> dict:
             "base_class_prompt": _summary([c["base_class_prompt"] for c in checks])}
 
 
+def _shadows(config: BuildConfig, progress) -> dict:
+    from lora_audit.attack.shadow import build_shadows, shard_records
+
+    out = config.out / "shadows"
+    summary = build_shadows(config.shadows, out, str(config.out / "base"), config.jobs, progress)
+    records = shard_records(out)
+    return {"config": asdict(config.shadows), **summary,
+            "finetune_seconds_total": round(sum(r["seconds"] for r in records), 1),
+            "final_loss_mean": round(float(np.mean([r["final_loss"] for r in records])), 4)}
+
+
+def _attack(config: BuildConfig, progress) -> dict:
+    from lora_audit.attack.audit import generic_consistency
+    from lora_audit.attack.shadow import load_trajectories
+    from lora_audit.attack.train import split, train_attack
+    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
+    from lora_audit.pipelines import load_base
+    from lora_audit.toyworld.attack_eval import evaluate_attack
+    from lora_audit.toyworld.victims import TOY_METADATA
+    from lora_audit.weights.writer import save_lora
+
+    out = config.out / "attack"
+    base = load_base(str(config.out / "base"))
+    embedder = ToyFaceEmbedder.load(config.out / "embedder")
+    trajectories = load_trajectories(config.out / "shadows")
+    model = train_attack(base, trajectories, config.attack, out, progress)
+    cases = []
+    for t in split(trajectories, config.attack.validation)[1]:  # held-out shadows, as the files a user would scan
+        path = out / "held_out" / f"shadow_{t.identity}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        save_lora(str(path), t.states[t.steps[-1]], layout="peft", rank=t.rank, alpha=t.alpha, metadata=TOY_METADATA)
+        cases.append((int(t.identity), path))
+    victims = [(spec.identity_id, config.out / "victims" / f"{spec.name}.safetensors") for spec in config.victims.victims]
+    sampling = config.sampling_steps
+    kwargs = dict(latents=config.attack_latents, seeds=config.attack_seeds, sampling_steps=sampling,
+                  image_size=config.victims.image_size)
+    k = config.attack_latents * config.attack_seeds
+    model.config.evaluation = {
+        "held_out_shadows": evaluate_attack(model, base, embedder, cases, **kwargs),
+        "victims": evaluate_attack(model, base, embedder, victims, **kwargs),
+        "generic_consistency": generic_consistency(base, embedder, model.config.class_prompt, k, sampling_steps=sampling)}
+    model.save(out)
+    return {"training": model.config.training, "evaluation": model.config.evaluation}
+
+
 def _install(config: BuildConfig, progress) -> dict:
     from lora_audit.pipelines import load_base
     from lora_audit.synthetic import write_static_samples
@@ -147,11 +207,12 @@ def _install(config: BuildConfig, progress) -> dict:
     from lora_audit.toyworld.renderer import save_contact_sheet
 
     copied = {}
-    for name, skip in (("base", {"checkpoint.pt", "metrics.json"}),
-                       ("embedder", {"checkpoint.safetensors", "eval.json", "metrics.json"})):
+    for name, keep in (("base", lambda n: n not in {"checkpoint.pt", "metrics.json"}),
+                       ("embedder", lambda n: n not in {"checkpoint.safetensors", "eval.json", "metrics.json"}),
+                       ("attack", lambda n: n in {"attack.json", "attack.safetensors"})):
         target = config.package_data / name
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(config.out / name, target, ignore=lambda d, names: [n for n in names if n in skip])
+        shutil.copytree(config.out / name, target, ignore=lambda d, names, keep=keep: [n for n in names if not keep(n)])
         copied[name] = _size(target)
     config.samples_dir.mkdir(parents=True, exist_ok=True)
     for item in sorted((config.out / "victims").iterdir()):
@@ -171,9 +232,36 @@ def _install(config: BuildConfig, progress) -> dict:
     sample_grid(base.pipe, [SHADOW.start + i for i in range(config.grid_identities)], seeds=range(config.grid_seeds),
                 path=images / "toy_base_samples.png", num_inference_steps=config.sampling_steps)
     save_contact_sheet(images / "contact_sheet.png", [PUBLIC.start + i for i in range(8)], size=config.base.image_size)
-    stages = {s: json.loads((config.out / s / "metrics.json").read_text()) for s in ("embedder", "base", "victims")}
+    shutil.copy2(config.out / "attack" / "curves.png", images / "attack_curves.png")
+    _attack_grid(config, images / "attack_reconstructions.png")
+    stages = {s: json.loads((config.out / s / "metrics.json").read_text())
+              for s in ("embedder", "base", "victims", "shadows", "attack")}
     (config.samples_dir / "README.md").write_text(samples_readme(stages, copied))
     return {"copied_bytes": copied}
+
+
+def _attack_grid(config: BuildConfig, path: Path) -> None:
+    """One row per victim: its private photos, then the attack's reconstructions from its weights alone."""
+    from PIL import Image
+
+    from lora_audit.attack.model import AttackModel
+    from lora_audit.attack.reconstruct import reconstruct
+    from lora_audit.images import load_image_folder
+    from lora_audit.pipelines import load_base
+    from lora_audit.weights import open_lora
+
+    attack, base = AttackModel.load(config.out / "attack"), load_base(str(config.out / "base"))
+    rows = []
+    for spec in config.victims.victims:
+        photos = load_image_folder(str(config.out / "victims" / f"{spec.name}_photos"), config.victims.image_size)
+        with open_lora(str(config.out / "victims" / f"{spec.name}.safetensors")) as lora_file:
+            result = reconstruct(attack, base, lora_file, latents=config.attack_latents, seeds=config.attack_seeds,
+                                 sampling_steps=config.sampling_steps)
+        blank = np.ones_like(photos[:1])
+        rows.append(np.concatenate([*photos, blank[0], *result.images], axis=1))  # [H, W * n, 3]
+    grid = (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255 + 0.5).astype(np.uint8)
+    image = Image.fromarray(grid)
+    image.resize((image.width * 3, image.height * 3), Image.NEAREST).save(path)
 
 
 def samples_readme(metrics: dict, sizes: dict) -> str:
@@ -181,6 +269,14 @@ def samples_readme(metrics: dict, sizes: dict) -> str:
     import PIL
 
     emb, base, vic = metrics["embedder"], metrics["base"], metrics["victims"]
+    shadows, attack = metrics["shadows"], metrics["attack"]
+    training, evaluation = attack["training"], attack["evaluation"]
+    held, victims_eval, generic = evaluation["held_out_shadows"], evaluation["victims"], evaluation["generic_consistency"]
+    attack_rows = "\n".join(
+        f"| `{name}.safetensors` | {c['step']} ({c['step_source']}) | {c['attack']['similarity']:.3f} | {c['attack']['rank']} "
+        f"| {c['base_generic']['similarity']:.3f} | {c['base_generic']['rank']} | {c['consistency']:.3f} |"
+        for name, c in victims_eval["cases"].items())
+    tc = training["config"]
     rows = "\n".join(
         f"| `{name}.safetensors` | {v['layout']} | {v['identity']} | {'yes' if v['leaky_metadata'] else 'no'} "
         f"| `a face of {v['trigger']}` | {v['lora_with_trigger']['similarity']:.3f} "
@@ -193,7 +289,7 @@ def samples_readme(metrics: dict, sizes: dict) -> str:
 Everything here is rebuilt by one command of the product, from fixed seeds:
 
 ```bash
-lora-audit toy build            # stages: embedder, base, victims, install (resumable; outputs in build/toy)
+lora-audit toy build --jobs 2   # stages: embedder, base, victims, shadows, attack, install (resumable; outputs in build/toy)
 ```
 
 The renderer draws with Pillow {PIL.__version__}; another Pillow version may change pixels slightly.
@@ -243,7 +339,36 @@ rank-1 {vic['base_class_prompt']['rank1']:.0%}.
   caption samples rank-1 {base['caption_samples']['rank1']:.0%} (similarity {base['caption_samples']['mean_similarity']}),
   real renders rank-1 {base['real_renders']['rank1']:.0%}, chance {base['chance_rank1']:.0%}.
 
-Stage times: embedder {emb['seconds']} s, base {base['seconds']} s, victims {vic['seconds']} s (2-core CPU).
+- Attack model (`attack/`, the weight-to-image VAE of DESIGN.md §2): trained on the trajectories of
+  {shadows['identities']} SHADOW identities fine-tuned with the victims' recipe ({shadows['config']['photos']} photos each,
+  snapshots at steps {', '.join(str(x) for x in shadows['config']['snapshot_steps'])}; {shadows['finetune_seconds_total']:.0f} s of
+  fine-tuning in all), of which {training['held_out_identities']} were held out. {tc['steps']} steps of
+  {tc['shadows_per_step']} shadows x {tc['images_per_shadow']} images, beta {tc['beta']}, sketch k = {tc['sketch_k']}
+  ({training['seconds']:.0f} s of training; curves in `docs/img/attack_curves.png`).
+
+## What the attack recovers (figures on identities it never saw)
+
+Each LoRA file is attacked from its weights alone: {held['k']} reconstructions
+({shadows['config']['snapshot_steps'][-1]}-step LoRAs; r from metadata or estimated), ranked by the toy face embedder
+against the true identity and {held['candidates'] - 1} distractors (chance rank-1 {1 / held['candidates']:.0%}). The base model's
+generic faces (class prompt, same count) are the chance level.
+
+| held-out LoRAs | attack rank-1 | attack similarity | generic rank-1 | generic similarity |
+|---|---|---|---|---|
+| {held['attack']['n']} held-out shadow identities | {held['attack']['rank1']:.0%} | {held['attack']['mean_similarity']:.3f} | {held['base_generic']['rank1']:.0%} | {held['base_generic']['mean_similarity']:.3f} |
+| {victims_eval['attack']['n']} sample victims | {victims_eval['attack']['rank1']:.0%} | {victims_eval['attack']['mean_similarity']:.3f} | {victims_eval['base_generic']['rank1']:.0%} | {victims_eval['base_generic']['mean_similarity']:.3f} |
+
+| victim | step r used | attack similarity | rank | generic similarity | rank | identity consistency |
+|---|---|---|---|---|---|---|
+{attack_rows}
+
+Identity consistency (mean pairwise similarity of the reconstructions) of generic faces:
+{generic['mean']:.3f} +/- {generic['std']:.3f}; `scan` reports LA301 above mean + 3 std. Step estimate on
+held-out trajectories: median relative error {training['step_estimate'].get('median_relative_error', float('nan'))}.
+Reconstructions of the sample victims: `docs/img/attack_reconstructions.png`.
+
+Stage times: embedder {emb['seconds']} s, base {base['seconds']} s, victims {vic['seconds']} s, shadows
+{shadows['seconds']} s, attack {attack['seconds']} s (2-core CPU).
 """
 
 

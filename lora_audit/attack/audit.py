@@ -1,0 +1,144 @@
+"""The identity finding of ``scan``: run the weight-to-image attack on a LoRA file and judge the result.
+
+The measure is how consistently the K reconstructions show one identity: the mean pairwise cosine
+similarity of their face embeddings. It is compared with the same measure on K generic faces of the
+base model (the class prompt, K sampler seeds), whose distribution over several groups of seeds is
+the reference: a LoRA leaks when its reconstructions are more consistent than
+``mean + 3 std`` of the generic groups. This says "the weights decode to one person"; whether that
+person is the owner is what ``--references`` answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lora_audit.errors import LoraAuditError
+from lora_audit.results import Finding
+from lora_audit.rules import make_finding
+
+GENERIC_GROUPS = 8  # groups of generic faces behind the reference distribution
+LEAK_SIGMAS = 3.0
+
+
+@dataclass
+class AttackOptions:
+    attack_model: str | None = None
+    base: str | None = None
+    face_weights: str | None = None  # FaceNet checkpoint for real-world families
+    out_dir: Path = Path("lora-audit-reconstructions")
+    latents: int = 4
+    seeds: int = 2
+    sampling_steps: int = 25
+
+
+def missing_inputs(family: str, attack_model: str | None, base: str | None) -> list[str]:
+    """What the attack on a ``family`` LoRA still needs: ``--base`` and/or ``--attack-model`` with a hint."""
+    if family == "toy":
+        return []
+    return [f"{flag} ({what} for {family})" for flag, value, what in (
+        ("--base", base, "a local diffusers pipeline directory"),
+        ("--attack-model", attack_model, "an attack model trained with `lora-audit train-attack`"))
+        if value is None]
+
+
+def check_inputs(options: AttackOptions) -> None:
+    """Fail early (a usage error) on an --attack-model or --base directory that cannot be what it claims."""
+    from lora_audit.errors import UsageError
+
+    if options.attack_model is not None and not (Path(options.attack_model) / "attack.json").is_file():
+        raise UsageError(f"--attack-model {options.attack_model} is not an attack model directory (no attack.json)")
+    if options.base is not None and not (Path(options.base) / "model_index.json").is_file():
+        raise UsageError(f"--base {options.base} is not a diffusers pipeline directory (no model_index.json)")
+
+
+def consistency(embeddings: np.ndarray) -> float:
+    """Mean pairwise cosine similarity of unit embeddings [K, D] (K >= 2), diagonal excluded."""
+    k = len(embeddings)
+    gram = embeddings @ embeddings.T  # [K, K]
+    return float((gram.sum() - np.trace(gram)) / (k * (k - 1)))
+
+
+def generic_consistency(base, embedder, prompt: str, k: int, groups: int = GENERIC_GROUPS,
+                        sampling_steps: int = 25) -> dict:
+    """The consistency of K generic faces (``prompt``, K seeds) over ``groups`` groups: mean, std, values."""
+    embeds = base.encode_prompt([prompt]).detach().expand(k, -1, -1)
+    values = [consistency(embedder.embed(base.generate(embeds, seed=10_000 + g, steps=sampling_steps)))
+              for g in range(groups)]
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values, "k": k,
+            "prompt": prompt, "sampling_steps": sampling_steps}
+
+
+class IdentityAuditor:
+    """Runs the attack on LoRA files of any family it has the inputs for; loads each model once."""
+
+    def __init__(self, options: AttackOptions):
+        self.options = options
+        self._models: dict[str, tuple] = {}
+
+    def findings(self, path: str, family: str) -> list[Finding]:
+        """LA301/LA302 with the measure and the grid path, or LA303 saying why the attack did not run."""
+        o = self.options
+        missing = missing_inputs(family, o.attack_model, o.base)
+        if missing:
+            return [make_finding("LA303", f"no weight-to-image attack for a {family} LoRA without "
+                                 + " and ".join(missing), {"missing": ", ".join(m.split(" ")[0] for m in missing)})]
+        try:
+            return [self._audit(path, family)]
+        except LoraAuditError as e:
+            return [make_finding("LA303", f"the weight-to-image attack could not run: {e}")]
+
+    def _audit(self, path: str, family: str) -> Finding:
+        from lora_audit.attack.reconstruct import reconstruct, save_reconstruction
+        from lora_audit.weights import open_lora
+
+        o = self.options
+        attack, base, embedder, generic = self._load(family)
+        with open_lora(path) as lora_file:
+            result = reconstruct(attack, base, lora_file, latents=o.latents, seeds=o.seeds,
+                                 sampling_steps=o.sampling_steps)
+        name = f"{Path(path).stem}-{hashlib.sha1(path.encode()).hexdigest()[:6]}"
+        grid = save_reconstruction(result, o.out_dir, name)[-1]
+        value = consistency(embedder.embed(result.images))
+        threshold = generic["mean"] + LEAK_SIGMAS * generic["std"]
+        sigmas = (value - generic["mean"]) / max(generic["std"], 1e-6)
+        evidence = {"identity consistency": f"{value:.3f}",
+                    "generic faces": f"{generic['mean']:.3f} +/- {generic['std']:.3f} (threshold {threshold:.3f})",
+                    "fine-tuning step r": f"{result.step:.0f} ({result.step_source})",
+                    "reconstructions": f"{result.latents} z samples x {result.seeds} seeds",
+                    "grid": str(grid)}
+        if value > threshold:
+            return make_finding("LA301", f"the weights alone decode to one consistent identity: consistency "
+                                f"{value:.3f} vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std above)",
+                                evidence)
+        return make_finding("LA302", f"reconstructions show no consistent identity: consistency {value:.3f} "
+                            f"vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std)", evidence)
+
+    def _load(self, family: str) -> tuple:
+        if family not in self._models:
+            from lora_audit.attack.reconstruct import load_attack
+
+            o = self.options
+            attack, base = load_attack(family, o.attack_model, o.base)
+            embedder = _embedder(family, o.face_weights, base.device)
+            k = o.latents * o.seeds
+            generic = attack.config.evaluation.get("generic_consistency")
+            if not generic or generic.get("k") != k or generic.get("sampling_steps") != o.sampling_steps:
+                generic = generic_consistency(base, embedder, attack.config.class_prompt, k,
+                                              sampling_steps=o.sampling_steps)
+            self._models[family] = (attack, base, embedder, generic)
+        return self._models[family]
+
+
+def _embedder(family: str, face_weights: str | None, device):
+    if family == "toy":
+        from lora_audit.faces.toy_embedder import ToyFaceEmbedder
+        from lora_audit.toyworld.assets import toy_embedder_path
+
+        return ToyFaceEmbedder.load(toy_embedder_path(), device=device)
+    from lora_audit.faces.facenet import FaceNetEmbedder
+
+    return FaceNetEmbedder.load(face_weights, device=device)

@@ -1,0 +1,56 @@
+"""The attack's decoder: the base diffusion model patched with the audited LoRA, conditioned on z.
+
+z takes the place of the text encoder's output (``prompt_embeds``), so only the UNet's weight deltas
+matter here; a text-encoder LoRA still reaches the attack through the encoder's input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Mapping
+
+import numpy as np
+import torch
+
+from lora_audit.errors import UsageError
+from lora_audit.pipelines import DiffusionBase
+
+UNET = "unet."
+
+
+@contextlib.contextmanager
+def per_sample_deltas(base: DiffusionBase, deltas: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Within the block, UNet linear module ``name`` computes x W^T + x dW_b^T for sample b of the batch.
+
+    ``deltas`` maps canonical names (``unet.<path>``) to dW stacked per sample, [B, out, in]: one
+    UNet call then runs B differently patched models (training batches many shadow LoRAs at once).
+    Text-encoder deltas are ignored (z replaces the text encoder's output). Differentiable in the
+    inputs; the base weights are not modified.
+    """
+    handles = []
+    try:
+        for name, dw in deltas.items():
+            if not name.startswith(UNET):
+                continue
+            module = base.unet.get_submodule(name[len(UNET):])
+            if not isinstance(module, torch.nn.Linear):
+                raise UsageError(f"{name}: per-sample LoRA deltas are implemented for linear layers only")
+            handles.append(module.register_forward_hook(_add_delta(dw)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _add_delta(dw: torch.Tensor):
+    def hook(module, inputs, output):  # inputs[0]: [B, ..., in]; output: [B, ..., out]
+        x = inputs[0]
+        return output + torch.einsum("b...i,boi->b...o", x, dw.to(x.dtype))
+    return hook
+
+
+def decode(base: DiffusionBase, deltas: Mapping[str, np.ndarray | torch.Tensor], z: torch.Tensor, *,
+           seed: int = 0, steps: int = 25, guidance_scale: float = 3.0) -> np.ndarray:
+    """Sample one image per latent z [B, L, D] from the LoRA-patched base: [B, H, W, 3] in [0, 1]."""
+    with base.patched(deltas):
+        return base.generate(z, guidance_scale=guidance_scale, steps=steps, seed=seed)

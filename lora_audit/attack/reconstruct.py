@@ -1,0 +1,102 @@
+"""Reconstructing the identity behind a LoRA file from its weights alone (``lora-audit reconstruct``).
+
+K = latents x seeds images: several samples z ~ q(z | dW, r) (the VAE's spread of plausible faces),
+each decoded with several sampler noises by the base model patched with the LoRA (one batch, one
+generator seed: the whole set is reproducible from ``seed``). The fine-tuning
+step r comes from kohya's metadata when the file has it, else from the attack model's estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lora_audit.attack.audit import missing_inputs
+from lora_audit.attack.decoder import decode
+from lora_audit.attack.model import AttackModel
+from lora_audit.errors import UsageError
+from lora_audit.pipelines import DiffusionBase
+
+ATTACK_ASSET = "attack"  # the shipped toy attack, in the package data
+STEP_KEYS = ("ss_max_train_steps", "ss_steps")  # kohya's total steps, then the steps actually run
+
+
+@dataclass
+class Reconstruction:
+    images: np.ndarray  # [latents * seeds, H, W, 3] in [0, 1], latent-major
+    latents: int
+    seeds: int
+    step: float  # the fine-tuning step r the encoder was conditioned on
+    step_source: str  # "metadata:<key>", "estimate" or "given"
+
+
+def load_attack(family: str, attack_model: str | None, base: str | None) -> tuple[AttackModel, DiffusionBase]:
+    """The attack model and base pipeline for a LoRA of ``family``: the shipped toy pair by default.
+
+    For any other family both must be given; the error names exactly what is missing.
+    """
+    from lora_audit.pipelines import load_base
+    from lora_audit.toyworld.assets import asset_path
+
+    missing = missing_inputs(family, attack_model, base)
+    if missing:
+        raise UsageError(f"no attack for a {family} LoRA without {' and '.join(missing)}")
+    attack = AttackModel.load(attack_model or asset_path(ATTACK_ASSET))
+    pipeline = load_base(base)
+    return attack.to(pipeline.device), pipeline
+
+
+def step_from_metadata(metadata: dict[str, str]) -> tuple[int, str] | None:
+    """(r, key) from kohya's ``ss_max_train_steps`` / ``ss_steps`` when present and a positive integer."""
+    for key in STEP_KEYS:
+        value = str(metadata.get(key, "")).strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value), key
+    return None
+
+
+@torch.no_grad()
+def reconstruct(attack: AttackModel, base: DiffusionBase, lora_file, *, latents: int = 4, seeds: int = 2,
+                step: float | None = None, sampling_steps: int = 25, guidance_scale: float = 3.0,
+                seed: int = 0) -> Reconstruction:
+    """Reconstruct ``latents * seeds`` images of the identity behind an opened LoRA file."""
+    if attack.config.family != base.family:
+        raise UsageError(f"the attack model was trained for the {attack.config.family} base, "
+                         f"but the base model given is {base.family}")
+    device = attack.feature_mean.device
+    raw, padding = attack.file_inputs(lora_file)
+    raw, padding = raw[None].to(device), padding[None].to(device)  # [1, M, k*k], [1, M]
+    if step is not None:
+        source = "given"
+    elif (found := step_from_metadata(lora_file.metadata)) is not None:
+        step, source = found[0], f"metadata:{found[1]}"
+    else:
+        step, source = attack.estimate_step(raw, padding).item(), "estimate"
+    mu, logvar = attack.posterior(raw, padding, torch.tensor([float(step)], device=device))  # [1, R] each
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    c = attack.sample(mu.expand(latents, -1), logvar.expand(latents, -1), generator)  # [latents, R]
+    z = attack.to_latent(c).repeat_interleave(seeds, dim=0)  # [latents * seeds, L, D], latent-major
+    images = decode(base, lora_file.deltas(), z, seed=seed, steps=sampling_steps, guidance_scale=guidance_scale)
+    return Reconstruction(images, latents, seeds, float(step), source)
+
+
+def save_reconstruction(result: Reconstruction, out: Path, name: str, scale: int = 4) -> list[Path]:
+    """``<name>_z<i>_seed<j>.png`` per image and ``<name>_grid.png`` (rows: z samples, columns: seeds)."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    tiles = (np.clip(result.images, 0, 1) * 255 + 0.5).astype(np.uint8)  # [K, H, W, 3]
+    for k, tile in enumerate(tiles):
+        path = out / f"{name}_z{k // result.seeds}_seed{k % result.seeds}.png"
+        Image.fromarray(tile).save(path)
+        paths.append(path)
+    grid = tiles.reshape(result.latents, result.seeds, *tiles.shape[1:])  # [latents, seeds, H, W, 3]
+    grid = grid.transpose(0, 2, 1, 3, 4).reshape(result.latents * tiles.shape[1], result.seeds * tiles.shape[2], 3)
+    grid_path = out / f"{name}_grid.png"
+    image = Image.fromarray(grid)
+    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(grid_path)
+    return [*paths, grid_path]

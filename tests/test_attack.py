@@ -1,0 +1,270 @@
+"""The weight-to-image attack end to end on a tiny toy base: shadows -> train -> reconstruct -> scan."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from lora_audit.attack.audit import AttackOptions, IdentityAuditor, consistency
+from lora_audit.attack.decoder import per_sample_deltas
+from lora_audit.attack.model import AttackModel
+from lora_audit.attack.reconstruct import reconstruct, save_reconstruction, step_from_metadata
+from lora_audit.attack.shadow import ShadowConfig, build_shadows, load_trajectories
+from lora_audit.attack.train import train_attack
+from lora_audit.attack.train_config import TrainConfig
+from lora_audit.cli import main
+from lora_audit.errors import UsageError
+from lora_audit.finetune import FinetuneConfig
+from lora_audit.pipelines import load_base
+from lora_audit.toyworld.pipeline import ToyBaseConfig, make_toy_pipeline
+from lora_audit.toyworld.victims import TOY_METADATA
+from lora_audit.weights import open_lora
+from lora_audit.weights.writer import save_lora
+
+RECIPE = FinetuneConfig(rank=2, steps=3, num_class_images=2, class_sampling_steps=2)
+SHADOWS = ShadowConfig(identities=3, photos=2, image_size=16, snapshot_steps=(2, 3), finetune=RECIPE)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny base on disk, three shadow trajectories, an attack trained on two of them."""
+    root = tmp_path_factory.mktemp("attack")
+    pipe = make_toy_pipeline(ToyBaseConfig.tiny())
+    pipe.save_pretrained(root / "base")
+    build_shadows(SHADOWS, root / "shadows", str(root / "base"))
+    base = load_base(str(root / "base"), device="cpu")
+    trajectories = load_trajectories(root / "shadows")
+    model = train_attack(base, trajectories, TrainConfig.tiny(), root / "attack")
+    held_out = trajectories[-1]
+    lora = root / "held_out.safetensors"
+    save_lora(str(lora), held_out.states[3], layout="kohya", rank=2, alpha=2, metadata=TOY_METADATA)
+    return {"root": root, "base": base, "trajectories": trajectories, "model": model, "lora": lora}
+
+
+def test_shadow_shards_hold_trajectories(world):
+    trajectories = world["trajectories"]
+    assert [t.identity for t in trajectories] == ["201000", "201001", "201002"]
+    for t in trajectories:
+        assert t.images.shape == (2, 16, 16, 3) and t.images.dtype == np.uint8
+        assert t.steps == [2, 3] and t.rank == 2
+        assert any(not np.allclose(t.deltas(2)[n], t.deltas(3)[n]) for n in t.deltas(3))  # the LoRA moved
+    assert len({t.trigger for t in trajectories}) == 3
+
+
+def test_shadows_resume_and_refuse_another_recipe(world, tmp_path):
+    out = tmp_path / "shadows"
+    shutil.copytree(world["root"] / "shadows", out)
+    (out / "shadow-00001.safetensors").unlink()
+    before = (out / "shadow-00000.safetensors").read_bytes()
+    summary = build_shadows(SHADOWS, out, str(world["root"] / "base"))
+    assert summary["trained_now"] == 1 and (out / "shadow-00001.safetensors").is_file()
+    assert (out / "shadow-00000.safetensors").read_bytes() == before
+    more = ShadowConfig(**{**SHADOWS.__dict__, "identities": 4})  # adding identities is the same recipe
+    assert build_shadows(more, out, str(world["root"] / "base"))["trained_now"] == 1
+    other = ShadowConfig(**{**SHADOWS.__dict__, "photos": 3})
+    with pytest.raises(UsageError, match="another recipe"):
+        build_shadows(other, out, str(world["root"] / "base"))
+
+
+def test_trajectory_features_equal_the_saved_files_in_every_layout(world, tmp_path):
+    model, t = world["model"], world["trajectories"][0]
+    from_factors, _ = model.module_inputs({n: model.sketcher.sketch_factors(u, d, s) for n, u, d, s in t.factors(3)})
+    for layout in ("peft", "kohya"):
+        path = tmp_path / f"{layout}.safetensors"
+        save_lora(str(path), t.states[3], layout=layout, rank=t.rank, alpha=t.alpha, metadata=TOY_METADATA)
+        with open_lora(str(path)) as f:
+            raw, padding = model.file_inputs(f)
+        assert not padding.any()
+        torch.testing.assert_close(raw, from_factors)
+
+
+def test_a_higher_rank_refactorisation_gives_the_same_inputs(world, tmp_path):
+    model, t = world["model"], world["trajectories"][0]
+    state = {}
+    for key, value in t.states[3].items():  # rank 2 -> rank 4 with a random invertible mix: same dW
+        if key.endswith("lora_A.weight"):
+            up = t.states[3][key.replace("lora_A", "lora_B")]
+            g = np.random.default_rng(0).normal(size=(4, 2))
+            state[key] = (g @ value).astype(np.float32)  # [4, in]
+            state[key.replace("lora_A", "lora_B")] = (up @ np.linalg.pinv(g)).astype(np.float32)  # [out, 4]
+    paths = []
+    for name, s, rank in (("r2", t.states[3], 2), ("r4", state, 4)):
+        paths.append(tmp_path / f"{name}.safetensors")
+        save_lora(str(paths[-1]), s, rank=rank, alpha=rank, metadata=TOY_METADATA)  # scale 1 for both
+    with open_lora(str(paths[0])) as a, open_lora(str(paths[1])) as b:
+        assert {m.rank for m in b.modules} == {4}
+        torch.testing.assert_close(model.file_inputs(a)[0], model.file_inputs(b)[0], rtol=1e-4, atol=1e-7)
+
+
+def test_per_sample_deltas_equal_patching_each_model(world):
+    base, (a, b, _) = world["base"], world["trajectories"]
+    da, db = ({k: torch.as_tensor(v) for k, v in t.deltas(3).items()} for t in (a, b))
+    torch.manual_seed(0)
+    x, t, z = torch.randn(2, 3, 16, 16), torch.tensor([10, 900]), torch.randn(2, 32, 16)
+    with torch.no_grad():
+        with base.patched(da):
+            first = base.unet(x[:1], t[:1], encoder_hidden_states=z[:1]).sample
+        with base.patched(db):
+            second = base.unet(x[1:], t[1:], encoder_hidden_states=z[1:]).sample
+        with per_sample_deltas(base, {k: torch.stack([da[k], db[k]]) for k in da}):
+            both = base.unet(x, t, encoder_hidden_states=z).sample
+        plain = base.unet(x, t, encoder_hidden_states=z).sample
+    torch.testing.assert_close(both, torch.cat([first, second]), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(plain, both)
+
+
+def test_training_writes_the_model_and_curves_and_resumes_exactly(world, tmp_path):
+    out = world["root"] / "attack"
+    assert {"attack.json", "attack.safetensors", "curves.json", "curves.png", "checkpoint.pt"} <= {p.name for p in out.iterdir()}
+    curves = json.loads((out / "curves.json").read_text())
+    assert [c["step"] for c in curves] == [2, 4, 6] and all(np.isfinite(c["mse"]) for c in curves)
+    training = world["model"].config.training
+    assert training["held_out"] == ["201002"] and training["training_pairs"] == 4  # 2 shadows x 2 snapshots
+    # An interrupted run (checkpoint at step 3 of 6) resumes to the same weights as the run that never stopped.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(out / "checkpoint.pt", resumed / "checkpoint.pt")
+    again = train_attack(world["base"], world["trajectories"], TrainConfig.tiny(), resumed)
+    for key, value in world["model"].state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+    with pytest.raises(UsageError, match="another training configuration"):
+        train_attack(world["base"], world["trajectories"], TrainConfig(**{**TrainConfig.tiny().__dict__, "lr": 1e-2}), resumed)
+
+
+def test_save_load_round_trip_reconstructs_bit_identical_images(world, tmp_path):
+    loaded = AttackModel.load(world["root"] / "attack")
+    with open_lora(str(world["lora"])) as f:
+        first = reconstruct(world["model"], world["base"], f, latents=2, seeds=2, sampling_steps=2, seed=3)
+        second = reconstruct(loaded, world["base"], f, latents=2, seeds=2, sampling_steps=2, seed=3)
+        other_seed = reconstruct(loaded, world["base"], f, latents=2, seeds=2, sampling_steps=2, seed=4)
+    assert first.images.shape == (4, 16, 16, 3) and np.isfinite(first.images).all()
+    assert np.array_equal(first.images, second.images)
+    assert not np.array_equal(first.images, other_seed.images)
+    assert first.step_source == "estimate" and 1 <= first.step <= loaded.config.encoder.max_step
+    paths = save_reconstruction(first, tmp_path, "victim")
+    assert [p.name for p in paths] == ["victim_z0_seed0.png", "victim_z0_seed1.png", "victim_z1_seed0.png",
+                                       "victim_z1_seed1.png", "victim_grid.png"]
+    from PIL import Image
+
+    assert Image.open(paths[-1]).size == (2 * 16 * 4, 2 * 16 * 4)
+
+
+def test_attack_model_load_errors(tmp_path):
+    with pytest.raises(UsageError, match="not an attack model"):
+        AttackModel.load(tmp_path)
+
+
+def test_step_comes_from_kohya_metadata_first():
+    assert step_from_metadata({"ss_max_train_steps": "500", "ss_steps": "480"}) == (500, "ss_max_train_steps")
+    assert step_from_metadata({"ss_steps": "480"}) == (480, "ss_steps")
+    assert step_from_metadata({"ss_max_train_steps": "None"}) is None
+    assert step_from_metadata({}) is None
+
+
+def test_step_estimator_recovers_a_log_linear_law(world):
+    model = AttackModel(world["model"].config)
+    m, kk = model.feature_mean.shape
+    steps = torch.tensor([50.0, 100, 200, 400, 800] * 4)
+    raw = torch.randn(len(steps), m, kk)
+    raw = raw / raw.norm(dim=-1, keepdim=True) * steps.sqrt()[:, None, None]  # |sketch| grows as sqrt(r)
+    model.fit_statistics(raw, torch.zeros(len(steps), m, dtype=torch.bool), steps, ridge=1e-8)
+    torch.testing.assert_close(model.estimate_step(raw, torch.zeros(len(steps), m, dtype=torch.bool)), steps, rtol=1e-3, atol=0.0)
+
+
+def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
+    mu, logvar = torch.zeros(2, 4), torch.zeros(2, 4)
+    assert AttackModel.kl(mu, logvar).item() == 0
+    assert AttackModel.kl(mu + 0.1, logvar).item() > 0 and AttackModel.kl(mu, logvar - 1).item() > 0
+
+
+def test_latent_subspace_spans_prompt_embeddings(world):
+    from lora_audit.attack.latent import face_prompts, prompt_subspace
+
+    base, model = world["base"], world["model"]
+    prompts = face_prompts("toy", 16)
+    offset, basis, explained = prompt_subspace(base, prompts, 4)
+    assert torch.equal(offset, model.latent_offset) and torch.equal(basis, model.latent_basis)
+    assert 0 < explained <= 1 and basis.shape == (4, offset.numel())
+    embeds = base.encode_prompt(prompts).detach().flatten(1)  # [16, L*D]
+    coefficients = torch.linalg.lstsq(basis.T, (embeds - offset.flatten()).T).solution.T  # [16, 4]
+    assert abs(coefficients.var(0).mean().item() - 1) < 0.5  # whitened: N(0, I) is the embeddings' spread
+    assert torch.allclose(model.to_latent(torch.zeros(1, 4))[0], offset)
+    assert len(face_prompts("sd1", 50)) == 50 and all("photo" in p for p in face_prompts("sd1", 5))
+
+
+def test_consistency_of_embeddings():
+    same = np.tile(np.array([[0.6, 0.8]]), (4, 1))
+    assert consistency(same) == pytest.approx(1.0)
+    opposite = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    assert consistency(opposite) == pytest.approx(-1.0)
+
+
+def test_identity_auditor_findings(world, monkeypatch):
+    from lora_audit.faces.toy_embedder import ToyFaceEmbedder, ToyFaceNet, ToyNetConfig
+
+    torch.manual_seed(0)
+    embedder = ToyFaceEmbedder(ToyFaceNet(ToyNetConfig(image_size=16)), device="cpu")
+    monkeypatch.setattr("lora_audit.attack.audit._embedder", lambda family, weights, device: embedder)
+    options = AttackOptions(attack_model=str(world["root"] / "attack"), base=str(world["root"] / "base"),
+                            out_dir=world["root"] / "grids", latents=2, seeds=1, sampling_steps=2)
+    auditor = IdentityAuditor(options)
+    (finding,) = auditor.findings(str(world["lora"]), "toy")
+    assert finding.rule_id in ("LA301", "LA302")
+    assert (world["root"] / "grids").is_dir() and finding.evidence["grid"].endswith("_grid.png")
+    (missing,) = IdentityAuditor(AttackOptions()).findings(str(world["lora"]), "sd1")
+    assert missing.rule_id == "LA303" and missing.evidence["missing"] == "--base, --attack-model"
+
+
+def test_cli_train_and_reconstruct(world, tmp_path, capsys):
+    root = world["root"]
+    assert main(["train-attack", str(root / "shadows"), "-o", str(tmp_path / "a"), "--base", str(root / "base"),
+                 "--steps", "2", "--shadows-per-step", "1", "--validation", "1"]) == 0
+    assert (tmp_path / "a" / "attack.safetensors").is_file()
+    assert main(["reconstruct", str(world["lora"]), "-o", str(tmp_path / "rec"), "--attack-model", str(tmp_path / "a"),
+                 "--base", str(root / "base"), "--latents", "2", "--seeds", "1", "--sampling-steps", "2"]) == 0
+    assert len(list((tmp_path / "rec").glob("*.png"))) == 3
+    assert "step r =" in capsys.readouterr().out
+    assert main(["reconstruct", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "x")]) == 2
+    assert main(["reconstruct", str(world["lora"]), "-o", str(tmp_path / "x"), "--attack-model", str(tmp_path)]) == 4
+    assert main(["train-attack", str(tmp_path), "-o", str(tmp_path / "b")]) == 4
+    err = capsys.readouterr().err
+    assert "not an attack model" in err and "no shadow shards" in err
+
+
+def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path, monkeypatch):
+    from lora_audit import synthetic as S
+    from lora_audit.faces.toy_embedder import ToyFaceEmbedder, ToyFaceNet, ToyNetConfig
+
+    torch.manual_seed(0)
+    embedder = ToyFaceEmbedder(ToyFaceNet(ToyNetConfig(image_size=16)), device="cpu")
+    monkeypatch.setattr("lora_audit.attack.audit._embedder", lambda family, weights, device: embedder)
+    root = world["root"]
+    sd1 = S.save_lora(tmp_path / "sd1.safetensors", S.to_kohya(S.make_lora("sd15", rank=2, max_modules=2)))
+    report = tmp_path / "report.json"
+    args = ["scan", str(world["lora"]), str(sd1), "-f", "json", "-o", str(report), "--attack-model", str(root / "attack"),
+            "--base", str(root / "base"), "--fail-on", "info"]
+    assert main(args) == 1
+    files = {f["path"]: f for f in json.loads(report.read_text())["files"]}
+    (toy,) = [f for f in files[str(world["lora"])]["findings"] if f["rule_id"].startswith("LA3")]
+    assert toy["rule_id"] in ("LA301", "LA302") and "identity consistency" in toy["evidence"]
+    grid = toy["evidence"]["grid"]
+    assert grid.startswith(str(tmp_path / "report_reconstructions")) and grid.endswith("_grid.png")
+    assert (tmp_path / "report_reconstructions").is_dir()
+    (other,) = [f for f in files[str(sd1)]["findings"] if f["rule_id"].startswith("LA3")]
+    assert other["rule_id"] == "LA303"  # the given attack model is for the toy family, not sd1
+    assert main(["scan", str(world["lora"]), "--no-attack", "-f", "json", "-o", str(tmp_path / "plain.json")]) == 0
+    plain = json.loads((tmp_path / "plain.json").read_text())["files"][0]["findings"]
+    assert not [f for f in plain if f["rule_id"].startswith("LA3")]
+    assert main(["scan", str(sd1), "--attack-model", str(tmp_path)]) == 4
+
+
+def test_sd1_scan_stays_static_and_says_what_is_missing(tmp_path, capsys):
+    from lora_audit import synthetic as S
+
+    sd1 = S.save_lora(tmp_path / "sd1.safetensors", S.to_kohya(S.make_lora("sd15", rank=2, max_modules=2)))
+    assert main(["scan", str(sd1), "-f", "json", "--fail-on", "high"]) == 0
+    (finding,) = json.loads(capsys.readouterr().out)["files"][0]["findings"]
+    assert finding["rule_id"] == "LA303" and finding["severity"] == "info"
+    assert "--base" in finding["message"] and "--attack-model" in finding["message"]
