@@ -14,6 +14,7 @@ import typer
 
 from lora_audit import __version__
 from lora_audit.errors import LoraAuditError, UsageError
+from lora_audit.attack.shadow import ShadowConfig
 from lora_audit.attack.train_config import TrainConfig
 from lora_audit.finetune import FinetuneConfig
 
@@ -59,8 +60,8 @@ def scan(
     paths: List[str] = typer.Argument(..., help="LoRA files or directories (searched recursively).", show_default=False),
     format: Format = typer.Option(Format.console, "--format", "-f", help="Report format."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of stdout."),
-    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Lowest severity that makes the exit code 1: info, low, medium, high, critical. [default: high]"),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Files scanned in parallel. [default: 1]"),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Lowest severity that makes the exit code 1: info, low, medium, high, critical. \\[default: high]"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Files scanned in parallel. \\[default: 1]"),
     redact: bool = typer.Option(False, "--redact", help="Mask metadata values in the evidence (keys stay)."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy file (default: ./lora-audit.toml, or the \\[tool.lora-audit] table of ./pyproject.toml)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -69,8 +70,8 @@ def scan(
     attack: bool = typer.Option(True, "--attack/--no-attack", help="Run the weight-to-image attack where an attack model for the file's base family is available (the toy one ships)."),
     attack_model: Optional[str] = typer.Option(None, "--attack-model", help="Attack model directory for non-toy families (from `lora-audit train-attack`)."),
     base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory of the base model, for non-toy families."),
-    face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint for non-toy families [default: the torch hub cache]."),
-    reconstructions: Optional[str] = typer.Option(None, "--reconstructions", help="Directory for the reconstruction PNGs and grids [default: next to --output, else ./lora-audit-reconstructions]."),
+    face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint for non-toy families \\[default: the torch hub cache]."),
+    reconstructions: Optional[str] = typer.Option(None, "--reconstructions", help="Directory for the reconstruction PNGs and grids \\[default: next to --output, else ./lora-audit-reconstructions]."),
 ) -> int:
     """Audit LoRA files: metadata leaks, unsafe formats, broken weights, and the identity the weights reveal."""
     from lora_audit.policy import load_policy
@@ -177,7 +178,7 @@ def toy_build(
 def finetune(
     images: str = typer.Argument(..., help="Folder of the subject's photos (PNG/JPEG).", show_default=False),
     output: str = typer.Option(..., "--output", "-o", help="LoRA file to write (.safetensors)."),
-    base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory [default: the toy base]."),
+    base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory \\[default: the toy base]."),
     rank: int = typer.Option(_RECIPE.rank, "--rank", min=1),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="[default: rank]"),
     steps: int = typer.Option(_RECIPE.steps, "--steps", min=1), lr: float = typer.Option(_RECIPE.lr, "--lr"),
@@ -223,18 +224,18 @@ def finetune(
 @app.command(epilog="Exit codes: 0 written; 2 bad input images; 4 usage error.")
 def shadow(
     out: str = typer.Option(..., "--out", "-o", help="Directory for the trajectory shards (resumes what is there)."),
-    identities: int = typer.Option(128, "--identities", "-n", min=1, help="Shadow identities to fine-tune."),
-    images: Optional[str] = typer.Option(None, "--images", help="One sub-folder of photos per shadow identity [default: toy-world SHADOW identities]."),
-    base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory [default: the toy base]."),
+    identities: int = typer.Option(ShadowConfig.identities, "--identities", "-n", min=1, help="Shadow identities to fine-tune."),
+    images: Optional[str] = typer.Option(None, "--images", help="One sub-folder of photos per shadow identity \\[default: toy-world SHADOW identities]."),
+    base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory \\[default: the toy base]."),
     steps: int = typer.Option(_RECIPE.steps, "--steps", min=1, help="Fine-tuning steps per identity."),
-    snapshot_steps: str = typer.Option("50,100,200,300,400,500", "--snapshot-steps", help="Comma-separated steps r stored per trajectory (each <= --steps)."),
+    snapshot_steps: str = typer.Option(",".join(map(str, ShadowConfig.snapshot_steps)), "--snapshot-steps", help="Comma-separated steps r stored per trajectory (each <= --steps)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Identities fine-tuned in parallel (processes)."),
 ) -> int:
     """Fine-tune shadow LoRAs with the victims' recipe and store their trajectories (the attack's training data)."""
     from dataclasses import replace
     from pathlib import Path
 
-    from lora_audit.attack.shadow import ShadowConfig, build_shadows
+    from lora_audit.attack.shadow import build_shadows
 
     snapshots = _int_list(snapshot_steps, "--snapshot-steps")
     _quiet_libraries()
@@ -250,7 +251,7 @@ def shadow(
 def train_attack(
     shadows: str = typer.Argument(..., help="Directory of shadow trajectories (from `lora-audit shadow`).", show_default=False),
     out: str = typer.Option(..., "--out", "-o", help="Directory for the attack model (attack.json + attack.safetensors), curves and checkpoints; resumes what is there."),
-    base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory the shadows were fine-tuned on [default: the toy base]."),
+    base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory the shadows were fine-tuned on \\[default: the toy base]."),
     steps: int = typer.Option(_TRAIN.steps, "--steps", min=1, help="Optimiser steps."),
     shadows_per_step: int = typer.Option(_TRAIN.shadows_per_step, "--shadows-per-step", min=1),
     lr: float = typer.Option(_TRAIN.lr, "--lr"),
@@ -283,11 +284,11 @@ def train_attack(
 def reconstruct(
     lora: str = typer.Argument(..., help="LoRA file (.safetensors).", show_default=False),
     out: str = typer.Option(..., "--out", "-o", help="Directory for the PNGs and the grid."),
-    attack_model: Optional[str] = typer.Option(None, "--attack-model", help="Attack model directory [default: the shipped toy attack, for toy LoRAs]."),
-    base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory [default: the toy base]."),
+    attack_model: Optional[str] = typer.Option(None, "--attack-model", help="Attack model directory \\[default: the shipped toy attack, for toy LoRAs]."),
+    base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory \\[default: the toy base]."),
     latents: int = typer.Option(4, "--latents", min=1, help="Samples of z."),
     seeds: int = typer.Option(2, "--seeds", min=1, help="Sampler seeds per z."),
-    step: Optional[float] = typer.Option(None, "--step", min=1, help="Fine-tuning step r [default: from metadata, else estimated]."),
+    step: Optional[float] = typer.Option(None, "--step", min=1, help="Fine-tuning step r \\[default: from metadata, else estimated]."),
     sampling_steps: int = typer.Option(25, "--sampling-steps", min=1),
     seed: int = typer.Option(0, "--seed"),
 ) -> int:

@@ -34,7 +34,7 @@ Progress = Callable[[int, int, dict], None]  # (done, total, metrics)
 class ShadowConfig:
     """Which identities, how many photos each, and the fine-tuning recipe (the victims' by default)."""
 
-    identities: int = 128
+    identities: int = 80
     first_identity: int = SHADOW.start + 1000  # clear of the SHADOW ids the toy build judges models on
     photos: int = 5
     image_size: int = 32

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 @dataclass
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 2000
     shadows_per_step: int = 8
     images_per_shadow: int = 2
-    lr: float = 3e-4
-    beta: float = 1e-3  # KL weight after warm-up (KL and MSE are both per-dimension means)
+    lr: float = 5e-4
+    beta: float = 1e-4  # KL weight after warm-up (KL and MSE are both per-dimension means)
     beta_warmup: float = 0.5  # fraction of the steps over which beta rises from 0
     latent_rank: int = 48  # coefficients of z in the prompt-embedding subspace
     prompts: int = 2000  # face descriptions that span that subspace
