@@ -156,11 +156,11 @@ app.add_typer(toy_app, name="toy")
 @toy_app.command("build")
 def toy_build(
     out: str = typer.Option("build/toy", "--out", help="Working directory for checkpoints and stage outputs."),
-    stage: List[str] = typer.Option([], "--stage", help="Run only these stages (repeatable): embedder, base, victims, shadows, install."),
+    stage: List[str] = typer.Option([], "--stage", help="Run only these stages (repeatable): embedder, base, victims, shadows, attack, install."),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny sizes (seconds), installed under OUT/installed: a smoke test."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Processes for the shadows stage."),
 ) -> int:
-    """Rebuild the toy world (embedder, base model, victim LoRAs) resumably, then install it."""
+    """Rebuild the toy world (embedder, base, victims, shadow trajectories, attack model) resumably, then install it."""
     from pathlib import Path
 
     from lora_audit.toyworld.build import STAGES, BuildConfig, build
@@ -239,7 +239,12 @@ def shadow(
 
     snapshots = _int_list(snapshot_steps, "--snapshot-steps")
     _quiet_libraries()
-    config = ShadowConfig(identities=identities, snapshot_steps=snapshots, images_dir=images,
+    size = ShadowConfig.image_size
+    if base is not None:  # photos at the base model's resolution
+        from lora_audit.pipelines import load_base
+
+        size = load_base(base).image_size
+    config = ShadowConfig(identities=identities, snapshot_steps=snapshots, images_dir=images, image_size=size,
                           finetune=replace(_RECIPE, steps=steps))
     with _stage_progress() as report:
         summary = build_shadows(config, Path(out), base, jobs, lambda d, t, m: report("shadow", d, t, m))
@@ -295,9 +300,11 @@ def reconstruct(
     """Reconstruct the identity behind a LoRA file from its weights (K = latents x seeds images and a grid)."""
     from pathlib import Path
 
+    from lora_audit.attack.audit import AttackOptions, check_inputs
     from lora_audit.attack.reconstruct import load_attack, reconstruct as run, save_reconstruction
     from lora_audit.weights import open_lora
 
+    check_inputs(AttackOptions(attack_model=attack_model, base=base))
     _quiet_libraries()
     with open_lora(lora) as lora_file:
         attack, pipeline = load_attack(lora_file.base_model, attack_model, base)

@@ -57,8 +57,7 @@ _RULES = [
          "Anyone holding the file can render the person it was trained on. Do not publish a LoRA of a "
          "private person; if it must be shared, train it with differential privacy and re-scan."),
     Rule("LA302", "identity-attack-clean", Severity.INFO, "The weight-to-image attack found no consistent identity",
-         "No action needed from this measure; see the reconstruction grid, and scan with --references "
-         "to compare the reconstructions with the owner's photos."),
+         "No action needed from this measure; look at the reconstruction grid: consistency is not identity."),
     Rule("LA303", "identity-attack-unavailable", Severity.INFO, "The weight-to-image attack was not run",
          "Give the inputs it names (--base, --attack-model) to audit the identity leak of this base family."),
 ]

@@ -101,13 +101,13 @@ def test_a_higher_rank_refactorisation_gives_the_same_inputs(world, tmp_path):
 def test_per_sample_deltas_equal_patching_each_model(world):
     base, (a, b, _) = world["base"], world["trajectories"]
     da, db = ({k: torch.as_tensor(v) for k, v in t.deltas(3).items()} for t in (a, b))
-    torch.manual_seed(0)
-    x, t, z = torch.randn(2, 3, 16, 16), torch.tensor([10, 900]), torch.randn(2, 32, 16)
+    torch.manual_seed(0)  # two LoRAs x two images each, in one call
+    x, t, z = torch.randn(4, 3, 16, 16), torch.tensor([10, 500, 900, 300]), torch.randn(4, 32, 16)
     with torch.no_grad():
         with base.patched(da):
-            first = base.unet(x[:1], t[:1], encoder_hidden_states=z[:1]).sample
+            first = base.unet(x[:2], t[:2], encoder_hidden_states=z[:2]).sample
         with base.patched(db):
-            second = base.unet(x[1:], t[1:], encoder_hidden_states=z[1:]).sample
+            second = base.unet(x[2:], t[2:], encoder_hidden_states=z[2:]).sample
         with per_sample_deltas(base, {k: torch.stack([da[k], db[k]]) for k in da}):
             both = base.unet(x, t, encoder_hidden_states=z).sample
         plain = base.unet(x, t, encoder_hidden_states=z).sample
@@ -151,9 +151,20 @@ def test_save_load_round_trip_reconstructs_bit_identical_images(world, tmp_path)
     assert Image.open(paths[-1]).size == (2 * 16 * 4, 2 * 16 * 4)
 
 
-def test_attack_model_load_errors(tmp_path):
+def test_attack_model_load_errors(world, tmp_path):
     with pytest.raises(UsageError, match="not an attack model"):
         AttackModel.load(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(world["root"] / "attack", broken)
+    (broken / "attack.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(UsageError, match="does not hold this attack model's weights"):
+        AttackModel.load(broken)
+    config = json.loads((broken / "attack.json").read_text())
+    config["encoder"]["width"] = 8  # weights of another shape
+    shutil.copy(world["root"] / "attack" / "attack.safetensors", broken / "attack.safetensors")
+    (broken / "attack.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match="does not hold"):
+        AttackModel.load(broken)
 
 
 def test_step_comes_from_kohya_metadata_first():
@@ -231,6 +242,10 @@ def test_cli_train_and_reconstruct(world, tmp_path, capsys):
     assert main(["train-attack", str(tmp_path), "-o", str(tmp_path / "b")]) == 4
     err = capsys.readouterr().err
     assert "not an attack model" in err and "no shadow shards" in err
+    config = json.loads((tmp_path / "a" / "attack.json").read_text())
+    (tmp_path / "a" / "attack.json").write_text(json.dumps({**config, "family": "sd1"}))
+    assert main(["reconstruct", str(world["lora"]), "-o", str(tmp_path / "x"), "--attack-model", str(tmp_path / "a")]) == 4
+    assert "attacks sd1 LoRAs, not toy ones" in capsys.readouterr().err
 
 
 def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path, monkeypatch):

@@ -4,13 +4,14 @@ The measure is how consistently the K reconstructions show one identity: the mea
 similarity of their face embeddings. It is compared with the same measure on K generic faces of the
 base model (the class prompt, K sampler seeds), whose distribution over several groups of seeds is
 the reference: a LoRA leaks when its reconstructions are more consistent than
-``mean + 3 std`` of the generic groups. This says "the weights decode to one person"; whether that
-person is the owner is what ``--references`` answers.
+``mean + 3 std`` of the generic groups. This says "the weights decode to one person", not whose
+face it is: that needs the owner's photos.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import numpy as np
 from lora_audit.errors import LoraAuditError
 from lora_audit.results import Finding
 from lora_audit.rules import make_finding
+
+log = logging.getLogger("lora_audit")
 
 GENERIC_GROUPS = 8  # groups of generic faces behind the reference distribution
 LEAK_SIGMAS = 3.0
@@ -35,14 +38,32 @@ class AttackOptions:
     sampling_steps: int = 25
 
 
-def missing_inputs(family: str, attack_model: str | None, base: str | None) -> list[str]:
-    """What the attack on a ``family`` LoRA still needs: ``--base`` and/or ``--attack-model`` with a hint."""
+def attack_inputs(family: str, attack_model: str | None, base: str | None) -> tuple[str | None, str | None, list[str]]:
+    """(attack model dir, base dir, missing inputs) for a LoRA of ``family``.
+
+    ``--attack-model``/``--base`` serve the family the attack model was trained for; toy LoRAs
+    otherwise get the shipped toy attack and base (None, None). ``missing`` names the flags still needed.
+    """
+    if attack_model is not None and attack_family(attack_model) == family:
+        return attack_model, base, []
     if family == "toy":
-        return []
-    return [f"{flag} ({what} for {family})" for flag, value, what in (
+        return None, None, []
+    other = f" (--attack-model {attack_model} is for {attack_family(attack_model)})" if attack_model else ""
+    missing = [f"{flag} ({what} for {family})" for flag, value, what in (
         ("--base", base, "a local diffusers pipeline directory"),
-        ("--attack-model", attack_model, "an attack model trained with `lora-audit train-attack`"))
+        ("--attack-model", None, "an attack model trained with `lora-audit train-attack`"))
         if value is None]
+    return None, None, [m + other if m.startswith("--attack-model") else m for m in missing]
+
+
+def attack_family(attack_model: str) -> str | None:
+    """The base family an attack model directory was trained for (its attack.json), None if unreadable."""
+    import json
+
+    try:
+        return json.loads((Path(attack_model) / "attack.json").read_text()).get("family")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def check_inputs(options: AttackOptions) -> None:
@@ -81,22 +102,24 @@ class IdentityAuditor:
 
     def findings(self, path: str, family: str) -> list[Finding]:
         """LA301/LA302 with the measure and the grid path, or LA303 saying why the attack did not run."""
-        o = self.options
-        missing = missing_inputs(family, o.attack_model, o.base)
+        attack_model, base, missing = attack_inputs(family, self.options.attack_model, self.options.base)
         if missing:
             return [make_finding("LA303", f"no weight-to-image attack for a {family} LoRA without "
                                  + " and ".join(missing), {"missing": ", ".join(m.split(" ")[0] for m in missing)})]
         try:
-            return [self._audit(path, family)]
+            return [self._audit(path, family, attack_model, base)]
         except LoraAuditError as e:
             return [make_finding("LA303", f"the weight-to-image attack could not run: {e}")]
+        except Exception as e:  # a bug or out of memory must not cost the batch its report
+            log.debug("attack failed on %s", path, exc_info=True)
+            return [make_finding("LA303", f"the weight-to-image attack failed: {type(e).__name__}: {e}")]
 
-    def _audit(self, path: str, family: str) -> Finding:
+    def _audit(self, path: str, family: str, attack_model: str | None, base_path: str | None) -> Finding:
         from lora_audit.attack.reconstruct import reconstruct, save_reconstruction
         from lora_audit.weights import open_lora
 
         o = self.options
-        attack, base, embedder, generic = self._load(family)
+        attack, base, embedder, generic = self._load(family, attack_model, base_path)
         with open_lora(path) as lora_file:
             result = reconstruct(attack, base, lora_file, latents=o.latents, seeds=o.seeds,
                                  sampling_steps=o.sampling_steps)
@@ -117,12 +140,12 @@ class IdentityAuditor:
         return make_finding("LA302", f"reconstructions show no consistent identity: consistency {value:.3f} "
                             f"vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std)", evidence)
 
-    def _load(self, family: str) -> tuple:
+    def _load(self, family: str, attack_model: str | None, base_path: str | None) -> tuple:
         if family not in self._models:
             from lora_audit.attack.reconstruct import load_attack
 
             o = self.options
-            attack, base = load_attack(family, o.attack_model, o.base)
+            attack, base = load_attack(family, attack_model, base_path)
             embedder = _embedder(family, o.face_weights, base.device)
             k = o.latents * o.seeds
             generic = attack.config.evaluation.get("generic_consistency")

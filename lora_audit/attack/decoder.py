@@ -20,10 +20,11 @@ UNET = "unet."
 
 @contextlib.contextmanager
 def per_sample_deltas(base: DiffusionBase, deltas: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Within the block, UNet linear module ``name`` computes x W^T + x dW_b^T for sample b of the batch.
+    """Within the block, UNet linear module ``name`` computes x W^T + x dW_s^T for the samples of group s.
 
-    ``deltas`` maps canonical names (``unet.<path>``) to dW stacked per sample, [B, out, in]: one
-    UNet call then runs B differently patched models (training batches many shadow LoRAs at once).
+    ``deltas`` maps canonical names (``unet.<path>``) to dW stacked per group, [S, out, in]; a batch of
+    S * P samples is S consecutive groups of P (one LoRA's images): one UNet call then runs S
+    differently patched models (training batches many shadow LoRAs at once).
     Text-encoder deltas are ignored (z replaces the text encoder's output). Differentiable in the
     inputs; the base weights are not modified.
     """
@@ -43,9 +44,10 @@ def per_sample_deltas(base: DiffusionBase, deltas: Mapping[str, torch.Tensor]) -
 
 
 def _add_delta(dw: torch.Tensor):
-    def hook(module, inputs, output):  # inputs[0]: [B, ..., in]; output: [B, ..., out]
+    def hook(module, inputs, output):  # inputs[0]: [S * P, ..., in]; output: [S * P, ..., out]
         x = inputs[0]
-        return output + torch.einsum("b...i,boi->b...o", x, dw.to(x.dtype))
+        groups = x.reshape(len(dw), -1, x.shape[-1])  # [S, P * ..., in]: each group shares one dW
+        return output + torch.einsum("sni,soi->sno", groups, dw.to(x.dtype)).reshape(output.shape)
     return hook
 
 

@@ -125,7 +125,8 @@ class AttackModel(nn.Module):
         mean = (raw * present).sum(0) / count  # [M, k*k]
         var = (((raw - mean) ** 2) * present).sum(0) / count
         self.feature_mean.copy_(mean)
-        self.feature_std.copy_(var.sqrt().clamp(min=1e-12))
+        std = var.sqrt()
+        self.feature_std.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)))  # constant / never seen: unscaled
         norms = torch.log(raw.norm(dim=-1) + 1e-12)  # [N, M]
         self.log_norm_mean.copy_((norms * present[..., 0]).sum(0) / count[:, 0])
         x = torch.cat([torch.ones(len(raw), 1), self._log_norms(raw, padding)], 1).double()  # [N, 1 + M]
@@ -140,7 +141,9 @@ class AttackModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
         safetensors.torch.save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-        (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
+        tmp = directory / f".{CONFIG_FILE}.tmp"
+        tmp.write_text(json.dumps(asdict(self.config), indent=2))
+        tmp.replace(directory / CONFIG_FILE)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "AttackModel":
@@ -156,5 +159,9 @@ class AttackModel(nn.Module):
         except (ValueError, TypeError, KeyError) as e:
             raise UsageError(f"{config_path} is not a valid attack configuration ({e})") from None
         model = cls(config)
-        model.load_state_dict(safetensors.torch.load_file(str(weights_path)))
+        try:
+            model.load_state_dict(safetensors.torch.load_file(str(weights_path)))
+        except Exception as e:  # a corrupt file or weights of another configuration
+            raise UsageError(f"{weights_path} does not hold this attack model's weights "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         return model.to(device).eval()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lora_audit.attack.audit import missing_inputs
+from lora_audit.attack.audit import attack_family, attack_inputs
 from lora_audit.attack.decoder import decode
 from lora_audit.attack.model import AttackModel
 from lora_audit.errors import UsageError
@@ -41,7 +41,12 @@ def load_attack(family: str, attack_model: str | None, base: str | None) -> tupl
     from lora_audit.pipelines import load_base
     from lora_audit.toyworld.assets import asset_path
 
-    missing = missing_inputs(family, attack_model, base)
+    if attack_model is not None and attack_family(attack_model) != family:
+        trained_for = attack_family(attack_model)
+        if trained_for is None:
+            AttackModel.load(attack_model)  # raises the reason it is not an attack model
+        raise UsageError(f"--attack-model {attack_model} attacks {trained_for} LoRAs, not {family} ones")
+    attack_model, base, missing = attack_inputs(family, attack_model, base)
     if missing:
         raise UsageError(f"no attack for a {family} LoRA without {' and '.join(missing)}")
     attack = AttackModel.load(attack_model or asset_path(ATTACK_ASSET))

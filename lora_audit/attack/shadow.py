@@ -106,24 +106,27 @@ def build_shadows(config: ShadowConfig, out: Path, base_path: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     _check_manifest(out, config, base_path)
     names = identity_sources(config)
+    for i, name in enumerate(names):
+        shard = out / SHARD.format(i)
+        if shard.is_file() and (held := _record(shard)["identity"]) != name:
+            raise UsageError(f"{shard} holds identity {held}, not {name}: the identities changed; use a new --out")
     todo = [i for i in range(len(names)) if not (out / SHARD.format(i)).is_file()]
-    done = len(names) - len(todo)
     if todo:
         class_images = _class_images(out, config, base_path)
         work = [(config, base_path, out, i, names[i], class_images) for i in todo]
         if jobs == 1:
-            results = map(_finetune_shadow, work)
+            _report(map(_finetune_shadow, work), len(names) - len(todo), len(names), progress)
         else:
-            pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_setup)
-            results = pool.imap_unordered(_finetune_shadow, work)
-        for record in results:
-            done += 1
-            if progress:
-                progress(done, len(names), {"identity": record["identity"], "loss": record["final_loss"]})
-        if jobs > 1:
-            pool.close()
-            pool.join()
+            with multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_setup) as pool:
+                _report(pool.imap_unordered(_finetune_shadow, work), len(names) - len(todo), len(names), progress)
     return {"identities": len(names), "trained_now": len(todo), "out": str(out)}
+
+
+def _report(records, done: int, total: int, progress: Progress | None) -> None:
+    for record in records:
+        done += 1
+        if progress:
+            progress(done, total, {"identity": record["identity"], "loss": record["final_loss"]})
 
 
 def load_trajectories(directory: Path) -> list[Trajectory]:
@@ -149,13 +152,14 @@ def load_trajectories(directory: Path) -> list[Trajectory]:
 
 def shard_records(directory: Path) -> list[dict]:
     """The metadata record (identity, trigger, rank, alpha, seed, seconds, final loss) of every shard."""
+    return [_record(shard) for shard in sorted(Path(directory).glob("shadow-*.safetensors"))]
+
+
+def _record(shard: Path) -> dict:
     from safetensors import safe_open
 
-    records = []
-    for shard in sorted(Path(directory).glob("shadow-*.safetensors")):
-        with safe_open(str(shard), framework="numpy") as f:
-            records.append(json.loads(f.metadata()["lora_audit.shadow"]))
-    return records
+    with safe_open(str(shard), framework="numpy") as f:
+        return json.loads(f.metadata()["lora_audit.shadow"])
 
 
 def _check_manifest(out: Path, config: ShadowConfig, base_path: str | None) -> None:
@@ -167,7 +171,9 @@ def _check_manifest(out: Path, config: ShadowConfig, base_path: str | None) -> N
         if json.loads(path.read_text()) != wanted:
             raise UsageError(f"{out} holds shadows of another recipe or base ({path}); use a new --out")
     else:
-        path.write_text(json.dumps(manifest, indent=2))
+        tmp = out / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, path)
 
 
 def _class_images(out: Path, config: ShadowConfig, base_path: str | None) -> np.ndarray | None:
@@ -183,7 +189,9 @@ def _class_images(out: Path, config: ShadowConfig, base_path: str | None) -> np.
         images = generate_class_images(load_base(base_path), ft.class_prompt, ft.num_class_images,
                                        guidance_scale=ft.class_guidance_scale, steps=ft.class_sampling_steps,
                                        seed=ft.seed)
-        np.save(path, images)
+        tmp = out / ".class_images.tmp.npy"
+        np.save(tmp, images)
+        os.replace(tmp, path)
     return np.load(path)
 
 

@@ -59,12 +59,15 @@ def train_attack(base: DiffusionBase, trajectories: list[Trajectory], config: Tr
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     train, held_out = split(trajectories, config.validation)
+    for module in (base.unet, base.text_encoder, base.vae):  # only the encoder learns
+        if module is not None:
+            module.requires_grad_(False)
     offset, basis, explained = prompt_subspace(base, face_prompts(base.family, config.prompts), config.latent_rank)
     model = AttackModel(_attack_config(base, trajectories, config, len(basis)))
     model.latent_offset.copy_(offset)
     model.latent_basis.copy_(basis)
     pairs = _pairs(model, train, config.final_only)
-    val_pairs = _pairs(model, held_out, True)
+    val_pairs = _pairs(model, held_out, True, first_index=len(train))
     raw = torch.stack([p.raw for p in pairs])  # [N, M, k*k]
     model.fit_statistics(raw, torch.stack([p.padding for p in pairs]), torch.tensor([float(p.step) for p in pairs]))
     model.to(base.device)
@@ -116,9 +119,10 @@ def _attack_config(base: DiffusionBase, trajectories: list[Trajectory], config: 
     return AttackConfig(family=base.family, encoder=encoder)
 
 
-def _pairs(model: AttackModel, trajectories: list[Trajectory], final_only: bool) -> list[_Pair]:
+def _pairs(model: AttackModel, trajectories: list[Trajectory], final_only: bool, first_index: int = 0) -> list[_Pair]:
+    """Training pairs; ``_Pair.trajectory`` indexes all trajectories (``trajectories`` start at ``first_index``)."""
     pairs = []
-    for index, t in enumerate(trajectories):
+    for index, t in enumerate(trajectories, start=first_index):
         for step in t.steps[-1:] if final_only else t.steps:
             factors = list(t.factors(step))
             raw, padding = model.module_inputs({name: model.sketcher.sketch_factors(up, down, scale)
@@ -129,12 +133,11 @@ def _pairs(model: AttackModel, trajectories: list[Trajectory], final_only: bool)
     return pairs
 
 
-def _stacked_deltas(batch: list[_Pair], repeat: int, device) -> dict[str, torch.Tensor]:
-    """dW of every UNet module, one per sample: [S * repeat, out, in] (each pair's dW ``repeat`` times)."""
+def _stacked_deltas(batch: list[_Pair], device) -> dict[str, torch.Tensor]:
+    """dW of every UNet module, one per pair: [S, out, in]."""
     stacked = {}
     for m, (name, *_) in enumerate(batch[0].factors):
-        dws = torch.stack([scale * up @ down for _, up, down, scale in (p.factors[m] for p in batch)])  # [S, out, in]
-        stacked[name] = dws.to(device).repeat_interleave(repeat, dim=0)
+        stacked[name] = torch.stack([scale * up @ down for _, up, down, scale in (p.factors[m] for p in batch)]).to(device)
     return stacked
 
 
@@ -151,27 +154,28 @@ def _loss(base, model, scheduler, batch, images, config, rng, z_from_mean=False)
     z = model.to_latent(mu if z_from_mean else model.sample(mu, logvar))  # [S, L, D]
     picked = torch.cat([images[pair.trajectory][rng.integers(len(images[pair.trajectory]), size=p)]
                         for pair in batch])  # [S * P, H, W, 3]
-    x0 = base.to_model_input(picked)  # [S * P, C, h, w]
+    with torch.no_grad():
+        x0 = base.to_model_input(picked)  # [S * P, C, h, w]
     noise = torch.randn_like(x0)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), device=device)
     noisy = scheduler.add_noise(x0, noise, t)
     target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-    with per_sample_deltas(base, _stacked_deltas(batch, p, device)):
+    with per_sample_deltas(base, _stacked_deltas(batch, device)):
         pred = base.unet(noisy, t, encoder_hidden_states=z.repeat_interleave(p, dim=0)).sample  # [S * P, C, h, w]
     return F.mse_loss(pred.float(), target.float()), model.kl(mu, logvar)
 
 
 @torch.no_grad()
-def _validation_mse(base, model, scheduler, val_pairs, images, config) -> float:
+def _validation_mse(base, model, scheduler, val_pairs, images, config) -> float | None:
     """Diffusion MSE on held-out identities with z = mu, under a fixed noise seed (comparable across steps)."""
     if not val_pairs:
-        return float("nan")
-    state = torch.get_rng_state()
-    torch.manual_seed(1234)
-    model.eval()
-    mse, _ = _loss(base, model, scheduler, val_pairs, images, config, np.random.default_rng(1234), z_from_mean=True)
-    model.train()
-    torch.set_rng_state(state)
+        return None
+    devices = [base.device] if base.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # the training noise stream is left untouched
+        torch.manual_seed(1234)
+        model.eval()
+        mse, _ = _loss(base, model, scheduler, val_pairs, images, config, np.random.default_rng(1234), z_from_mean=True)
+        model.train()
     return mse.item()
 
 
@@ -203,6 +207,8 @@ def _resume(out: Path, model, optimizer, identity: dict):
     model.encoder.load_state_dict(state["encoder"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     rng.bit_generator.state = state["numpy_rng"]
     return state["step"], state["curves"], state["seconds"], rng
 
@@ -210,7 +216,8 @@ def _resume(out: Path, model, optimizer, identity: dict):
 def _checkpoint(out: Path, model, optimizer, step, curves, seconds, rng, identity: dict) -> None:
     state = {"encoder": model.encoder.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
              "curves": curves, "seconds": seconds, "torch_rng": torch.get_rng_state(),
-             "numpy_rng": rng.bit_generator.state, "identity": identity}
+             "numpy_rng": rng.bit_generator.state, "identity": identity,
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     tmp = out / f".{CHECKPOINT}.tmp"
     torch.save(state, tmp)
     os.replace(tmp, out / CHECKPOINT)
@@ -228,7 +235,8 @@ def plot_curves(curves: list[dict], path: Path) -> None:
     steps = [c["step"] for c in curves]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
     left.plot(steps, [c["mse"] for c in curves], label="train diffusion MSE", alpha=0.6)
-    left.plot(steps, [c["val_mse"] for c in curves], label="held-out MSE (z = mu)")
+    if curves[0]["val_mse"] is not None:
+        left.plot(steps, [c["val_mse"] for c in curves], label="held-out MSE (z = mu)")
     left.set_xlabel("step")
     left.legend()
     right.plot(steps, [c["kl"] for c in curves], color="tab:red")

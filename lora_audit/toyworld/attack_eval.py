@@ -32,7 +32,7 @@ def evaluate_attack(attack: AttackModel, base: DiffusionBase, embedder: FaceEmbe
     generic_embeds = base.encode_prompt([attack.config.class_prompt]).detach().expand(k, -1, -1)
     rows = {}
     for identity_id, path in cases:
-        candidates = [identity_id, *distractors[: len(distractors)]]
+        candidates = [identity_id, *distractors]
         with open_lora(str(path)) as lora_file:
             result = reconstruct(attack, base, lora_file, latents=latents, seeds=seeds, sampling_steps=sampling_steps)
         generic = base.generate(generic_embeds, seed=identity_id, steps=sampling_steps)
