@@ -14,7 +14,8 @@ modules (UNet and CLIP-L, convs included) have 16 distinct dimensions, so all sk
 hold 768,000 numbers, 6.1 MB (5.9 MiB); the paper's targets (UNet to_q/to_k/to_v/to_out.0, 128
 modules) use 4 dimensions, 24,064 numbers, 188 KiB. The largest module's share, (out + in) * k, is
 194,560 numbers (1.6 MB, a 1280 x 2560 x 3 x 3 conv); its dW alone would be 29.5M numbers (236 MB),
-and the dW of all 350 modules 942M numbers (7.5 GB). Everything scales linearly with k (k = 16: twice this).
+and the dW of all 350 modules 942M numbers (7.5 GB). The sketch figures grow linearly with k (the toy
+attack's k = 16 doubles them); the dW figures do not depend on k.
 """
 
 from __future__ import annotations
