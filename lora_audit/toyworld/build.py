@@ -171,7 +171,7 @@ def _attack(config: BuildConfig, progress) -> dict:
     from lora_audit.attack.train import split, train_attack
     from lora_audit.faces.toy_embedder import ToyFaceEmbedder
     from lora_audit.pipelines import load_base
-    from lora_audit.toyworld.attack_eval import evaluate_attack
+    from lora_audit.toyworld.attack_eval import evaluate_attack, ridge_probe
     from lora_audit.toyworld.victims import TOY_METADATA
     from lora_audit.weights.writer import save_lora
 
@@ -191,8 +191,10 @@ def _attack(config: BuildConfig, progress) -> dict:
     kwargs = dict(latents=config.attack_latents, seeds=config.attack_seeds, sampling_steps=sampling,
                   image_size=config.victims.image_size)
     k = config.attack_latents * config.attack_seeds
+    train = split(trajectories, config.attack.validation)[0]
     model.config.evaluation = {
         "held_out_shadows": evaluate_attack(model, base, embedder, cases, **kwargs),
+        "ridge_probe": {"held_out_shadows": ridge_probe(train, cases), "victims": ridge_probe(train, victims)},
         "victims": evaluate_attack(model, base, embedder, victims, **kwargs),
         "generic_consistency": generic_consistency(base, embedder, model.config.class_prompt, k, sampling_steps=sampling)}
     model.save(out)
@@ -272,6 +274,7 @@ def samples_readme(metrics: dict, sizes: dict) -> str:
     shadows, attack = metrics["shadows"], metrics["attack"]
     training, evaluation = attack["training"], attack["evaluation"]
     held, victims_eval, generic = evaluation["held_out_shadows"], evaluation["victims"], evaluation["generic_consistency"]
+    probe = evaluation["ridge_probe"]
     attack_rows = "\n".join(
         f"| `{name}.safetensors` | {c['step']} ({c['step_source']}) | {c['attack']['similarity']:.3f} | {c['attack']['rank']} "
         f"| {c['base_generic']['similarity']:.3f} | {c['base_generic']['rank']} | {c['consistency']:.3f} |"
@@ -357,6 +360,10 @@ generic faces (class prompt, same count) are the chance level.
 |---|---|---|---|---|
 | {held['attack']['n']} held-out shadow identities | {held['attack']['rank1']:.0%} | {held['attack']['mean_similarity']:.3f} | {held['base_generic']['rank1']:.0%} | {held['base_generic']['mean_similarity']:.3f} |
 | {victims_eval['attack']['n']} sample victims | {victims_eval['attack']['rank1']:.0%} | {victims_eval['attack']['mean_similarity']:.3f} | {victims_eval['base_generic']['rank1']:.0%} | {victims_eval['base_generic']['mean_similarity']:.3f} |
+
+The linear-probe floor of DESIGN.md §2 (kernel ridge from the flattened final dW of the same
+training shadows to the identity's attribute vector; nearest attributes among the same candidates):
+rank-1 {probe['held_out_shadows']['rank1']:.0%} on the held-out shadows, {probe['victims']['rank1']:.0%} on the victims.
 
 | victim | step r used | attack similarity | rank | generic similarity | rank | identity consistency |
 |---|---|---|---|---|---|---|
