@@ -71,6 +71,7 @@ def scan(
     attack_model: Optional[str] = typer.Option(None, "--attack-model", help="Attack model directory for non-toy families (from `lora-audit train-attack`)."),
     base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory of the base model, for non-toy families."),
     face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint for non-toy families \\[default: the torch hub cache]."),
+    references: Optional[str] = typer.Option(None, "--references", help="Folder of the owner's photos: score the reconstructions against them (similarity, impostor FAR, SSIM/PSNR) and add a verdict (LA304/LA305)."),
     reconstructions: Optional[str] = typer.Option(None, "--reconstructions", help="Directory for the reconstruction PNGs and grids \\[default: next to --output, else ./lora-audit-reconstructions]."),
 ) -> int:
     """Audit LoRA files: metadata leaks, unsafe formats, broken weights, and the identity the weights reveal."""
@@ -93,7 +94,8 @@ def scan(
         from lora_audit.attack.audit import AttackOptions, IdentityAuditor, check_inputs
 
         where = reconstructions or (f"{os.path.splitext(output)[0]}_reconstructions" if output else "lora-audit-reconstructions")
-        attack_options = AttackOptions(attack_model=attack_model, base=base, face_weights=face_weights, out_dir=Path(where))
+        attack_options = AttackOptions(attack_model=attack_model, base=base, face_weights=face_weights,
+                                       references=references, out_dir=Path(where))
         check_inputs(attack_options)
         identity = IdentityAuditor(attack_options)
     order = {path: i for i, path in enumerate(files)}

@@ -60,6 +60,13 @@ _RULES = [
          "No action needed from this measure; look at the reconstruction grid: consistency is not identity."),
     Rule("LA303", "identity-attack-unavailable", Severity.INFO, "The weight-to-image attack was not run",
          "Give the inputs it names (--base, --attack-model) to audit the identity leak of this base family."),
+    Rule("LA304", "identity-match-owner", Severity.HIGH, "The reconstructions match the owner's face",
+         "Anyone holding the file can render faces that face recognition takes for this person. "
+         "Do not publish a LoRA of a private person; if it must be shared, train it with "
+         "differential privacy and re-scan."),
+    Rule("LA305", "identity-no-match", Severity.INFO, "The reconstructions do not match the owner's face",
+         "No action needed from this measure at this threshold; it bounds this attack only, "
+         "not every attack. Look at the reconstruction grid as well."),
 ]
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}

@@ -267,6 +267,17 @@ def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path
     grid = toy["evidence"]["grid"]
     assert grid.startswith(str(tmp_path / "report_reconstructions")) and grid.endswith("_grid.png")
     assert (tmp_path / "report_reconstructions").is_dir()
+    photos = tmp_path / "owner"
+    photos.mkdir()
+    from PIL import Image
+
+    for k, image in enumerate(world["trajectories"][-1].images):
+        Image.fromarray(image).save(photos / f"me_{k}.png")
+    assert main(args + ["--references", str(photos)]) == 1
+    verdicts = [f for f in json.loads(report.read_text())["files"][0]["findings"] if f["rule_id"] in ("LA304", "LA305")]
+    assert len(verdicts) == 1 and "owner similarity" in verdicts[0]["evidence"]
+    assert "toy world: 19 identities x 10 views" in verdicts[0]["evidence"]["threshold"]
+    assert main(args + ["--references", str(tmp_path / "nowhere")]) == 4
     (other,) = [f for f in files[str(sd1)]["findings"] if f["rule_id"].startswith("LA3")]
     assert other["rule_id"] == "LA303"  # the given attack model is for the toy family, not sd1
     assert main(["scan", str(world["lora"]), "--no-attack", "-f", "json", "-o", str(tmp_path / "plain.json")]) == 0

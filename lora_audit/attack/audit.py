@@ -32,6 +32,7 @@ class AttackOptions:
     attack_model: str | None = None
     base: str | None = None
     face_weights: str | None = None  # FaceNet checkpoint for real-world families
+    references: str | None = None  # a folder of the owner's photos: adds the LA304/LA305 verdict
     out_dir: Path = Path("lora-audit-reconstructions")
     latents: int = 4
     seeds: int = 2
@@ -72,6 +73,8 @@ def check_inputs(options: AttackOptions) -> None:
 
     if options.attack_model is not None and not (Path(options.attack_model) / "attack.json").is_file():
         raise UsageError(f"--attack-model {options.attack_model} is not an attack model directory (no attack.json)")
+    if options.references is not None and not Path(options.references).is_dir():
+        raise UsageError(f"--references {options.references} is not a directory of the owner's photos")
     if options.base is not None and not (Path(options.base) / "model_index.json").is_file():
         raise UsageError(f"--base {options.base} is not a diffusers pipeline directory (no model_index.json)")
 
@@ -107,14 +110,14 @@ class IdentityAuditor:
             return [make_finding("LA303", f"no weight-to-image attack for a {family} LoRA without "
                                  + " and ".join(missing), {"missing": ", ".join(m.split(" ")[0] for m in missing)})]
         try:
-            return [self._audit(path, family, attack_model, base)]
+            return self._audit(path, family, attack_model, base)
         except LoraAuditError as e:
             return [make_finding("LA303", f"the weight-to-image attack could not run: {e}")]
         except Exception as e:  # a bug or out of memory must not cost the batch its report
             log.debug("attack failed on %s", path, exc_info=True)
             return [make_finding("LA303", f"the weight-to-image attack failed: {type(e).__name__}: {e}")]
 
-    def _audit(self, path: str, family: str, attack_model: str | None, base_path: str | None) -> Finding:
+    def _audit(self, path: str, family: str, attack_model: str | None, base_path: str | None) -> list[Finding]:
         from lora_audit.attack.reconstruct import reconstruct, save_reconstruction
         from lora_audit.weights import open_lora
 
@@ -133,12 +136,28 @@ class IdentityAuditor:
                     "fine-tuning step r": f"{result.step:.0f} ({result.step_source})",
                     "reconstructions": f"{result.latents} z samples x {result.seeds} seeds",
                     "grid": str(grid)}
+        findings = []
+        if o.references is not None:
+            from lora_audit.scoring import leak_finding, score_leak
+
+            references, impostors = self._references(family, base, embedder)
+            findings.append(leak_finding(score_leak(result.images, references, embedder, impostors)))
         if value > threshold:
-            return make_finding("LA301", f"the weights alone decode to one consistent identity: consistency "
-                                f"{value:.3f} vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std above)",
-                                evidence)
-        return make_finding("LA302", f"reconstructions show no consistent identity: consistency {value:.3f} "
-                            f"vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std)", evidence)
+            return [make_finding("LA301", f"the weights alone decode to one consistent identity: consistency "
+                                 f"{value:.3f} vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std above)",
+                                 evidence), *findings]
+        return [make_finding("LA302", f"reconstructions show no consistent identity: consistency {value:.3f} "
+                             f"vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std)", evidence), *findings]
+
+    def _references(self, family: str, base, embedder) -> tuple:
+        """The owner's photos at the base's resolution and the impostor reference of ``family``'s embedder."""
+        key = ("references", family)
+        if key not in self._models:
+            from lora_audit.scoring import reference_photos
+
+            photos, _ = reference_photos(self.options.references, base.image_size)
+            self._models[key] = (photos, _impostors(family, embedder, base.image_size))
+        return self._models[key]
 
     def _load(self, family: str, attack_model: str | None, base_path: str | None) -> tuple:
         if family not in self._models:
@@ -154,6 +173,25 @@ class IdentityAuditor:
                                               sampling_steps=o.sampling_steps)
             self._models[family] = (attack, base, embedder, generic)
         return self._models[family]
+
+
+def _impostors(family: str, embedder, size: int):
+    """Similarities between different people for ``family``'s embedder (the verdict's reference)."""
+    from lora_audit.errors import UsageError
+    from lora_audit.scoring import impostor_reference_from_embeddings
+
+    if family != "toy":
+        raise UsageError(f"--references: no impostor reference for the {family} face embedder yet "
+                         "(the owner verdict is available for toy LoRAs)")
+    from lora_audit.toyworld.attack_eval import DISTRACTORS
+    from lora_audit.toyworld.renderer import render_batch
+    from lora_audit.toyworld.victims import REFERENCE_INDICES
+
+    views = list(REFERENCE_INDICES)
+    renders = render_batch([i for i in DISTRACTORS for _ in views], views * len(DISTRACTORS), seed=0, size=size)
+    labels = np.repeat(np.arange(len(DISTRACTORS)), len(views))
+    return impostor_reference_from_embeddings(
+        embedder.embed(renders), labels, f"toy world: {len(DISTRACTORS)} identities x {len(views)} views")
 
 
 def _embedder(family: str, face_weights: str | None, device):

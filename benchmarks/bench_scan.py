@@ -1,0 +1,109 @@
+"""A full toy scan, phase by phase: wall time and peak memory.
+
+The phases of ``lora-audit scan`` on one toy-world LoRA with the shipped attack:
+  static        read the file, metadata rules, NaN check, per-module dW statistics
+  import torch  the first import of torch/diffusers (paid once per process)
+  load models   attack model, toy base pipeline, toy face embedder
+  sketch+encode dW sketches of every module and the encoder's q(c | dW, r)
+  decode        K = latents x seeds images from the LoRA-patched base (DPM-Solver, 25 steps)
+  embed+score   face embeddings of the K images and their consistency
+and, for comparison, the whole ``lora-audit scan FILE`` command as a subprocess. Peak memory is the
+process's peak resident set size after each phase (it only grows); on a GPU, torch's peak allocation.
+
+    python benchmarks/bench_scan.py --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+DEFAULT_LORA = os.path.join(os.path.dirname(__file__), "..", "weights_samples", "toy_peft.safetensors")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lora", default=DEFAULT_LORA)
+    parser.add_argument("--repeats", type=int, default=3, help="warm repeats of the attack phases")
+    parser.add_argument("--latents", type=int, default=4)
+    parser.add_argument("--seeds", type=int, default=2)
+    args = parser.parse_args()
+    rows = []
+
+    def phase(name: str, fn):
+        start = time.perf_counter()
+        value = fn()
+        rows.append((name, time.perf_counter() - start, peak_rss_mib()))
+        return value
+
+    from lora_audit.scanner import scan_file
+
+    phase("static", lambda: scan_file(args.lora))
+    phase("import torch", lambda: __import__("lora_audit.attack.reconstruct"))
+    import torch
+
+    from lora_audit.attack.audit import consistency
+    from lora_audit.attack.decoder import decode
+    from lora_audit.attack.model import AttackModel
+    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
+    from lora_audit.pipelines import load_base
+    from lora_audit.toyworld.assets import asset_path, toy_embedder_path
+    from lora_audit.weights import open_lora
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    attack, base, embedder = phase("load models", lambda: (AttackModel.load(asset_path("attack")), load_base(),
+                                                           ToyFaceEmbedder.load(toy_embedder_path())))
+    attack = attack.to(base.device)
+    timings: dict[str, list[float]] = {"sketch+encode": [], "decode": [], "embed+score": []}
+    for repeat in range(1 + args.repeats):
+        with open_lora(args.lora) as lora_file, torch.no_grad():
+            start = time.perf_counter()
+            raw, padding = attack.file_inputs(lora_file)
+            mu, logvar = attack.posterior(raw[None], padding[None], torch.tensor([500.0]))
+            c = attack.sample(mu.expand(args.latents, -1), logvar.expand(args.latents, -1), torch.Generator().manual_seed(0))
+            z = attack.to_latent(c).repeat_interleave(args.seeds, dim=0)
+            encoded = time.perf_counter()
+            images = decode(base, lora_file.deltas(), z, seed=0)
+            decoded = time.perf_counter()
+            consistency(embedder.embed(images))
+            done = time.perf_counter()
+        if repeat == 0:
+            rows.append(("attack (first call)", done - start, peak_rss_mib()))
+        else:
+            for name, seconds in (("sketch+encode", encoded - start), ("decode", decoded - encoded),
+                                  ("embed+score", done - decoded)):
+                timings[name].append(seconds)
+    for name, values in timings.items():
+        rows.append((f"{name} (median of {len(values)})", statistics.median(values), peak_rss_mib()))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "lora_audit", "scan", args.lora, "-q", "-f", "json",
+                               "-o", os.path.join(tmp, "r.json")], capture_output=True, text=True)
+        whole = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"scan failed ({proc.returncode}): {proc.stderr.strip()}")
+
+    k = args.latents * args.seeds
+    print(f"toy scan of {os.path.basename(args.lora)}, K = {k} reconstructions, device {base.device}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"{'phase':<30} {'seconds':>9} {'peak RSS MiB':>13}")
+    for name, seconds, rss in rows:
+        print(f"{name:<30} {seconds:>9.3f} {rss:>13.0f}")
+    if torch.cuda.is_available():
+        print(f"GPU peak allocation: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    print(f"{'whole `lora-audit scan FILE`':<30} {whole:>9.3f}   (subprocess, cold start included)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""How much of the owner's identity the reconstructions show, scored against the owner's photos.
+
+The measure is the paper's: the mean cosine similarity of each reconstruction's face embedding to
+the owner's identity (the L2-normalised mean embedding of the reference photos), also reported as
+``0.5 * similarity + 0.5``. A cosine means nothing without the embedder's spread between different
+people, so the verdict compares it with an :class:`ImpostorReference`: a sample of similarities
+between different people for the same embedder (the threshold then accepts at most a target share
+of them, the false accept rate), or a fixed threshold with the source that justifies it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.transform import resize
+
+from lora_audit.errors import InvalidFileError, UsageError
+from lora_audit.faces.detect import crop_faces
+from lora_audit.images import image_files, load_image
+from lora_audit.results import Finding
+from lora_audit.rules import make_finding
+
+if TYPE_CHECKING:
+    from lora_audit.faces.embedder import FaceEmbedder
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """[N, D] -> [N, D] float64 rows of norm 1 (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)  # [N, 1]
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+@dataclass(kw_only=True)
+class ImpostorReference:
+    """Cosine similarities between different people for one embedder, and/or a fixed threshold.
+
+    ``source`` says where they come from, e.g. "toy world: 190 impostor pairs of 20 identities".
+    """
+
+    source: str
+    similarities: np.ndarray = field(default_factory=lambda: np.empty(0))  # [P] sorted ascending
+    threshold: float | None = None
+
+    def __post_init__(self):
+        self.similarities = np.sort(np.asarray(self.similarities, dtype=np.float64).ravel())  # [P]
+        if not len(self.similarities) and self.threshold is None:
+            raise ValueError("an impostor reference needs impostor similarities or a fixed threshold")
+
+    @property
+    def pairs(self) -> int:
+        """Number of impostor similarities in the sample."""
+        return len(self.similarities)
+
+    def far_at(self, similarity: float) -> float | None:
+        """Share of impostor similarities >= ``similarity``; None without a sample."""
+        if not self.pairs:
+            return None
+        return (self.pairs - int(np.searchsorted(self.similarities, similarity, side="left"))) / self.pairs
+
+    def percentile_of(self, similarity: float) -> float | None:
+        """Percentage (0-100) of impostor similarities below ``similarity``; None without a sample."""
+        if not self.pairs:
+            return None
+        return 100.0 * int(np.searchsorted(self.similarities, similarity, side="left")) / self.pairs
+
+    def threshold_at_far(self, far: float) -> float:
+        """The lowest similarity that at most ``far`` of the impostor sample reaches; else the fixed threshold.
+
+        With P impostor pairs a FAR under 1/P cannot be resolved: the threshold is then just above the
+        highest impostor similarity.
+        """
+        if not self.pairs:
+            return float(self.threshold)
+        if not 0 <= far <= 1:
+            raise ValueError(f"far must be in [0, 1], got {far}")
+        s, n = self.similarities, self.pairs
+        allowed = int(far * n + 1e-9)  # impostors allowed at or above it (+1e-9: 0.29 * 100 is 28.999...)
+        if allowed == 0:
+            return float(np.nextafter(s[-1], np.inf))
+        candidate = s[n - allowed]
+        if n - int(np.searchsorted(s, candidate, side="left")) <= allowed:
+            return float(candidate)
+        above = int(np.searchsorted(s, candidate, side="right"))  # ties with lower ranks: next value up
+        return float(s[above]) if above < n else float(np.nextafter(s[-1], np.inf))
+
+
+def impostor_reference_from_embeddings(embeddings: np.ndarray, labels: np.ndarray, source: str
+                                       ) -> ImpostorReference:
+    """The cosine similarities of every unordered pair of ``embeddings`` [N, D] whose ``labels`` [N] differ."""
+    labels = np.asarray(labels)
+    if len(labels) != len(embeddings):
+        raise ValueError(f"{len(embeddings)} embeddings but {len(labels)} labels")
+    unit = _unit_rows(embeddings)  # [N, D]
+    i, j = np.triu_indices(len(labels), k=1)  # [N(N-1)/2] each
+    other = labels[i] != labels[j]
+    sims = np.einsum("pd,pd->p", unit[i[other]], unit[j[other]])  # [P]
+    return ImpostorReference(source=source, similarities=sims)
+
+
+@dataclass
+class LeakScore:
+    """How much of the owner's identity the reconstructions show, and the verdict."""
+
+    similarity: float  # mean cosine of each reconstruction to the owner's mean embedding
+    paper_score: float  # 0.5 * similarity + 0.5
+    best_pair_similarity: float  # max cosine over reconstruction x reference pairs
+    far: float | None  # share of impostor pairs at or above ``similarity``; None without a sample
+    threshold: float
+    leaks: bool  # similarity >= threshold
+    ssim: float  # of the best-matching pair by embedding
+    psnr: float  # dB, of the same pair; inf when identical
+    references: int
+    reconstructions: int
+    target_far: float | None  # the FAR the threshold was chosen for; None for a fixed threshold
+    impostor_pairs: int  # size of the impostor sample (0: fixed threshold)
+    source: str  # where the impostor sample or fixed threshold comes from
+
+    def far_text(self) -> str:
+        """The FAR at the similarity, with the sample size that limits its resolution."""
+        if self.far is None:
+            return "not measured (fixed threshold)"
+        reached = round(self.far * self.impostor_pairs)
+        if reached == 0:
+            return f"< {1 / self.impostor_pairs:.2g} (none of {self.impostor_pairs} impostor pairs reaches it)"
+        return f"{self.far:.3g} ({reached} of {self.impostor_pairs} impostor pairs reach it)"
+
+    def to_evidence(self) -> dict[str, str]:
+        """Formatted values for a :class:`Finding`'s evidence."""
+        at = f" at FAR {self.target_far:g}" if self.target_far is not None else ""
+        return {"owner similarity": f"{self.similarity:.3f} (paper score {self.paper_score:.3f})",
+                "best pair similarity": f"{self.best_pair_similarity:.3f}",
+                "threshold": f"{self.threshold:.3f}{at} ({self.source})",
+                "impostor FAR": self.far_text(),
+                "best pair SSIM / PSNR": f"{self.ssim:.3f} / {self.psnr:.1f} dB",
+                "images": f"{self.reconstructions} reconstructions, {self.references} reference photos"}
+
+
+def _pair_quality(reconstruction: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """(SSIM, PSNR in dB) of two [H, W, 3] images in [0, 1], the reference resized to the reconstruction."""
+    reconstruction = np.asarray(reconstruction, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if reference.shape != reconstruction.shape:
+        reference = resize(reference, reconstruction.shape, anti_aliasing=True)
+    ssim = structural_similarity(reconstruction, reference, channel_axis=-1, data_range=1.0)
+    with np.errstate(divide="ignore"):  # identical images: inf dB
+        psnr = peak_signal_noise_ratio(reconstruction, reference, data_range=1.0)
+    return float(ssim), float(psnr)
+
+
+def score_leak(reconstructions: np.ndarray, references: np.ndarray, embedder: FaceEmbedder,
+               impostors: ImpostorReference, far: float = 1e-3) -> LeakScore:
+    """Score reconstructions [K, H, W, 3] against the owner's photos [N, S, S, 3] (floats in [0, 1])."""
+    if not len(reconstructions) or not len(references):
+        raise ValueError(f"need reconstructions and references, got {len(reconstructions)} and {len(references)}")
+    recon = _unit_rows(embedder.embed(reconstructions))  # [K, D]
+    refs = _unit_rows(embedder.embed(references))  # [N, D]
+    owner = _unit_rows(refs.mean(axis=0, keepdims=True))[0]  # [D]
+    similarity = float(np.mean(recon @ owner))
+    pairs = recon @ refs.T  # [K, N]
+    k, n = np.unravel_index(int(np.argmax(pairs)), pairs.shape)
+    ssim, psnr = _pair_quality(reconstructions[k], references[n])
+    threshold = impostors.threshold_at_far(far)
+    return LeakScore(similarity=similarity, paper_score=0.5 * similarity + 0.5,
+                     best_pair_similarity=float(pairs[k, n]), far=impostors.far_at(similarity),
+                     threshold=threshold, leaks=similarity >= threshold, ssim=ssim, psnr=psnr,
+                     references=len(references), reconstructions=len(reconstructions),
+                     target_far=far if impostors.pairs else None, impostor_pairs=impostors.pairs,
+                     source=impostors.source)
+
+
+def leak_finding(score: LeakScore) -> Finding:
+    """LA304 when the reconstructions match the owner's photos, else LA305, with the score as evidence."""
+    if score.leaks:
+        rule_id = "LA304"
+        message = (f"the reconstructions match the owner's photos: similarity {score.similarity:.3f} "
+                   f"(paper score {score.paper_score:.3f}) >= threshold {score.threshold:.3f}, "
+                   f"impostor FAR {score.far_text()}")
+    else:
+        rule_id = "LA305"
+        message = (f"the reconstructions do not match the owner's photos: similarity {score.similarity:.3f} "
+                   f"(paper score {score.paper_score:.3f}) < threshold {score.threshold:.3f}, "
+                   f"impostor FAR {score.far_text()}")
+    return make_finding(rule_id, message, score.to_evidence())
+
+
+def reference_photos(folder: str, size: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """The owner's photos in ``folder`` as face crops [N, size, size, 3] float32 in [0, 1], and the
+    ``(name, reason)`` of each photo left out (unreadable, no face). A usage error when none is usable.
+    """
+    crops, problems = [], []
+    for path in image_files(folder):
+        try:
+            image = load_image(path)  # [H, W, 3]
+        except InvalidFileError as e:
+            problems.append((path.name, e.reason))
+            continue
+        found, missed = crop_faces([image], [path.name], size=size)
+        crops += [c.image for c in found]
+        problems += missed
+    if not crops:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in problems[:3])
+        more = f"; {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise UsageError(f"{folder} holds no usable photo of the owner's face ({reasons}{more})")
+    return np.stack(crops).astype(np.float32, copy=False), problems
