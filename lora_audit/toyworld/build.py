@@ -375,7 +375,8 @@ held-out trajectories: median relative error {training['step_estimate'].get('med
 Reconstructions of the sample victims: `docs/img/attack_reconstructions.png`.
 
 Stage times: embedder {emb['seconds']} s, base {base['seconds']} s, victims {vic['seconds']} s, shadows
-{shadows['seconds']} s, attack {attack['seconds']} s (2-core CPU).
+{shadows['finetune_seconds_total']:.0f} s of fine-tuning (shared by `--jobs` processes), attack {attack['seconds']} s
+(training and figures) on a 2-core CPU.
 """
 
 
