@@ -228,6 +228,7 @@ def shadow(
     out: str = typer.Option(..., "--out", "-o", help="Directory for the trajectory shards (resumes what is there)."),
     identities: int = typer.Option(ShadowConfig.identities, "--identities", "-n", min=1, help="Shadow identities to fine-tune."),
     images: Optional[str] = typer.Option(None, "--images", help="One sub-folder of photos per shadow identity \\[default: toy-world SHADOW identities]."),
+    first_identity: int = typer.Option(ShadowConfig.first_identity, "--first-identity", min=0, help="Toy world: id of the first identity (e.g. 300000 for held-out PRIVATE evaluation victims)."),
     base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory \\[default: the toy base]."),
     steps: int = typer.Option(_RECIPE.steps, "--steps", min=1, help="Fine-tuning steps per identity."),
     snapshot_steps: str = typer.Option(",".join(map(str, ShadowConfig.snapshot_steps)), "--snapshot-steps", help="Comma-separated steps r stored per trajectory (each <= --steps)."),
@@ -246,7 +247,8 @@ def shadow(
         from lora_audit.pipelines import load_base
 
         size = load_base(base).image_size
-    config = ShadowConfig(identities=identities, snapshot_steps=snapshots, images_dir=images, image_size=size,
+    config = ShadowConfig(identities=identities, first_identity=first_identity, snapshot_steps=snapshots,
+                          images_dir=images, image_size=size,
                           finetune=replace(_RECIPE, steps=steps))
     with _stage_progress() as report:
         summary = build_shadows(config, Path(out), base, jobs, lambda d, t, m: report("shadow", d, t, m))

@@ -294,3 +294,15 @@ def test_sd1_scan_stays_static_and_says_what_is_missing(tmp_path, capsys):
     (finding,) = json.loads(capsys.readouterr().out)["files"][0]["findings"]
     assert finding["rule_id"] == "LA303" and finding["severity"] == "info"
     assert "--base" in finding["message"] and "--attack-model" in finding["message"]
+
+
+def test_cli_shadow_writes_resumable_shards(world, tmp_path, capsys):
+    base = str(world["root"] / "base")
+    args = ["shadow", "-o", str(tmp_path / "s"), "--base", base, "-n", "1", "--first-identity", "300005",
+            "--steps", "2", "--snapshot-steps", "1,2"]
+    assert main(args) == 0
+    (trajectory,) = load_trajectories(tmp_path / "s")
+    assert trajectory.identity == "300005" and trajectory.steps == [1, 2] and trajectory.images.shape[1] == 16
+    assert "1 fine-tuned now" in capsys.readouterr().out
+    assert main(args) == 0 and "0 fine-tuned now" in capsys.readouterr().out
+    assert main([*args[:-1], "1,3"]) == 4  # a snapshot past the last step
