@@ -16,6 +16,7 @@ from lora_audit import __version__
 from lora_audit.errors import LoraAuditError, UsageError
 from lora_audit.attack.shadow import ShadowConfig
 from lora_audit.attack.train_config import TrainConfig
+from lora_audit.toyworld.evaluate import EvaluationConfig
 from lora_audit.finetune import FinetuneConfig
 
 _RECIPE = FinetuneConfig()
@@ -316,6 +317,43 @@ def reconstruct(
                      sampling_steps=sampling_steps, seed=seed)
     paths = save_reconstruction(result, Path(out), Path(lora).stem)
     typer.echo(f"wrote {len(paths) - 1} reconstructions and {paths[-1]} (step r = {result.step:.0f}, {result.step_source})")
+    return 0
+
+
+@app.command(epilog="Exit codes: 0 written; 4 usage error.")
+def evaluate(
+    victims: str = typer.Argument(..., help="Trajectories of held-out victims (`lora-audit shadow --first-identity 300000`).", show_default=False),
+    attack_model: Optional[str] = typer.Option(None, "--attack-model", help="\\[default: the shipped toy attack]"),
+    ablation_model: Optional[str] = typer.Option(None, "--ablation-model", help="A VAE trained with `train-attack --final-only` (the ablation row)."),
+    base: Optional[str] = typer.Option(None, "--base", help="\\[default: the toy base]"),
+    out: str = typer.Option("build/eval/results", "--out", "-o", help="Working directory (the victims' LoRA files, results.json)."),
+    docs: str = typer.Option("docs", "--docs", help="Where results.md and its images go."),
+    far: float = typer.Option(EvaluationConfig.far, "--far", min=0.0, max=1.0, help="False accept rate of the TAR column."),
+    latents: int = typer.Option(4, "--latents", min=1), seeds: int = typer.Option(2, "--seeds", min=1),
+    sampling_steps: int = typer.Option(25, "--sampling-steps", min=1),
+) -> int:
+    """Toy world: the attack against the oracle, class-prompt, base and final-only baselines on held-out victims."""
+    import json
+    import shlex
+    from pathlib import Path
+
+    from lora_audit.toyworld.evaluate import evaluate as run, write_results
+
+    _quiet_libraries()
+    config = EvaluationConfig(latents=latents, seeds=seeds, sampling_steps=sampling_steps, far=far)
+    with _stage_progress() as report:
+        result = run(Path(victims), Path(attack_model) if attack_model else None,
+                     Path(ablation_model) if ablation_model else None, base, Path(out), config,
+                     lambda d, t, m: report("evaluate", d, t, m))
+    (Path(out) / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))
+    given = [("--attack-model", attack_model), ("--ablation-model", ablation_model), ("--base", base), ("-o", out),
+             ("--docs", docs), ("--far", far), ("--latents", latents), ("--seeds", seeds),
+             ("--sampling-steps", sampling_steps)]
+    command = shlex.join(["lora-audit", "evaluate", victims, *[str(x) for flag, v in given if v is not None for x in (flag, v)]])
+    path = write_results(result, command, Path(docs))
+    vae = result["summary"]["vae"]
+    typer.echo(f"wrote {path}: VAE rank-1 {vae['rank1']:.0%}, mean similarity {vae['mean_similarity']:.3f} "
+               f"(oracle {result['summary']['oracle']['mean_similarity']:.3f})")
     return 0
 
 

@@ -306,3 +306,31 @@ def test_cli_shadow_writes_resumable_shards(world, tmp_path, capsys):
     assert "1 fine-tuned now" in capsys.readouterr().out
     assert main(args) == 0 and "0 fine-tuned now" in capsys.readouterr().out
     assert main([*args[:-1], "1,3"]) == 4  # a snapshot past the last step
+
+
+def test_evaluation_summary_on_constructed_scores():
+    from lora_audit.toyworld.evaluate import _summary
+
+    perfect = np.eye(4) + 0.1  # each victim's own identity scores highest
+    s = _summary(perfect, far=0.0)
+    assert s["rank1"] == 1.0 and s["tar"] == 1.0 and s["mean_similarity"] == pytest.approx(1.1)
+    confused = np.full((4, 4), 0.5)
+    confused[np.arange(4), (np.arange(4) + 1) % 4] = 0.9  # another identity always scores higher
+    s = _summary(confused, far=0.0)
+    assert s["rank1"] == 0.0 and s["tar"] == 0.0 and s["mean_rank"] == 2.0
+
+
+def test_cli_evaluate_writes_results(world, tmp_path, capsys):
+    root = world["root"]
+    assert main(["evaluate", str(root / "shadows"), "--attack-model", str(root / "attack"), "--ablation-model",
+                 str(root / "attack"), "--base", str(root / "base"), "-o", str(tmp_path / "work"),
+                 "--docs", str(tmp_path / "docs"), "--latents", "1", "--seeds", "1", "--sampling-steps", "2"]) == 0
+    assert "VAE rank-1" in capsys.readouterr().out
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert set(results["summary"]) == {"oracle", "lora_class", "base", "vae_final_only", "vae"}
+    assert np.asarray(results["scores"]["vae"]).shape == (3, 3)
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert "lora-audit evaluate" in text and "| VAE attack (weights only) |" in text
+    assert (tmp_path / "docs" / "img" / "results_grid.png").is_file()
+    assert (tmp_path / "docs" / "img" / "results_plot.png").is_file()
+    assert len(list((tmp_path / "work" / "loras").glob("*.safetensors"))) == 3
