@@ -108,6 +108,11 @@ def load_base(path: str | None = None, device: str | None = None) -> DiffusionBa
 
     Nothing is downloaded: a Stable Diffusion checkpoint must already be on disk.
     """
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()  # the library never prints: no loading bars
+    transformers.utils.logging.disable_progress_bar()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if path is None:
         from lora_audit.toyworld.assets import toy_base_path
