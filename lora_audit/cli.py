@@ -168,7 +168,6 @@ def toy_build(
 
     from lora_audit.toyworld.build import STAGES, BuildConfig, build
 
-    _quiet_libraries()
     config = BuildConfig.tiny(Path(out), Path(out) / "installed") if tiny else BuildConfig(out=Path(out))
     config.jobs = jobs
     with _stage_progress() as report:
@@ -183,7 +182,7 @@ def finetune(
     output: str = typer.Option(..., "--output", "-o", help="LoRA file to write (.safetensors)."),
     base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory \\[default: the toy base]."),
     rank: int = typer.Option(_RECIPE.rank, "--rank", min=1),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="[default: rank]"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="\\[default: rank]"),
     steps: int = typer.Option(_RECIPE.steps, "--steps", min=1), lr: float = typer.Option(_RECIPE.lr, "--lr"),
     seed: int = typer.Option(0, "--seed"), trigger: Optional[str] = typer.Option(None, "--trigger", help="[default: a random rare word]"),
     layout: str = typer.Option("peft", "--layout", help="peft (diffusers) or kohya."),
@@ -203,7 +202,6 @@ def finetune(
     if layout not in LAYOUTS:
         raise UsageError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     snapshots = _int_list(snapshot_steps, "--snapshot-steps")
-    _quiet_libraries()
     pipeline = load_base(base)
     photos = load_image_folder(images, pipeline.image_size)
     config = FinetuneConfig(rank=rank, alpha=alpha, steps=steps, lr=lr, seed=seed, trigger=trigger,
@@ -242,7 +240,6 @@ def shadow(
     from lora_audit.attack.shadow import build_shadows
 
     snapshots = _int_list(snapshot_steps, "--snapshot-steps")
-    _quiet_libraries()
     size = ShadowConfig.image_size
     if base is not None:  # photos at the base model's resolution
         from lora_audit.pipelines import load_base
@@ -277,16 +274,15 @@ def train_attack(
     from lora_audit.attack.train import train_attack as train
     from lora_audit.pipelines import load_base
 
-    _quiet_libraries()
     trajectories = load_trajectories(Path(shadows))
     pipeline = load_base(base)
     config = replace(_TRAIN, steps=steps, shadows_per_step=shadows_per_step, lr=lr, beta=beta,
                      validation=validation, final_only=final_only)
     with _stage_progress() as report:
         model = train(pipeline, trajectories, config, Path(out), lambda s, t, m: report("train", s, t, m))
-    final = model.config.training["final"]
-    typer.echo(f"wrote the attack model to {out} ({model.config.training['seconds']:.0f} s; "
-               f"held-out diffusion MSE {final.get('val_mse', float('nan')):.4f})")
+    held_out = model.config.training["final"].get("val_mse")
+    typer.echo(f"wrote the attack model to {out} ({model.config.training['seconds']:.0f} s"
+               + (f"; held-out diffusion MSE {held_out:.4f})" if held_out is not None else ")"))
     return 0
 
 
@@ -310,7 +306,6 @@ def reconstruct(
     from lora_audit.weights import open_lora
 
     check_inputs(AttackOptions(attack_model=attack_model, base=base))
-    _quiet_libraries()
     with open_lora(lora) as lora_file:
         attack, pipeline = load_attack(lora_file.base_model, attack_model, base)
         result = run(attack, pipeline, lora_file, latents=latents, seeds=seeds, step=step,
@@ -339,7 +334,6 @@ def evaluate(
 
     from lora_audit.toyworld.evaluate import evaluate as run, write_results
 
-    _quiet_libraries()
     config = EvaluationConfig(latents=latents, seeds=seeds, sampling_steps=sampling_steps, far=far)
     with _stage_progress() as report:
         result = run(Path(victims), Path(attack_model) if attack_model else None,
@@ -362,15 +356,6 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
         return tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
-
-
-def _quiet_libraries() -> None:
-    """Turn off diffusers' and transformers' own loading bars: lora-audit shows one progress display."""
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
 
 
 @contextlib.contextmanager

@@ -233,6 +233,9 @@ def test_cli_train_and_reconstruct(world, tmp_path, capsys):
     assert main(["train-attack", str(root / "shadows"), "-o", str(tmp_path / "a"), "--base", str(root / "base"),
                  "--steps", "2", "--shadows-per-step", "1", "--validation", "1"]) == 0
     assert (tmp_path / "a" / "attack.safetensors").is_file()
+    assert main(["train-attack", str(root / "shadows"), "-o", str(tmp_path / "nv"), "--base", str(root / "base"),
+                 "--steps", "2", "--shadows-per-step", "1", "--validation", "0"]) == 0  # no held-out curve
+    assert json.loads((tmp_path / "nv" / "curves.json").read_text())[-1]["val_mse"] is None
     assert main(["reconstruct", str(world["lora"]), "-o", str(tmp_path / "rec"), "--attack-model", str(tmp_path / "a"),
                  "--base", str(root / "base"), "--latents", "2", "--seeds", "1", "--sampling-steps", "2"]) == 0
     assert len(list((tmp_path / "rec").glob("*.png"))) == 3

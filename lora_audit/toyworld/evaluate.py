@@ -44,7 +44,7 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     from lora_audit.faces.toy_embedder import ToyFaceEmbedder
     from lora_audit.pipelines import load_base
     from lora_audit.toyworld.assets import asset_path, toy_embedder_path
-    from lora_audit.toyworld.victims import TOY_METADATA
+    from lora_audit.toyworld.victims import TOY_METADATA, identity_centres
     from lora_audit.weights import open_lora
     from lora_audit.weights.writer import save_lora
 
@@ -54,7 +54,7 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     attack = AttackModel.load(attack_dir or asset_path("attack")).to(base.device)
     ablation = AttackModel.load(ablation_dir).to(base.device) if ablation_dir else None
     ids = [int(t.identity) for t in trajectories]
-    centres = _centres(embedder, ids, base.image_size)  # [n, D]
+    centres = identity_centres(embedder, ids, base.image_size)  # [n, D]
     k = config.latents * config.seeds
     scores = {m: np.zeros((len(ids), len(ids))) for m in METHODS if m != "vae_final_only" or ablation}
     samples, seconds = {}, {"vae": [], "vae_final_only": []}
@@ -93,16 +93,6 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     return {"victims": ids, "k": k, "far": config.far, "summary": summary,
             "scores": {m: s.round(4).tolist() for m, s in scores.items()}, "samples": samples,
             "attack": str(attack_dir or "shipped toy attack"), "ablation": str(ablation_dir) if ablation_dir else None}
-
-
-def _centres(embedder, ids: list[int], size: int) -> np.ndarray:
-    from lora_audit.toyworld.renderer import render_batch
-    from lora_audit.toyworld.victims import REFERENCE_INDICES
-
-    views = list(REFERENCE_INDICES)
-    refs = embedder.embed(render_batch([i for i in ids for _ in views], views * len(ids), seed=0, size=size))
-    centres = refs.reshape(len(ids), len(views), -1).mean(axis=1)  # [n, D]
-    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
 
 
 def _summary(scores: np.ndarray, far: float) -> dict:

@@ -86,21 +86,24 @@ def make_victim(base: DiffusionBase, spec: VictimSpec, config: VictimConfig, out
     return path, result
 
 
+def identity_centres(embedder: FaceEmbedder, identity_ids: list[int], size: int, seed: int = 0) -> np.ndarray:
+    """Each identity's centre: the L2-normalised mean embedding of its reference views, [C, D]."""
+    views = list(REFERENCE_INDICES)
+    refs = embedder.embed(render_batch([i for i in identity_ids for _ in views], views * len(identity_ids),
+                                       seed=seed, size=size))
+    centres = refs.reshape(len(identity_ids), len(views), -1).mean(axis=1)  # [C, D]
+    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+
 def identity_ranking(embedder: FaceEmbedder, images: np.ndarray, identity_id: int,
                      candidate_ids: list[int], size: int, seed: int = 0) -> dict:
     """Similarity of ``images`` to ``identity_id`` against ``candidate_ids`` (which include it).
 
-    Each identity is represented by the mean embedding of its reference views; the score of an
-    image set is its mean cosine similarity to that centre. Returns the true identity's similarity,
-    the best impostor's, and the true identity's rank (1 = identified).
+    Each identity is represented by its :func:`identity_centres`; the score of an image set is its
+    mean cosine similarity to that centre. Returns the true identity's similarity, the best
+    impostor's, and the true identity's rank (1 = identified).
     """
-    embeddings = embedder.embed(images)  # [K, D]
-    views = len(REFERENCE_INDICES)
-    refs = embedder.embed(render_batch([i for i in candidate_ids for _ in REFERENCE_INDICES],
-                                       list(REFERENCE_INDICES) * len(candidate_ids), seed=seed, size=size))
-    centres = refs.reshape(len(candidate_ids), views, -1).mean(axis=1)  # [C, D]
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    scores = (embeddings @ centres.T).mean(axis=0)  # [C]
+    scores = (embedder.embed(images) @ identity_centres(embedder, candidate_ids, size, seed).T).mean(axis=0)  # [C]
     true = candidate_ids.index(identity_id)
     return {"similarity": float(scores[true]),
             "best_impostor": float(np.delete(scores, true).max()),
