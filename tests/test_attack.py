@@ -198,10 +198,14 @@ def test_latent_subspace_spans_prompt_embeddings(world):
     offset, basis, explained = prompt_subspace(base, prompts, 4)
     assert torch.equal(offset, model.latent_offset) and torch.equal(basis, model.latent_basis)
     assert 0 < explained <= 1 and basis.shape == (4, offset.numel())
-    embeds = base.encode_prompt(prompts).detach().flatten(1)  # [16, L*D]
-    coefficients = torch.linalg.lstsq(basis.T, (embeds - offset.flatten()).T).solution.T  # [16, 4]
+    embeds = base.encode_prompt(prompts).detach()  # [16, L, D]
+    coefficients = model.from_latent(embeds)  # [16, 4]
     assert abs(coefficients.var(0).mean().item() - 1) < 0.5  # whitened: N(0, I) is the embeddings' spread
     assert torch.allclose(model.to_latent(torch.zeros(1, 4))[0], offset)
+    c = torch.randn(3, 4)
+    assert torch.allclose(model.from_latent(model.to_latent(c)), c, atol=1e-4)  # a z in the span projects back
+    residual = embeds - model.to_latent(coefficients)  # the projection's error is orthogonal to the span
+    assert torch.allclose(residual.flatten(1) @ basis.T, torch.zeros(16, 4), atol=1e-3)
     assert len(face_prompts("sd1", 50)) == 50 and all("photo" in p for p in face_prompts("sd1", 5))
 
 
@@ -226,6 +230,30 @@ def test_identity_auditor_findings(world, monkeypatch):
     assert (world["root"] / "grids").is_dir() and finding.evidence["grid"].endswith("_grid.png")
     (missing,) = IdentityAuditor(AttackOptions()).findings(str(world["lora"]), "sd1")
     assert missing.rule_id == "LA303" and missing.evidence["missing"] == "--base, --attack-model"
+
+
+def test_references_with_facenet_use_its_published_threshold_and_name_unused_photos(world, tmp_path, monkeypatch):
+    from PIL import Image
+    from skimage import data
+
+    from lora_audit.faces.facenet import FaceNetEmbedder, InceptionResnetV1
+
+    torch.manual_seed(0)
+    embedder = FaceNetEmbedder(InceptionResnetV1(), device="cpu")
+    monkeypatch.setattr("lora_audit.attack.audit._embedder", lambda family, weights, device: embedder)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(data.astronaut()).save(photos / "astronaut.png")
+    Image.new("RGB", (128, 128), (128, 128, 128)).save(photos / "grey.png")
+    options = AttackOptions(attack_model=str(world["root"] / "attack"), base=str(world["root"] / "base"),
+                            references=str(photos), out_dir=tmp_path / "grids", latents=2, seeds=1, sampling_steps=2)
+    findings = {f.rule_id: f for f in IdentityAuditor(options).findings(str(world["lora"]), "toy")}
+    (verdict,) = [findings[r] for r in ("LA304", "LA305") if r in findings]
+    assert verdict.evidence["threshold"].startswith("0.459 (deepface's published Facenet512 threshold")
+    assert verdict.evidence["impostor FAR"] == "not measured (fixed threshold)"
+    assert "1 reference photos" in verdict.evidence["images"]
+    assert findings["LA306"].message.startswith("1 of 2 reference photos not used: grey.png: ")
+    assert set(findings["LA306"].evidence) == {"grey.png"}
 
 
 def test_cli_train_and_reconstruct(world, tmp_path, capsys):
@@ -330,7 +358,7 @@ def test_cli_evaluate_writes_results(world, tmp_path, capsys):
                  "--docs", str(tmp_path / "docs"), "--latents", "1", "--seeds", "1", "--sampling-steps", "2"]) == 0
     assert "VAE rank-1" in capsys.readouterr().out
     results = json.loads((tmp_path / "work" / "results.json").read_text())
-    assert set(results["summary"]) == {"oracle", "lora_class", "base", "vae_final_only", "vae"}
+    assert set(results["summary"]) == {"oracle", "latent_ceiling", "lora_class", "base", "vae_final_only", "vae"}
     assert np.asarray(results["scores"]["vae"]).shape == (3, 3)
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "lora-audit evaluate" in text and "| VAE attack (weights only) |" in text

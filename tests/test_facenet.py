@@ -191,6 +191,18 @@ def test_a_checkpoint_without_logits_or_bn_counters_loads_to_the_same_embeddings
     assert np.array_equal(FaceNetEmbedder.load(tmp_path / "features.pt", device="cpu").embed(images), full)
 
 
+def test_the_verification_threshold_names_its_source_and_the_checkpoint(tmp_path, vggface2_file, vggface2_state):
+    threshold, source = FaceNetEmbedder.load(vggface2_file, device="cpu").verification_threshold()
+    assert threshold == pytest.approx(1 - 1.04 ** 2 / 2) and "deepface" in source and "no threshold" not in source
+    casia = {**vggface2_state, "logits.weight": torch.zeros(10575, 512), "logits.bias": torch.zeros(10575)}
+    features = {k: v for k, v in vggface2_state.items() if not k.startswith("logits.")}
+    for name, state, says in (("casia", casia, "CASIA-WebFace"), ("features", features, "no logits layer)")):
+        torch.save(state, tmp_path / f"{name}.pt")
+        embedder = FaceNetEmbedder.load(tmp_path / f"{name}.pt", device="cpu")
+        assert embedder.verification_threshold()[0] == threshold
+        assert f"{says}, for which no threshold is published" in embedder.verification_threshold()[1]
+
+
 def test_no_weights_means_the_torch_cache(monkeypatch, tmp_path, vggface2_file):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     assert default_weights_path() == tmp_path / "checkpoints" / VGGFACE2_FILE

@@ -140,8 +140,13 @@ class IdentityAuditor:
         if o.references is not None:
             from lora_audit.scoring import leak_finding, score_leak
 
-            references, impostors = self._references(family, base, embedder)
+            references, impostors, unused = self._references(family, base, embedder)
             findings.append(leak_finding(score_leak(result.images, references, embedder, impostors)))
+            if unused:
+                findings.append(make_finding(
+                    "LA306", f"{len(unused)} of {len(unused) + len(references)} reference photos not used: "
+                    + "; ".join(f"{name}: {reason}" for name, reason in unused[:3])
+                    + (f"; {len(unused) - 3} more" if len(unused) > 3 else ""), dict(unused)))
         if value > threshold:
             return [make_finding("LA301", f"the weights alone decode to one consistent identity: consistency "
                                  f"{value:.3f} vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std above)",
@@ -150,13 +155,14 @@ class IdentityAuditor:
                              f"vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std)", evidence), *findings]
 
     def _references(self, family: str, base, embedder) -> tuple:
-        """The owner's photos at the base's resolution and the impostor reference of ``family``'s embedder."""
+        """The owner's photos at the base's resolution, the impostor reference of ``family``'s embedder,
+        and the ``(name, reason)`` of each photo left out."""
         key = ("references", family)
         if key not in self._models:
             from lora_audit.scoring import reference_photos
 
-            photos, _ = reference_photos(self.options.references, base.image_size)
-            self._models[key] = (photos, _impostors(family, embedder, base.image_size))
+            photos, unused = reference_photos(self.options.references, base.image_size)
+            self._models[key] = (photos, _impostors(embedder, base.image_size), unused)
         return self._models[key]
 
     def _load(self, family: str, attack_model: str | None, base_path: str | None) -> tuple:
@@ -175,14 +181,15 @@ class IdentityAuditor:
         return self._models[family]
 
 
-def _impostors(family: str, embedder, size: int):
-    """Similarities between different people for ``family``'s embedder (the verdict's reference)."""
-    from lora_audit.errors import UsageError
-    from lora_audit.scoring import impostor_reference_from_embeddings
+def _impostors(embedder, size: int):
+    """The verdict's reference for ``embedder``: FaceNet's published threshold, or the toy world's
+    similarities between different people (distractor identities rendered at ``size``)."""
+    from lora_audit.faces.facenet import FaceNetEmbedder
+    from lora_audit.scoring import ImpostorReference, impostor_reference_from_embeddings
 
-    if family != "toy":
-        raise UsageError(f"--references: no impostor reference for the {family} face embedder yet "
-                         "(the owner verdict is available for toy LoRAs)")
+    if isinstance(embedder, FaceNetEmbedder):
+        threshold, source = embedder.verification_threshold()
+        return ImpostorReference(source=source, threshold=threshold)
     from lora_audit.toyworld.attack_eval import DISTRACTORS
     from lora_audit.toyworld.renderer import render_batch
     from lora_audit.toyworld.victims import REFERENCE_INDICES

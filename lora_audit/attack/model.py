@@ -97,6 +97,11 @@ class AttackModel(nn.Module):
         """Coefficients c [B, R] -> z = offset + c @ basis, [B, L, D] (in place of prompt embeddings)."""
         return self.latent_offset + (c @ self.latent_basis).view(len(c), *self.latent_offset.shape)
 
+    def from_latent(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings [B, L, D] -> the coefficients c [B, R] whose z is closest (least squares)."""
+        residual = (embeds - self.latent_offset).reshape(len(embeds), -1)  # [B, L*D]
+        return torch.linalg.lstsq(self.latent_basis.T, residual.T).solution.T  # [B, R]
+
     @staticmethod
     def kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """KL(q(c) || N(0, I)) per coefficient, averaged: [B, R] -> scalar."""

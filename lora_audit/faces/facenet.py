@@ -5,12 +5,13 @@ of timesler/facenet-pytorch, so its files load unchanged: ``20180402-114759-vggf
 8631 classes) and ``20180408-102900-casia-webface.pt`` (10575), David Sandberg's TensorFlow models
 ported to PyTorch. The network sees 160x160 RGB face crops standardised as ``(x * 255 - 127.5) / 128``.
 
-Thresholds: neither facenet-pytorch nor davidsandberg/facenet publishes a fixed verification threshold
-for these models. Their LFW accuracies (0.9965 VGGFace2, 0.9905 CASIA-WebFace; facenet-pytorch's
-README, quoting davidsandberg/facenet) use a threshold fitted per fold by 10-fold cross-validation
-over squared L2 distances 0 to 4 in steps of 0.01 (``examples/lfw_evaluate.ipynb``). The FaceNet paper
-(Schroff et al. 2015, Fig. 1) shows a squared L2 distance of 1.1 (cosine 0.45) separating its example
-pairs, for Google's own network, not these ports.
+Threshold: neither facenet-pytorch nor davidsandberg/facenet publishes a fixed verification threshold
+(their LFW accuracies, 0.9965 VGGFace2 and 0.9905 CASIA-WebFace, fit one per fold by 10-fold
+cross-validation). deepface publishes tuned thresholds per model (``deepface/config/threshold.py``);
+its "Facenet512" is Sandberg's 20180402-114759 VGGFace2 model (LFW 0.9965), the one facenet-pytorch
+ports, with an L2 distance of 1.04 between unit embeddings, that is a cosine similarity of
+``1 - 1.04**2 / 2 = 0.459``. The FaceNet paper (Schroff et al. 2015, Fig. 1) shows a squared L2
+distance of 1.1 (cosine 0.45) for Google's own network. The verdict uses deepface's figure.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ VGGFACE2_FILE = "20180402-114759-vggface2.pt"
 CASIA_WEBFACE_FILE = "20180408-102900-casia-webface.pt"
 IMAGE_SIZE = 160
 EMBEDDING_DIM = 512
+CHECKPOINTS = {8631: "VGGFace2", 10575: "CASIA-WebFace"}  # rows of logits.weight -> training set
+PUBLISHED_L2_DISTANCE = 1.04  # deepface's threshold for Facenet512 = Sandberg's 20180402-114759 (VGGFace2)
 
 
 class BasicConv2d(nn.Module):
@@ -172,13 +175,24 @@ def _check_state(state: Mapping[str, torch.Tensor], model: InceptionResnetV1) ->
 class FaceNetEmbedder(FaceEmbedder):
     """A :class:`FaceEmbedder` around a pretrained :class:`InceptionResnetV1`: 160x160 crops -> 512-d."""
 
-    def __init__(self, model: InceptionResnetV1, device: str | torch.device | None = None):
+    def __init__(self, model: InceptionResnetV1, device: str | torch.device | None = None,
+                 checkpoint: str = "VGGFace2"):
         super().__init__(device)
         self.model = model.to(self.device).eval()
+        self.checkpoint = checkpoint  # the training set of the weights, or what is known of it
 
     @property
     def image_size(self) -> int:
         return IMAGE_SIZE
+
+    def verification_threshold(self) -> tuple[float, str]:
+        """(cosine similarity at or above which two faces count as one person, where that figure comes from)."""
+        cosine = 1 - PUBLISHED_L2_DISTANCE ** 2 / 2
+        source = (f"deepface's published Facenet512 threshold, L2 distance {PUBLISHED_L2_DISTANCE} "
+                  f"= cosine {cosine:.3f}, for Sandberg's VGGFace2 weights")
+        if self.checkpoint != "VGGFace2":
+            source += f"; these weights are {self.checkpoint}, for which no threshold is published"
+        return cosine, source
 
     @property
     def dim(self) -> int:
@@ -217,4 +231,7 @@ class FaceNetEmbedder(FaceEmbedder):
             raise UsageError(f"--face-weights {path}: not a facenet-pytorch InceptionResnetV1 checkpoint "
                              f"({problem})")
         model.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")}, strict=False)
-        return cls(model, device)
+        logits = state.get("logits.weight")
+        checkpoint = ("an unknown checkpoint (no logits layer)" if logits is None
+                      else CHECKPOINTS.get(logits.shape[0], f"an unknown checkpoint ({logits.shape[0]} classes)"))
+        return cls(model, device, checkpoint)

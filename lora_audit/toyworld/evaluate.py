@@ -4,6 +4,8 @@ Victims are trajectories of PRIVATE identities (``lora-audit shadow --first-iden
 model was trained on them. For each victim's final LoRA, every method draws K images:
 
   oracle          the LoRA prompted with its true trigger (the paper's "org", an upper bound)
+  latent_ceiling  the oracle's prompt embeddings projected into the VAE's latent space (z = offset +
+                  c @ basis), decoded by the LoRA: what a perfect encoder could reach with that latent
   lora_class      the LoRA prompted with the class prompt only
   base            the base model alone with the class prompt (chance level)
   vae_final_only  the VAE trained on final weights only, without the step embedding (ablation)
@@ -24,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-METHODS = ("oracle", "lora_class", "base", "vae_final_only", "vae")
+METHODS = ("oracle", "latent_ceiling", "lora_class", "base", "vae_final_only", "vae")
 
 
 @dataclass
@@ -69,6 +71,9 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
             for method, prompt in (("oracle", f"a face of {t.trigger}"), ("lora_class", attack.config.class_prompt)):
                 embeds = base.encode_prompt([prompt]).detach().expand(k, -1, -1)
                 images[method] = base.generate(embeds, seed=ids[n], steps=config.sampling_steps)
+                if method == "oracle":
+                    projected = attack.to_latent(attack.from_latent(embeds[:1])).expand(k, -1, -1)
+                    images["latent_ceiling"] = base.generate(projected, seed=ids[n], steps=config.sampling_steps)
         embeds = base.encode_prompt([attack.config.class_prompt]).detach().expand(k, -1, -1)
         images["base"] = base.generate(embeds, seed=ids[n], steps=config.sampling_steps)
         for method, model in (("vae", attack), ("vae_final_only", ablation)):
@@ -114,7 +119,9 @@ def write_results(result: dict, command: str, docs: Path) -> Path:
     _grid(result, images / "results_grid.png")
     _plot(result, images / "results_plot.png")
     s, n = result["summary"], len(result["victims"])
-    labels = {"oracle": "oracle: LoRA + true trigger (upper bound)", "lora_class": "LoRA + class prompt",
+    labels = {"oracle": "oracle: LoRA + true trigger (upper bound)",
+              "latent_ceiling": "the oracle's embeddings projected into the VAE's latent space",
+              "lora_class": "LoRA + class prompt",
               "base": "base model alone (chance level)", "vae_final_only": "VAE, final weights only, no step embedding",
               "vae": "VAE attack (weights only)"}
     rows = "\n".join(
