@@ -3,6 +3,8 @@
 Generates N realistic kohya SD1.5 LoRA files (F16, rank 8, 64 attention modules, leaky metadata on
 every tenth), then times, in one run:
   floor      for each file: safetensors.safe_open(...) and .metadata()            (1 process)
+  tensors    for each file: safetensors.numpy.load_file(...), every tensor read   (1 process): the
+             floor of any scan that computes weight statistics (a full scan reads every tensor)
   lora-audit `lora-audit scan DIR -f jsonl -q --jobs J [--skip-weights]` as a subprocess (J = 1, 2),
              i.e. including interpreter start-up and the process pool
 and prints files/s and the ratio lora-audit time / floor time. Also times loading every tensor
@@ -22,6 +24,7 @@ import tempfile
 import time
 
 from safetensors import safe_open
+from safetensors.numpy import load_file
 
 from lora_audit import synthetic
 
@@ -43,6 +46,13 @@ def floor(folder: str) -> float:
     for name in sorted(os.listdir(folder)):
         with safe_open(os.path.join(folder, name), framework="numpy") as f:
             f.metadata()
+    return time.perf_counter() - start
+
+
+def tensor_floor(folder: str) -> float:
+    start = time.perf_counter()
+    for name in sorted(os.listdir(folder)):
+        load_file(os.path.join(folder, name))
     return time.perf_counter() - start
 
 
@@ -98,12 +108,18 @@ def main() -> None:
         floor(folder)  # warm the page cache
         t_floor = min(floor(folder) for _ in range(3))
         print(f"{args.files} files of {size / 1024:.0f} KiB (kohya SD1.5, F16, rank 8, 64 modules)")
+        t_tensors = min(tensor_floor(folder) for _ in range(3))
         print(f"{'floor (safe_open + metadata, in-process)':<44} {t_floor:6.2f} s  {args.files / t_floor:8.0f} files/s")
+        print(f"{'tensors (load_file, in-process)':<44} {t_tensors:6.2f} s  {args.files / t_tensors:8.0f} files/s")
         for extra in ((), ("--skip-weights",)):
             for jobs in (1, 2):
                 t = lora_audit(folder, jobs, *extra)
                 label = f"lora-audit scan --jobs {jobs} {' '.join(extra)}"
-                print(f"{label:<44} {t:6.2f} s  {args.files / t:8.0f} files/s  ratio to floor {t / t_floor:5.2f}x")
+                print(f"{label:<44} {t:6.2f} s  {args.files / t:8.0f} files/s  ratio to floor {t / t_floor:5.2f}x"
+                      f"  to tensors {t / t_tensors:5.2f}x")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "lora_audit", "--version"], capture_output=True)
+        print(f"{'start-up (lora-audit --version)':<44} {time.perf_counter() - start:6.2f} s")
         print("loading every tensor as float32:", tensor_loading(os.path.join(folder, "lora_00001.safetensors")))
         print(f"modules imported by a static scan: {imports_of_static_scan(folder) or 'no torch, no diffusers'}")
 

@@ -209,6 +209,27 @@ def test_latent_subspace_spans_prompt_embeddings(world):
     assert len(face_prompts("sd1", 50)) == 50 and all("photo" in p for p in face_prompts("sd1", 5))
 
 
+def test_trigger_latents_span_the_shadows_trigger_embeddings(world):
+    from lora_audit.attack.latent import face_prompts, prompt_subspace, trigger_embeddings
+
+    base, trajectories = world["base"], world["trajectories"]
+    triggers = trigger_embeddings(base, trajectories)  # [T*S, L, D]
+    assert triggers.shape[0] == sum(len(t.steps) for t in trajectories)
+    assert trigger_embeddings(base, trajectories, final_only=True).shape[0] == len(trajectories)
+    with base.patched(trajectories[0].deltas(trajectories[0].steps[0])):
+        first = base.encode_prompt([f"a face of {trajectories[0].trigger}"])
+    assert torch.allclose(triggers[0], first[0])
+    prompts = face_prompts("toy", 16)
+
+    def residual(extra):
+        offset, basis, _ = prompt_subspace(base, prompts, 4, extra=extra)
+        x = (triggers - offset).flatten(1).T  # [L*D, T*S]
+        c = torch.linalg.lstsq(basis.T, x).solution  # [4, T*S]
+        return (x - basis.T @ c).norm().item()
+
+    assert residual(triggers) < 0.5 * residual(None)
+
+
 def test_consistency_of_embeddings():
     same = np.tile(np.array([[0.6, 0.8]]), (4, 1))
     assert consistency(same) == pytest.approx(1.0)
