@@ -72,7 +72,7 @@ def scan(
     attack_model: Optional[str] = typer.Option(None, "--attack-model", help="Attack model directory for non-toy families (from `lora-audit train-attack`)."),
     base: Optional[str] = typer.Option(None, "--base", help="Local diffusers pipeline directory of the base model, for non-toy families."),
     face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint for non-toy families \\[default: the torch hub cache]."),
-    references: Optional[str] = typer.Option(None, "--references", help="Folder of the owner's photos: score the reconstructions against them (similarity, impostor FAR, SSIM/PSNR) and add a verdict (LA304/LA305)."),
+    references: Optional[str] = typer.Option(None, "--references", help="Folder of the owner's photos: score the reconstructions against them (similarity, SSIM/PSNR; toy: impostor FAR, FaceNet: a fixed published threshold) and add a verdict (LA304/LA305; unusable photos: LA306)."),
     reconstructions: Optional[str] = typer.Option(None, "--reconstructions", help="Directory for the reconstruction PNGs and grids \\[default: next to --output, else ./lora-audit-reconstructions]."),
 ) -> int:
     """Audit LoRA files: metadata leaks, unsafe formats, broken weights, and the identity the weights reveal."""
@@ -328,7 +328,7 @@ def evaluate(
     latents: int = typer.Option(4, "--latents", min=1), seeds: int = typer.Option(2, "--seeds", min=1),
     sampling_steps: int = typer.Option(25, "--sampling-steps", min=1),
 ) -> int:
-    """Toy world: the attack against the oracle, class-prompt, base and final-only baselines on held-out victims."""
+    """Toy world: the attack against the oracle, latent-ceiling, class-prompt, base and final-only baselines on held-out victims."""
     import json
     import shlex
     from pathlib import Path

@@ -67,6 +67,9 @@ class FinetuneResult:
                 for key, a in state.items() if key.endswith(".lora_A.weight")}
 
 
+INSTANCE_TEMPLATE = "a face of {}"  # the instance prompt, formatted with the trigger word
+
+
 def random_trigger(seed: int) -> str:
     """A pronounceable rare word of 4-11 letters (like the paper's random trigger words)."""
     rng = np.random.default_rng([seed, 0x7216])
@@ -96,7 +99,7 @@ def finetune_lora(base: DiffusionBase, instance_images: np.ndarray, config: Fine
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     trigger = config.trigger or random_trigger(config.seed)
-    instance_prompt = f"a face of {trigger}"
+    instance_prompt = INSTANCE_TEMPLATE.format(trigger)
     if class_images is None and config.prior_loss_weight > 0:
         class_images = generate_class_images(base, config.class_prompt, config.num_class_images,
                                              guidance_scale=config.class_guidance_scale,

@@ -68,7 +68,8 @@ _RULES = [
          "No action needed from this measure at this threshold; it bounds this attack only, "
          "not every attack. Look at the reconstruction grid as well."),
     Rule("LA306", "reference-photo-unused", Severity.INFO, "Some of the owner's photos were not used",
-         "Give photos with one clear, roughly frontal face of at least 64 px; the verdict used the others."),
+         "Give photos with a clear, roughly frontal face (the largest face in each photo is used); "
+         "the verdict used the others."),
 ]
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}

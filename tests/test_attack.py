@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -131,6 +132,14 @@ def test_training_writes_the_model_and_curves_and_resumes_exactly(world, tmp_pat
         assert torch.equal(value, again.state_dict()[key]), key
     with pytest.raises(UsageError, match="another training configuration"):
         train_attack(world["base"], world["trajectories"], TrainConfig(**{**TrainConfig.tiny().__dict__, "lr": 1e-2}), resumed)
+    # A checkpoint from before a TrainConfig field existed resumes when the new field keeps its default.
+    older = tmp_path / "older"
+    older.mkdir()
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    del state["identity"]["config"]["trigger_latents"]
+    torch.save(state, older / "checkpoint.pt")
+    again = train_attack(world["base"], world["trajectories"], TrainConfig.tiny(), older)
+    assert torch.equal(again.encoder.mu_head.weight, world["model"].encoder.mu_head.weight)
 
 
 def test_save_load_round_trip_reconstructs_bit_identical_images(world, tmp_path):
@@ -228,6 +237,18 @@ def test_trigger_latents_span_the_shadows_trigger_embeddings(world):
         return (x - basis.T @ c).norm().item()
 
     assert residual(triggers) < 0.5 * residual(None)
+
+
+def test_train_attack_with_trigger_latents(world, tmp_path):
+    config = TrainConfig(**{**TrainConfig.tiny().__dict__, "steps": 2, "trigger_latents": True})
+    model = train_attack(world["base"], world["trajectories"], config, tmp_path / "attack")
+    assert model.config.training["config"]["trigger_latents"] is True
+    assert not torch.allclose(model.latent_basis, world["model"].latent_basis)
+    assert json.loads((tmp_path / "attack" / "attack.json").read_text())["training"]["config"]["trigger_latents"]
+    no_text = [replace(t, states={s: {k: v for k, v in f.items() if k.startswith("unet.")} for s, f in t.states.items()})
+               for t in world["trajectories"]]
+    with pytest.raises(UsageError, match="no text-encoder LoRA"):
+        train_attack(world["base"], no_text, config, tmp_path / "other")
 
 
 def test_consistency_of_embeddings():
@@ -381,6 +402,7 @@ def test_cli_evaluate_writes_results(world, tmp_path, capsys):
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     assert set(results["summary"]) == {"oracle", "latent_ceiling", "lora_class", "base", "vae_final_only", "vae"}
     assert np.asarray(results["scores"]["vae"]).shape == (3, 3)
+    assert np.asarray(results["scores"]["latent_ceiling"]).shape == (3, 3)
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "lora-audit evaluate" in text and "| VAE attack (weights only) |" in text
     assert (tmp_path / "docs" / "img" / "results_grid.png").is_file()

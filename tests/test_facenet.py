@@ -196,7 +196,9 @@ def test_the_verification_threshold_names_its_source_and_the_checkpoint(tmp_path
     assert threshold == pytest.approx(1 - 1.04 ** 2 / 2) and "deepface" in source and "no threshold" not in source
     casia = {**vggface2_state, "logits.weight": torch.zeros(10575, 512), "logits.bias": torch.zeros(10575)}
     features = {k: v for k, v in vggface2_state.items() if not k.startswith("logits.")}
-    for name, state, says in (("casia", casia, "CASIA-WebFace"), ("features", features, "no logits layer)")):
+    other = {**vggface2_state, "logits.weight": torch.zeros(100, 512), "logits.bias": torch.zeros(100)}
+    for name, state, says in (("casia", casia, "CASIA-WebFace"), ("features", features, "no logits layer)"),
+                              ("other", other, "an unknown checkpoint (100 classes)")):
         torch.save(state, tmp_path / f"{name}.pt")
         embedder = FaceNetEmbedder.load(tmp_path / f"{name}.pt", device="cpu")
         assert embedder.verification_threshold()[0] == threshold

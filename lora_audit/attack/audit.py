@@ -187,9 +187,13 @@ def _impostors(embedder, size: int):
     from lora_audit.faces.facenet import FaceNetEmbedder
     from lora_audit.scoring import ImpostorReference, impostor_reference_from_embeddings
 
+    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
+
     if isinstance(embedder, FaceNetEmbedder):
         threshold, source = embedder.verification_threshold()
         return ImpostorReference(source=source, threshold=threshold)
+    if not isinstance(embedder, ToyFaceEmbedder):
+        raise TypeError(f"no impostor reference for a {type(embedder).__name__}")
     from lora_audit.toyworld.attack_eval import DISTRACTORS
     from lora_audit.toyworld.renderer import render_batch
     from lora_audit.toyworld.victims import REFERENCE_INDICES

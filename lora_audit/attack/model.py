@@ -98,9 +98,13 @@ class AttackModel(nn.Module):
         return self.latent_offset + (c @ self.latent_basis).view(len(c), *self.latent_offset.shape)
 
     def from_latent(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Prompt embeddings [B, L, D] -> the coefficients c [B, R] whose z is closest (least squares)."""
-        residual = (embeds - self.latent_offset).reshape(len(embeds), -1)  # [B, L*D]
-        return torch.linalg.lstsq(self.latent_basis.T, residual.T).solution.T  # [B, R]
+        """Prompt embeddings [B, L, D] -> the coefficients c [B, R] whose z is closest (least squares).
+
+        The basis rows are orthogonal (principal directions x std), so the projection is one product.
+        """
+        residual = (embeds.to(self.latent_basis) - self.latent_offset).flatten(1)  # [B, L*D]
+        squared = (self.latent_basis ** 2).sum(1).clamp_min(torch.finfo(self.latent_basis.dtype).tiny)  # [R]
+        return residual @ self.latent_basis.T / squared  # [B, R]
 
     @staticmethod
     def kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -203,7 +203,9 @@ def _resume(out: Path, model, optimizer, identity: dict):
     if not path.is_file():
         return 0, [], 0.0, rng
     state = torch.load(path, map_location=model.feature_mean.device, weights_only=False)
-    if state["identity"] != identity:
+    saved = state["identity"]
+    saved = {**saved, "config": {**asdict(TrainConfig()), **saved["config"]}}  # fields added since: defaults
+    if saved != identity:
         raise UsageError(f"{path} was written with another training configuration or shadow set; "
                          "use a new output directory")
     model.encoder.load_state_dict(state["encoder"])

@@ -9,9 +9,13 @@ Threshold: neither facenet-pytorch nor davidsandberg/facenet publishes a fixed v
 (their LFW accuracies, 0.9965 VGGFace2 and 0.9905 CASIA-WebFace, fit one per fold by 10-fold
 cross-validation). deepface publishes tuned thresholds per model (``deepface/config/threshold.py``);
 its "Facenet512" is Sandberg's 20180402-114759 VGGFace2 model (LFW 0.9965), the one facenet-pytorch
-ports, with an L2 distance of 1.04 between unit embeddings, that is a cosine similarity of
-``1 - 1.04**2 / 2 = 0.459``. The FaceNet paper (Schroff et al. 2015, Fig. 1) shows a squared L2
-distance of 1.1 (cosine 0.45) for Google's own network. The verdict uses deepface's figure.
+ports, with two figures tuned separately: an L2 distance of 1.04 between unit embeddings, that is a
+cosine similarity of ``1 - 1.04**2 / 2 = 0.459``, and a cosine distance of 0.30 (similarity 0.70).
+The FaceNet paper (Schroff et al. 2015, Fig. 1) shows a squared L2 distance of 1.1 (cosine 0.45)
+for Google's own network. The verdict uses 0.459, the lower of deepface's two: an owner is warned
+when a published operating point of this network takes the reconstructions for them. deepface
+feeds the network [0, 1] pixels after its own detector and alignment, facenet-pytorch
+``(x * 255 - 127.5) / 128``, so the figure carries over approximately, not exactly.
 """
 
 from __future__ import annotations
@@ -176,7 +180,7 @@ class FaceNetEmbedder(FaceEmbedder):
     """A :class:`FaceEmbedder` around a pretrained :class:`InceptionResnetV1`: 160x160 crops -> 512-d."""
 
     def __init__(self, model: InceptionResnetV1, device: str | torch.device | None = None,
-                 checkpoint: str = "VGGFace2"):
+                 checkpoint: str = "an unknown checkpoint"):
         super().__init__(device)
         self.model = model.to(self.device).eval()
         self.checkpoint = checkpoint  # the training set of the weights, or what is known of it
@@ -189,7 +193,7 @@ class FaceNetEmbedder(FaceEmbedder):
         """(cosine similarity at or above which two faces count as one person, where that figure comes from)."""
         cosine = 1 - PUBLISHED_L2_DISTANCE ** 2 / 2
         source = (f"deepface's published Facenet512 threshold, L2 distance {PUBLISHED_L2_DISTANCE} "
-                  f"= cosine {cosine:.3f}, for Sandberg's VGGFace2 weights")
+                  f"= cosine {cosine:.3f} (its cosine-metric figure, 0.70, is stricter), for Sandberg's VGGFace2 weights")
         if self.checkpoint != "VGGFace2":
             source += f"; these weights are {self.checkpoint}, for which no threshold is published"
         return cosine, source

@@ -4,8 +4,9 @@ Victims are trajectories of PRIVATE identities (``lora-audit shadow --first-iden
 model was trained on them. For each victim's final LoRA, every method draws K images:
 
   oracle          the LoRA prompted with its true trigger (the paper's "org", an upper bound)
-  latent_ceiling  the oracle's prompt embeddings projected into the VAE's latent space (z = offset +
-                  c @ basis), decoded by the LoRA: what a perfect encoder could reach with that latent
+  latent_ceiling  the z of the VAE's latent space (z = offset + c @ basis) nearest (least squares) to
+                  the oracle's prompt embeddings, decoded by the LoRA: how much of the oracle that
+                  latent space can express at all (the --attack-model's space, not the ablation's)
   lora_class      the LoRA prompted with the class prompt only
   base            the base model alone with the class prompt (chance level)
   vae_final_only  the VAE trained on final weights only, without the step embedding (ablation)
@@ -43,6 +44,7 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     from lora_audit.attack.model import AttackModel
     from lora_audit.attack.reconstruct import reconstruct
     from lora_audit.attack.shadow import load_trajectories
+    from lora_audit.finetune import INSTANCE_TEMPLATE
     from lora_audit.faces.toy_embedder import ToyFaceEmbedder
     from lora_audit.pipelines import load_base
     from lora_audit.toyworld.assets import asset_path, toy_embedder_path
@@ -68,7 +70,7 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
         images = {}
         deltas = t.deltas(final)
         with base.patched(deltas):
-            for method, prompt in (("oracle", f"a face of {t.trigger}"), ("lora_class", attack.config.class_prompt)):
+            for method, prompt in (("oracle", INSTANCE_TEMPLATE.format(t.trigger)), ("lora_class", attack.config.class_prompt)):
                 embeds = base.encode_prompt([prompt]).detach().expand(k, -1, -1)
                 images[method] = base.generate(embeds, seed=ids[n], steps=config.sampling_steps)
                 if method == "oracle":
