@@ -251,6 +251,23 @@ def test_train_attack_with_trigger_latents(world, tmp_path):
         train_attack(world["base"], no_text, config, tmp_path / "other")
 
 
+def test_latent_targets_pull_mu_towards_the_shadows_trigger_embeddings(world, tmp_path):
+    from lora_audit.attack.latent import trigger_embeddings
+    from lora_audit.attack.train import _pairs, _set_targets
+
+    base, model, trajectories = world["base"], world["model"], world["trajectories"]
+    pairs = _pairs(model, trajectories[:2], final_only=False)
+    _set_targets(base, model, pairs, trajectories[:2], final_only=False)
+    last = pairs[-1]  # the second shadow at its last step
+    assert last.step == trajectories[1].steps[-1]
+    assert torch.allclose(last.target, model.from_latent(trigger_embeddings(base, trajectories[1:2], True))[0])
+    config = TrainConfig(**{**TrainConfig.tiny().__dict__, "steps": 6, "lr": 1e-2, "target_weight": 1.0})
+    train_attack(base, trajectories, config, tmp_path / "attack")
+    curves = json.loads((tmp_path / "attack" / "curves.json").read_text())
+    assert all({"target", "val_target"} <= set(c) for c in curves)
+    assert curves[-1]["target"] < curves[0]["target"]  # a strong pull at a high learning rate
+
+
 def test_consistency_of_embeddings():
     same = np.tile(np.array([[0.6, 0.8]]), (4, 1))
     assert consistency(same) == pytest.approx(1.0)
