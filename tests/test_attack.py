@@ -136,7 +136,7 @@ def test_training_writes_the_model_and_curves_and_resumes_exactly(world, tmp_pat
     older = tmp_path / "older"
     older.mkdir()
     state = torch.load(out / "checkpoint.pt", weights_only=False)
-    del state["identity"]["config"]["trigger_latents"]
+    del state["identity"]["config"]["target_weight"]
     torch.save(state, older / "checkpoint.pt")
     again = train_attack(world["base"], world["trajectories"], TrainConfig.tiny(), older)
     assert torch.equal(again.encoder.mu_head.weight, world["model"].encoder.mu_head.weight)
@@ -218,39 +218,6 @@ def test_latent_subspace_spans_prompt_embeddings(world):
     assert len(face_prompts("sd1", 50)) == 50 and all("photo" in p for p in face_prompts("sd1", 5))
 
 
-def test_trigger_latents_span_the_shadows_trigger_embeddings(world):
-    from lora_audit.attack.latent import face_prompts, prompt_subspace, trigger_embeddings
-
-    base, trajectories = world["base"], world["trajectories"]
-    triggers = trigger_embeddings(base, trajectories)  # [T*S, L, D]
-    assert triggers.shape[0] == sum(len(t.steps) for t in trajectories)
-    assert trigger_embeddings(base, trajectories, final_only=True).shape[0] == len(trajectories)
-    with base.patched(trajectories[0].deltas(trajectories[0].steps[0])):
-        first = base.encode_prompt([f"a face of {trajectories[0].trigger}"])
-    assert torch.allclose(triggers[0], first[0])
-    prompts = face_prompts("toy", 16)
-
-    def residual(extra):
-        offset, basis, _ = prompt_subspace(base, prompts, 4, extra=extra)
-        x = (triggers - offset).flatten(1).T  # [L*D, T*S]
-        c = torch.linalg.lstsq(basis.T, x).solution  # [4, T*S]
-        return (x - basis.T @ c).norm().item()
-
-    assert residual(triggers) < 0.5 * residual(None)
-
-
-def test_train_attack_with_trigger_latents(world, tmp_path):
-    config = TrainConfig(**{**TrainConfig.tiny().__dict__, "steps": 2, "trigger_latents": True})
-    model = train_attack(world["base"], world["trajectories"], config, tmp_path / "attack")
-    assert model.config.training["config"]["trigger_latents"] is True
-    assert not torch.allclose(model.latent_basis, world["model"].latent_basis)
-    assert json.loads((tmp_path / "attack" / "attack.json").read_text())["training"]["config"]["trigger_latents"]
-    no_text = [replace(t, states={s: {k: v for k, v in f.items() if k.startswith("unet.")} for s, f in t.states.items()})
-               for t in world["trajectories"]]
-    with pytest.raises(UsageError, match="no text-encoder LoRA"):
-        train_attack(world["base"], no_text, config, tmp_path / "other")
-
-
 def test_latent_targets_pull_mu_towards_the_shadows_trigger_embeddings(world, tmp_path):
     from lora_audit.attack.latent import trigger_embeddings
     from lora_audit.attack.train import _pairs, _set_targets
@@ -266,6 +233,10 @@ def test_latent_targets_pull_mu_towards_the_shadows_trigger_embeddings(world, tm
     curves = json.loads((tmp_path / "attack" / "curves.json").read_text())
     assert all({"target", "val_target"} <= set(c) for c in curves)
     assert curves[-1]["target"] < curves[0]["target"]  # a strong pull at a high learning rate
+    no_text = [replace(t, states={s: {k: v for k, v in f.items() if k.startswith("unet.")} for s, f in t.states.items()})
+               for t in trajectories]
+    with pytest.raises(UsageError, match="no text-encoder LoRA"):
+        train_attack(base, no_text, config, tmp_path / "other")
 
 
 def test_consistency_of_embeddings():

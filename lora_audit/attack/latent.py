@@ -43,15 +43,12 @@ def face_prompts(family: str, count: int = 2000, seed: int = 0) -> list[str]:
 
 
 @torch.no_grad()
-def prompt_subspace(base: DiffusionBase, prompts: list[str], rank: int, batch: int = 256,
-                    extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(offset [L, D], basis [R, L*D] = principal directions x their std, explained variance fraction)
-    of the embeddings of ``prompts`` and of the ``extra`` embeddings [E, L, D], if any."""
+def prompt_subspace(base: DiffusionBase, prompts: list[str], rank: int,
+                    batch: int = 256) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(offset [L, D], basis [R, L*D] = principal directions x their std, explained variance fraction)."""
     shape = base.encode_prompt(prompts[:1]).shape[1:]  # (L, D)
     embeds = torch.cat([base.encode_prompt(prompts[i: i + batch]).flatten(1).float().cpu()
                         for i in range(0, len(prompts), batch)])  # [N, L*D]
-    if extra is not None:
-        embeds = torch.cat([embeds, extra.flatten(1).float().cpu()])  # [N + E, L*D]
     mean = embeds.mean(0)  # [L*D]
     _, s, vh = torch.linalg.svd(embeds - mean, full_matrices=False)  # s [min(N, L*D)], vh [., L*D]
     rank = min(rank, len(s))
@@ -65,8 +62,7 @@ def trigger_embeddings(base: DiffusionBase, trajectories: list, final_only: bool
                        template: str = INSTANCE_TEMPLATE) -> torch.Tensor:
     """What each shadow's own LoRA makes of its trigger prompt, at every snapshot (or the last): [T*S, L, D].
 
-    The attacker made the shadows, so it knows their triggers; victims' triggers are unknown, but
-    their LoRA-patched trigger embeddings lie where the shadows' do, not among plain face descriptions.
+    The attacker made the shadows, so it knows their triggers (the victims' stay unknown).
     """
     out = []
     for t in trajectories:
@@ -74,7 +70,7 @@ def trigger_embeddings(base: DiffusionBase, trajectories: list, final_only: bool
             text = {name: dw for name, dw in t.deltas(step).items() if name.startswith("text_encoder")}
             if not text:
                 raise UsageError(f"shadow identity {t.identity} has no text-encoder LoRA: its trigger embedding "
-                                 "is the base's, so --trigger-latents has nothing to learn from")
+                                 "is the base's, so --target-weight has nothing to learn from")
             with base.patched(text):
                 out.append(base.encode_prompt([template.format(t.trigger)]).float().cpu())  # [1, L, D]
     return torch.cat(out)

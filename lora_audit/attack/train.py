@@ -63,9 +63,7 @@ def train_attack(base: DiffusionBase, trajectories: list[Trajectory], config: Tr
     for module in (base.unet, base.text_encoder, base.vae):  # only the encoder learns
         if module is not None:
             module.requires_grad_(False)
-    triggers = trigger_embeddings(base, train, config.final_only) if config.trigger_latents else None  # [T*S, L, D]
-    offset, basis, explained = prompt_subspace(base, face_prompts(base.family, config.prompts), config.latent_rank,
-                                               extra=triggers)
+    offset, basis, explained = prompt_subspace(base, face_prompts(base.family, config.prompts), config.latent_rank)
     model = AttackModel(_attack_config(base, trajectories, config, len(basis)))
     model.latent_offset.copy_(offset)
     model.latent_basis.copy_(basis)
