@@ -265,7 +265,6 @@ def train_attack(
     beta: float = typer.Option(_TRAIN.beta, "--beta", help="KL weight after warm-up."),
     validation: int = typer.Option(_TRAIN.validation, "--validation", min=0, help="Shadow identities held out of training."),
     final_only: bool = typer.Option(False, "--final-only", help="Ablation: train on final weights only, without the step embedding."),
-    target_weight: float = typer.Option(_TRAIN.target_weight, "--target-weight", min=0.0, help="Weight of the latent-target loss: mu against each shadow's own trigger embedding projected into the latent (0: off)."),
 ) -> int:
     """Train the weight-to-image VAE attack on shadow trajectories."""
     from dataclasses import replace
@@ -278,7 +277,7 @@ def train_attack(
     trajectories = load_trajectories(Path(shadows))
     pipeline = load_base(base)
     config = replace(_TRAIN, steps=steps, shadows_per_step=shadows_per_step, lr=lr, beta=beta,
-                     validation=validation, final_only=final_only, target_weight=target_weight)
+                     validation=validation, final_only=final_only)
     with _stage_progress() as report:
         model = train(pipeline, trajectories, config, Path(out), lambda s, t, m: report("train", s, t, m))
     held_out = model.config.training["final"].get("val_mse")

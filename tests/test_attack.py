@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -132,11 +131,12 @@ def test_training_writes_the_model_and_curves_and_resumes_exactly(world, tmp_pat
         assert torch.equal(value, again.state_dict()[key]), key
     with pytest.raises(UsageError, match="another training configuration"):
         train_attack(world["base"], world["trajectories"], TrainConfig(**{**TrainConfig.tiny().__dict__, "lr": 1e-2}), resumed)
-    # A checkpoint from before a TrainConfig field existed resumes when the new field keeps its default.
+    # A checkpoint from before a TrainConfig field existed resumes when that field keeps its default
+    # (``seed`` stands in for a field added later: tiny() leaves it at the default).
     older = tmp_path / "older"
     older.mkdir()
     state = torch.load(out / "checkpoint.pt", weights_only=False)
-    del state["identity"]["config"]["target_weight"]
+    del state["identity"]["config"]["seed"]
     torch.save(state, older / "checkpoint.pt")
     again = train_attack(world["base"], world["trajectories"], TrainConfig.tiny(), older)
     assert torch.equal(again.encoder.mu_head.weight, world["model"].encoder.mu_head.weight)
@@ -218,25 +218,6 @@ def test_latent_subspace_spans_prompt_embeddings(world):
     assert len(face_prompts("sd1", 50)) == 50 and all("photo" in p for p in face_prompts("sd1", 5))
 
 
-def test_latent_targets_pull_mu_towards_the_shadows_trigger_embeddings(world, tmp_path):
-    from lora_audit.attack.latent import trigger_embeddings
-    from lora_audit.attack.train import _pairs, _set_targets
-
-    base, model, trajectories = world["base"], world["model"], world["trajectories"]
-    pairs = _pairs(model, trajectories[:2], final_only=False)
-    _set_targets(base, model, pairs, trajectories[:2], final_only=False)
-    last = pairs[-1]  # the second shadow at its last step
-    assert last.step == trajectories[1].steps[-1]
-    assert torch.allclose(last.target, model.from_latent(trigger_embeddings(base, trajectories[1:2], True))[0])
-    config = TrainConfig(**{**TrainConfig.tiny().__dict__, "steps": 6, "lr": 1e-2, "target_weight": 1.0})
-    train_attack(base, trajectories, config, tmp_path / "attack")
-    curves = json.loads((tmp_path / "attack" / "curves.json").read_text())
-    assert all({"target", "val_target"} <= set(c) for c in curves)
-    assert curves[-1]["target"] < curves[0]["target"]  # a strong pull at a high learning rate
-    no_text = [replace(t, states={s: {k: v for k, v in f.items() if k.startswith("unet.")} for s, f in t.states.items()})
-               for t in trajectories]
-    with pytest.raises(UsageError, match="no text-encoder LoRA"):
-        train_attack(base, no_text, config, tmp_path / "other")
 
 
 def test_consistency_of_embeddings():

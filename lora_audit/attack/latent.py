@@ -18,8 +18,6 @@ import itertools
 import numpy as np
 import torch
 
-from lora_audit.errors import UsageError
-from lora_audit.finetune import INSTANCE_TEMPLATE
 from lora_audit.pipelines import DiffusionBase
 
 _AGES = ("young", "middle-aged", "old")
@@ -55,22 +53,3 @@ def prompt_subspace(base: DiffusionBase, prompts: list[str], rank: int,
     std = s[:rank] / max(1, len(embeds) - 1) ** 0.5  # [R]
     explained = float((s[:rank] ** 2).sum() / (s ** 2).sum())
     return mean.view(shape), vh[:rank] * std[:, None], explained
-
-
-@torch.no_grad()
-def trigger_embeddings(base: DiffusionBase, trajectories: list, final_only: bool = False,
-                       template: str = INSTANCE_TEMPLATE) -> torch.Tensor:
-    """What each shadow's own LoRA makes of its trigger prompt, at every snapshot (or the last): [T*S, L, D].
-
-    The attacker made the shadows, so it knows their triggers (the victims' stay unknown).
-    """
-    out = []
-    for t in trajectories:
-        for step in t.steps[-1:] if final_only else t.steps:
-            text = {name: dw for name, dw in t.deltas(step).items() if name.startswith("text_encoder")}
-            if not text:
-                raise UsageError(f"shadow identity {t.identity} has no text-encoder LoRA: its trigger embedding "
-                                 "is the base's, so --target-weight has nothing to learn from")
-            with base.patched(text):
-                out.append(base.encode_prompt([template.format(t.trigger)]).float().cpu())  # [1, L, D]
-    return torch.cat(out)

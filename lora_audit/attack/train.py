@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from lora_audit.attack.decoder import per_sample_deltas
 from lora_audit.attack.encoder import EncoderConfig
-from lora_audit.attack.latent import face_prompts, prompt_subspace, trigger_embeddings
+from lora_audit.attack.latent import face_prompts, prompt_subspace
 from lora_audit.attack.model import AttackConfig, AttackModel
 from lora_audit.attack.shadow import Trajectory
 from lora_audit.attack.train_config import TrainConfig
@@ -43,7 +43,6 @@ class _Pair:
     raw: torch.Tensor  # [M, k*k]
     padding: torch.Tensor  # [M]
     factors: list[tuple[str, torch.Tensor, torch.Tensor, float]]  # UNet modules: (name, B, A, scale)
-    target: torch.Tensor | None = None  # [R] c* of the shadow's own trigger embedding (with target_weight)
 
 
 def split(trajectories: list[Trajectory], validation: int) -> tuple[list[Trajectory], list[Trajectory]]:
@@ -69,9 +68,6 @@ def train_attack(base: DiffusionBase, trajectories: list[Trajectory], config: Tr
     model.latent_basis.copy_(basis)
     pairs = _pairs(model, train, config.final_only)
     val_pairs = _pairs(model, held_out, True, first_index=len(train))
-    if config.target_weight > 0:
-        _set_targets(base, model, pairs, train, config.final_only)
-        _set_targets(base, model, val_pairs, held_out, True)
     raw = torch.stack([p.raw for p in pairs])  # [N, M, k*k]
     model.fit_statistics(raw, torch.stack([p.padding for p in pairs]), torch.tensor([float(p.step) for p in pairs]))
     model.to(base.device)
@@ -84,20 +80,18 @@ def train_attack(base: DiffusionBase, trajectories: list[Trajectory], config: Tr
     for step in range(start + 1, config.steps + 1):
         batch = [pairs[i] for i in rng.integers(len(pairs), size=config.shadows_per_step)]
         beta = config.beta * min(1.0, step / max(1.0, config.beta_warmup * config.steps))
-        mse, kl, target = _loss(base, model, scheduler, batch, images, config, rng)
-        loss = mse + beta * kl + config.target_weight * target
+        mse, kl = _loss(base, model, scheduler, batch, images, config, rng)
+        loss = mse + beta * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), 1.0)
         optimizer.step()
         if step % config.log_every == 0 or step == config.steps:
             row = {"step": step, "loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "beta": beta,
-                   **_validation(base, model, scheduler, val_pairs, images, config)}
-            if config.target_weight > 0:
-                row["target"] = target.item()
+                   "val_mse": _validation_mse(base, model, scheduler, val_pairs, images, config)}
             curves.append(row)
             if progress:
-                progress(step, config.steps, {k: v for k, v in row.items() if k in ("mse", "kl", "val_mse", "val_target")})
+                progress(step, config.steps, {k: v for k, v in row.items() if k in ("mse", "kl", "val_mse")})
         if step % config.checkpoint_every == 0 and step < config.steps:
             _checkpoint(out, model, optimizer, step, curves, seconds + time.perf_counter() - clock, rng,
                         _identity(config, train))
@@ -139,14 +133,6 @@ def _pairs(model: AttackModel, trajectories: list[Trajectory], final_only: bool,
     return pairs
 
 
-def _set_targets(base, model: AttackModel, pairs: list[_Pair], trajectories: list[Trajectory], final_only: bool) -> None:
-    """Give each pair c* [R]: its shadow's own LoRA-patched trigger embedding projected into the latent
-    space (the oracle's z, as near as the latent gets). ``pairs`` follow ``trajectories`` and their steps."""
-    targets = model.from_latent(trigger_embeddings(base, trajectories, final_only))  # [N, R]
-    for pair, target in zip(pairs, targets, strict=True):
-        pair.target = target
-
-
 def _stacked_deltas(batch: list[_Pair], device) -> dict[str, torch.Tensor]:
     """dW of every UNet module, one per pair: [S, out, in]."""
     stacked = {}
@@ -156,8 +142,7 @@ def _stacked_deltas(batch: list[_Pair], device) -> dict[str, torch.Tensor]:
 
 
 def _loss(base, model, scheduler, batch, images, config, rng, z_from_mean=False):
-    """Diffusion MSE of the LoRA-patched UNet conditioned on z, the KL, and the latent-target error
-    (mean squared mu - c*; 0 without targets), for a batch of pairs.
+    """Diffusion MSE of the LoRA-patched UNet conditioned on z, and the KL, for a batch of pairs.
 
     All pairs go through one UNet call: each sample carries its own shadow's dW (per_sample_deltas).
     """
@@ -177,25 +162,21 @@ def _loss(base, model, scheduler, batch, images, config, rng, z_from_mean=False)
     target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
     with per_sample_deltas(base, _stacked_deltas(batch, device)):
         pred = base.unet(noisy, t, encoder_hidden_states=z.repeat_interleave(p, dim=0)).sample  # [S * P, C, h, w]
-    goal = [pair.target for pair in batch if pair.target is not None]
-    error = F.mse_loss(mu, torch.stack(goal).to(mu)) if len(goal) == len(batch) else mu.new_zeros(())
-    return F.mse_loss(pred.float(), target.float()), model.kl(mu, logvar), error
+    return F.mse_loss(pred.float(), target.float()), model.kl(mu, logvar)
 
 
 @torch.no_grad()
-def _validation(base, model, scheduler, val_pairs, images, config) -> dict:
-    """Held-out identities with z = mu, under a fixed noise seed (comparable across steps): the diffusion
-    MSE ``val_mse`` (None without held-out identities) and, with targets, the target error ``val_target``."""
+def _validation_mse(base, model, scheduler, val_pairs, images, config) -> float | None:
+    """Diffusion MSE on held-out identities with z = mu, under a fixed noise seed (comparable across steps)."""
     if not val_pairs:
-        return {"val_mse": None}
+        return None
     devices = [base.device] if base.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # the training noise stream is left untouched
         torch.manual_seed(1234)
         model.eval()
-        mse, _, target = _loss(base, model, scheduler, val_pairs, images, config, np.random.default_rng(1234),
-                               z_from_mean=True)
+        mse, _ = _loss(base, model, scheduler, val_pairs, images, config, np.random.default_rng(1234), z_from_mean=True)
         model.train()
-    return {"val_mse": mse.item(), **({"val_target": target.item()} if config.target_weight > 0 else {})}
+    return mse.item()
 
 
 def _step_estimate_error(model: AttackModel, held_out: list[Trajectory]) -> dict:
@@ -245,7 +226,7 @@ def _checkpoint(out: Path, model, optimizer, step, curves, seconds, rng, identit
 
 
 def plot_curves(curves: list[dict], path: Path) -> None:
-    """Training and held-out diffusion loss, and the KL (and latent-target errors), against the step (PNG)."""
+    """Training and held-out diffusion loss, and the KL, against the step (PNG)."""
     if not curves:
         return
     import matplotlib
@@ -260,12 +241,9 @@ def plot_curves(curves: list[dict], path: Path) -> None:
         left.plot(steps, [c["val_mse"] for c in curves], label="held-out MSE (z = mu)")
     left.set_xlabel("step")
     left.legend()
-    right.plot(steps, [c["kl"] for c in curves], color="tab:red", label="KL per dimension")
-    for key, label in (("target", "train target error"), ("val_target", "held-out target error")):
-        if key in curves[0]:
-            right.plot(steps, [c[key] for c in curves], label=label)
+    right.plot(steps, [c["kl"] for c in curves], color="tab:red")
     right.set_xlabel("step")
-    right.legend()
+    right.set_ylabel("KL per dimension")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

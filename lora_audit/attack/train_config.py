@@ -15,7 +15,6 @@ class TrainConfig:
     beta_warmup: float = 0.5  # fraction of the steps over which beta rises from 0
     latent_rank: int = 48  # coefficients of z in the prompt-embedding subspace
     prompts: int = 2000  # face descriptions that span that subspace
-    target_weight: float = 0.0  # weight of ||mu - c*||^2, c* = the shadow's own trigger embedding in the latent
     final_only: bool = False  # the ablation: last snapshot only, no step token
     validation: int = 8  # shadow identities held out of training (the last ones)
     sketch_k: int = 16
