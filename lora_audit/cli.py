@@ -265,6 +265,7 @@ def train_attack(
     beta: float = typer.Option(_TRAIN.beta, "--beta", help="KL weight after warm-up."),
     validation: int = typer.Option(_TRAIN.validation, "--validation", min=0, help="Shadow identities held out of training."),
     final_only: bool = typer.Option(False, "--final-only", help="Ablation: train on final weights only, without the step embedding."),
+    module_dropout: float = typer.Option(_TRAIN.module_dropout, "--module-dropout", min=0.0, max=0.95, help="Share of module tokens hidden from the encoder at each training step (a regulariser)."),
 ) -> int:
     """Train the weight-to-image VAE attack on shadow trajectories."""
     from dataclasses import replace
@@ -277,7 +278,7 @@ def train_attack(
     trajectories = load_trajectories(Path(shadows))
     pipeline = load_base(base)
     config = replace(_TRAIN, steps=steps, shadows_per_step=shadows_per_step, lr=lr, beta=beta,
-                     validation=validation, final_only=final_only)
+                     validation=validation, final_only=final_only, module_dropout=module_dropout)
     with _stage_progress() as report:
         model = train(pipeline, trajectories, config, Path(out), lambda s, t, m: report("train", s, t, m))
     held_out = model.config.training["final"].get("val_mse")

@@ -142,6 +142,23 @@ def test_training_writes_the_model_and_curves_and_resumes_exactly(world, tmp_pat
     assert torch.equal(again.encoder.mu_head.weight, world["model"].encoder.mu_head.weight)
 
 
+def test_module_dropout_hides_random_modules_in_training_only(world, tmp_path, monkeypatch):
+    seen = []
+    posterior = AttackModel.posterior
+
+    def spy(self, raw, padding, step):
+        seen.append((self.training, padding.clone()))
+        return posterior(self, raw, padding, step)
+
+    monkeypatch.setattr(AttackModel, "posterior", spy)
+    config = TrainConfig(**{**TrainConfig.tiny().__dict__, "steps": 4, "module_dropout": 0.9})
+    train_attack(world["base"], world["trajectories"], config, tmp_path / "attack")
+    training = torch.cat([padding for is_training, padding in seen if is_training])  # [S * steps, M]
+    validation = torch.cat([padding for is_training, padding in seen if not is_training])
+    assert training.float().mean() > 0.5 and not training.all(dim=1).any()  # most hidden, never all
+    assert not validation.any()  # held-out evaluation sees every module
+
+
 def test_save_load_round_trip_reconstructs_bit_identical_images(world, tmp_path):
     loaded = AttackModel.load(world["root"] / "attack")
     with open_lora(str(world["lora"])) as f:

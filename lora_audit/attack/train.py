@@ -149,6 +149,9 @@ def _loss(base, model, scheduler, batch, images, config, rng, z_from_mean=False)
     device, p = base.device, config.images_per_shadow
     raw = torch.stack([pair.raw for pair in batch]).to(device)  # [S, M, k*k]
     padding = torch.stack([pair.padding for pair in batch]).to(device)  # [S, M]
+    if model.training and config.module_dropout > 0:  # hide random modules (never all of them)
+        hidden = padding | (torch.rand(padding.shape) < config.module_dropout).to(device)  # [S, M]
+        padding = torch.where(hidden.all(dim=1, keepdim=True), padding, hidden)
     steps = torch.tensor([float(pair.step) for pair in batch], device=device)  # [S]
     mu, logvar = model.posterior(raw, padding, steps)  # [S, R] each
     z = model.to_latent(mu if z_from_mean else model.sample(mu, logvar))  # [S, L, D]
