@@ -16,7 +16,7 @@ class TrainConfig:
     latent_rank: int = 48  # coefficients of z in the prompt-embedding subspace
     prompts: int = 2000  # face descriptions that span that subspace
     final_only: bool = False  # the ablation: last snapshot only, no step token
-    module_dropout: float = 0.0  # share of module tokens hidden from the encoder at each training step
+    module_dropout: float = 0.5  # share of module tokens hidden from the encoder at each training step
     validation: int = 8  # shadow identities held out of training (the last ones)
     sketch_k: int = 16
     width: int = 128
