@@ -201,7 +201,11 @@ def reference_photos(folder: str, size: int) -> tuple[np.ndarray, list[tuple[str
         crops += [c.image for c in found]
         problems += missed
     if not crops:
-        reasons = "; ".join(f"{name}: {reason}" for name, reason in problems[:3])
-        more = f"; {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise UsageError(f"{folder} holds no usable photo of the owner's face ({reasons}{more})")
+        raise UsageError(f"{folder} holds no usable photo of the owner's face ({describe_unused(problems)})")
     return np.stack(crops).astype(np.float32, copy=False), problems
+
+
+def describe_unused(problems: list[tuple[str, str]], shown: int = 3) -> str:
+    """One line for photos left out: "a.png: reason; b.png: reason; 2 more"."""
+    listed = "; ".join(f"{name}: {reason}" for name, reason in problems[:shown])
+    return listed + (f"; {len(problems) - shown} more" if len(problems) > shown else "")

@@ -138,15 +138,14 @@ class IdentityAuditor:
                     "grid": str(grid)}
         findings = []
         if o.references is not None:
-            from lora_audit.scoring import leak_finding, score_leak
+            from lora_audit.scoring import describe_unused, leak_finding, score_leak
 
             references, impostors, unused = self._references(family, base, embedder)
             findings.append(leak_finding(score_leak(result.images, references, embedder, impostors)))
             if unused:
                 findings.append(make_finding(
                     "LA306", f"{len(unused)} of {len(unused) + len(references)} reference photos not used: "
-                    + "; ".join(f"{name}: {reason}" for name, reason in unused[:3])
-                    + (f"; {len(unused) - 3} more" if len(unused) > 3 else ""), dict(unused)))
+                    + describe_unused(unused), dict(unused)))
         if value > threshold:
             return [make_finding("LA301", f"the weights alone decode to one consistent identity: consistency "
                                  f"{value:.3f} vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std above)",
@@ -185,9 +184,8 @@ def _impostors(embedder, size: int):
     """The verdict's reference for ``embedder``: FaceNet's published threshold, or the toy world's
     similarities between different people (distractor identities rendered at ``size``)."""
     from lora_audit.faces.facenet import FaceNetEmbedder
-    from lora_audit.scoring import ImpostorReference, impostor_reference_from_embeddings
-
     from lora_audit.faces.toy_embedder import ToyFaceEmbedder
+    from lora_audit.scoring import ImpostorReference, impostor_reference_from_embeddings
 
     if isinstance(embedder, FaceNetEmbedder):
         threshold, source = embedder.verification_threshold()
@@ -195,14 +193,13 @@ def _impostors(embedder, size: int):
     if not isinstance(embedder, ToyFaceEmbedder):
         raise TypeError(f"no impostor reference for a {type(embedder).__name__}")
     from lora_audit.toyworld.attack_eval import DISTRACTORS
-    from lora_audit.toyworld.renderer import render_batch
-    from lora_audit.toyworld.victims import REFERENCE_INDICES
+    from lora_audit.toyworld.victims import REFERENCE_INDICES, reference_views
 
-    views = list(REFERENCE_INDICES)
-    renders = render_batch([i for i in DISTRACTORS for _ in views], views * len(DISTRACTORS), seed=0, size=size)
-    labels = np.repeat(np.arange(len(DISTRACTORS)), len(views))
+    views = len(REFERENCE_INDICES)
+    labels = np.repeat(np.arange(len(DISTRACTORS)), views)
     return impostor_reference_from_embeddings(
-        embedder.embed(renders), labels, f"toy world: {len(DISTRACTORS)} identities x {len(views)} views")
+        embedder.embed(reference_views(DISTRACTORS, size)), labels,
+        f"toy world: {len(DISTRACTORS)} identities x {views} views")
 
 
 def _embedder(family: str, face_weights: str | None, device):

@@ -86,12 +86,16 @@ def make_victim(base: DiffusionBase, spec: VictimSpec, config: VictimConfig, out
     return path, result
 
 
+def reference_views(identity_ids: list[int], size: int, seed: int = 0) -> np.ndarray:
+    """Every identity's reference views, identity by identity: [C * V, size, size, 3] in [0, 1]."""
+    views = list(REFERENCE_INDICES)
+    return render_batch([i for i in identity_ids for _ in views], views * len(identity_ids), seed=seed, size=size)
+
+
 def identity_centres(embedder: FaceEmbedder, identity_ids: list[int], size: int, seed: int = 0) -> np.ndarray:
     """Each identity's centre: the L2-normalised mean embedding of its reference views, [C, D]."""
-    views = list(REFERENCE_INDICES)
-    refs = embedder.embed(render_batch([i for i in identity_ids for _ in views], views * len(identity_ids),
-                                       seed=seed, size=size))
-    centres = refs.reshape(len(identity_ids), len(views), -1).mean(axis=1)  # [C, D]
+    refs = embedder.embed(reference_views(identity_ids, size, seed))  # [C * V, D]
+    centres = refs.reshape(len(identity_ids), len(REFERENCE_INDICES), -1).mean(axis=1)  # [C, D]
     return centres / np.linalg.norm(centres, axis=1, keepdims=True)
 
 
