@@ -46,17 +46,17 @@ def main() -> None:
         rows.append((name, time.perf_counter() - start, peak_rss_mib()))
         return value
 
-    from lora_audit.scanner import scan_file
+    from lora_audit.scan.engine import scan_file
 
     phase("static", lambda: scan_file(args.lora))
     phase("import torch", lambda: __import__("lora_audit.attack.reconstruct"))
     import torch
 
-    from lora_audit.attack.audit import consistency
+    from lora_audit.scan.identity import consistency
     from lora_audit.attack.decoder import decode
     from lora_audit.attack.model import AttackModel
-    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
-    from lora_audit.pipelines import load_base
+    from lora_audit.toyworld.embedder import ToyFaceEmbedder
+    from lora_audit.diffusion.base import load_base
     from lora_audit.toyworld.assets import asset_path, toy_embedder_path
     from lora_audit.weights import open_lora
 

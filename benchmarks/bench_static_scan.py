@@ -26,7 +26,7 @@ import time
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from lora_audit import synthetic
+from lora_audit.testing import synthetic
 
 
 def make_corpus(folder: str, count: int) -> int:

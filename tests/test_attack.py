@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lora_audit.attack.audit import AttackOptions, IdentityAuditor, consistency
+from lora_audit.scan.identity import AttackOptions, IdentityAuditor, consistency
 from lora_audit.attack.decoder import per_sample_deltas
 from lora_audit.attack.model import AttackModel
 from lora_audit.attack.reconstruct import reconstruct, save_reconstruction, step_from_metadata
@@ -16,10 +16,10 @@ from lora_audit.attack.train import train_attack
 from lora_audit.attack.train_config import TrainConfig
 from lora_audit.cli import main
 from lora_audit.errors import UsageError
-from lora_audit.finetune import FinetuneConfig
-from lora_audit.pipelines import load_base
+from lora_audit.diffusion.finetune import FinetuneConfig
+from lora_audit.diffusion.base import load_base
 from lora_audit.toyworld.pipeline import ToyBaseConfig, make_toy_pipeline
-from lora_audit.toyworld.victims import TOY_METADATA
+from lora_audit.toyworld.lab.victims import TOY_METADATA
 from lora_audit.weights import open_lora
 from lora_audit.weights.writer import save_lora
 
@@ -245,11 +245,11 @@ def test_consistency_of_embeddings():
 
 
 def test_identity_auditor_findings(world, monkeypatch):
-    from lora_audit.faces.toy_embedder import ToyFaceEmbedder, ToyFaceNet, ToyNetConfig
+    from lora_audit.toyworld.embedder import ToyFaceEmbedder, ToyFaceNet, ToyNetConfig
 
     torch.manual_seed(0)
     embedder = ToyFaceEmbedder(ToyFaceNet(ToyNetConfig(image_size=16)), device="cpu")
-    monkeypatch.setattr("lora_audit.attack.audit._embedder", lambda family, weights, device: embedder)
+    monkeypatch.setattr("lora_audit.scan.identity._embedder", lambda family, weights, device: embedder)
     options = AttackOptions(attack_model=str(world["root"] / "attack"), base=str(world["root"] / "base"),
                             out_dir=world["root"] / "grids", latents=2, seeds=1, sampling_steps=2)
     auditor = IdentityAuditor(options)
@@ -264,11 +264,11 @@ def test_references_with_facenet_use_its_published_threshold_and_name_unused_pho
     from PIL import Image
     from skimage import data
 
-    from lora_audit.faces.facenet import FaceNetEmbedder, InceptionResnetV1
+    from lora_audit.identity.facenet import FaceNetEmbedder, InceptionResnetV1
 
     torch.manual_seed(0)
     embedder = FaceNetEmbedder(InceptionResnetV1(), device="cpu")
-    monkeypatch.setattr("lora_audit.attack.audit._embedder", lambda family, weights, device: embedder)
+    monkeypatch.setattr("lora_audit.scan.identity._embedder", lambda family, weights, device: embedder)
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(data.astronaut()).save(photos / "astronaut.png")
@@ -308,12 +308,12 @@ def test_cli_train_and_reconstruct(world, tmp_path, capsys):
 
 
 def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path, monkeypatch):
-    from lora_audit import synthetic as S
-    from lora_audit.faces.toy_embedder import ToyFaceEmbedder, ToyFaceNet, ToyNetConfig
+    from lora_audit.testing import synthetic as S
+    from lora_audit.toyworld.embedder import ToyFaceEmbedder, ToyFaceNet, ToyNetConfig
 
     torch.manual_seed(0)
     embedder = ToyFaceEmbedder(ToyFaceNet(ToyNetConfig(image_size=16)), device="cpu")
-    monkeypatch.setattr("lora_audit.attack.audit._embedder", lambda family, weights, device: embedder)
+    monkeypatch.setattr("lora_audit.scan.identity._embedder", lambda family, weights, device: embedder)
     root = world["root"]
     sd1 = S.save_lora(tmp_path / "sd1.safetensors", S.to_kohya(S.make_lora("sd15", rank=2, max_modules=2)))
     report = tmp_path / "report.json"
@@ -346,7 +346,7 @@ def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path
 
 
 def test_sd1_scan_stays_static_and_says_what_is_missing(tmp_path, capsys):
-    from lora_audit import synthetic as S
+    from lora_audit.testing import synthetic as S
 
     sd1 = S.save_lora(tmp_path / "sd1.safetensors", S.to_kohya(S.make_lora("sd15", rank=2, max_modules=2)))
     assert main(["scan", str(sd1), "-f", "json", "--fail-on", "high"]) == 0
@@ -368,7 +368,7 @@ def test_cli_shadow_writes_resumable_shards(world, tmp_path, capsys):
 
 
 def test_evaluation_summary_on_constructed_scores():
-    from lora_audit.toyworld.evaluate import _summary
+    from lora_audit.toyworld.lab.evaluate import _summary
 
     perfect = np.eye(4) + 0.1  # each victim's own identity scores highest
     s = _summary(perfect, far=0.0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lora_audit import synthetic as S
+from lora_audit.testing import synthetic as S
 from lora_audit.attack.encoder import EncoderConfig, WeightEncoder
 from lora_audit.attack.model import AttackConfig, AttackModel
 from lora_audit.attack.features import ModuleSketcher

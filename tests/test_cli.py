@@ -13,7 +13,7 @@ import safetensors.numpy
 from lora_audit.cli import main
 from lora_audit.errors import PolicyError
 from lora_audit.policy import load_policy
-from lora_audit.strip import strip_metadata
+from lora_audit.scan.strip import strip_metadata
 from lora_audit.weights import open_lora
 
 LEAKY = {

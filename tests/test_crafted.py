@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lora_audit.errors import InvalidFileError
-from lora_audit.scanner import scan_file
+from lora_audit.scan.engine import scan_file
 from lora_audit.weights import open_lora
 from lora_audit.weights.pickle_file import looks_like_pickle
 from lora_audit.weights.safetensors_file import SafetensorsFile

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lora_audit.faces.toy_embedder import ToyFaceEmbedder, ToyFaceNet, ToyNetConfig
-from lora_audit.toyworld.eval_embedder import (
+from lora_audit.toyworld.embedder import ToyFaceEmbedder, ToyFaceNet, ToyNetConfig
+from lora_audit.toyworld.lab.eval_embedder import (
     degrade,
     embedding_metrics,
     evaluate_embedder,
@@ -17,7 +17,7 @@ from lora_audit.toyworld.eval_embedder import (
     tar_at_far,
 )
 from lora_audit.toyworld.renderer import render_batch
-from lora_audit.toyworld.train_embedder import CHECKPOINT_NAME, EmbedderConfig, train_embedder
+from lora_audit.toyworld.lab.train_embedder import CHECKPOINT_NAME, EmbedderConfig, train_embedder
 
 TINY = EmbedderConfig.tiny()
 

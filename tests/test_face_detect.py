@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from lora_audit.faces.detect import (
+from lora_audit.identity.detect import (
     MIN_DETECT_SIDE,
     NO_FACE,
     FaceCrop,

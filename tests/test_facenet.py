@@ -1,7 +1,7 @@
 """FaceNet: state_dict compatibility with facenet-pytorch's checkpoints, loading, and embeddings.
 
 The key -> shape table below is written out from timesler/facenet-pytorch ``models/inception_resnet_v1.py``
-(module names, channels, kernel sizes), independently of :mod:`lora_audit.faces.facenet`.
+(module names, channels, kernel sizes), independently of :mod:`lora_audit.identity.facenet`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lora_audit.errors import UsageError
-from lora_audit.faces.facenet import (
+from lora_audit.identity.facenet import (
     CASIA_WEBFACE_FILE,
     VGGFACE2_FILE,
     FaceNetEmbedder,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lora_audit.finetune import FinetuneConfig, finetune_lora, random_trigger
-from lora_audit.pipelines import DiffusionBase
+from lora_audit.diffusion.finetune import FinetuneConfig, finetune_lora, random_trigger
+from lora_audit.diffusion.base import DiffusionBase
 from lora_audit.toyworld.pipeline import ToyBaseConfig, make_toy_pipeline
 from lora_audit.toyworld.renderer import render_batch
 from lora_audit.weights import open_lora

@@ -1,4 +1,4 @@
-"""Every layout, built with real SD module names by lora_audit.synthetic, read back to the same dW."""
+"""Every layout, built with real SD module names by lora_audit.testing.synthetic, read back to the same dW."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from lora_audit import synthetic
+from lora_audit.testing import synthetic
 from lora_audit.weights import open_lora
 
 
@@ -155,7 +155,7 @@ def test_any_rank_and_weight_stats(tmp_path):
 
 
 def test_orphans_and_mismatches_are_reported(tmp_path):
-    from lora_audit.scanner import scan_file
+    from lora_audit.scan.engine import scan_file
 
     lora = synthetic.make_lora("sd15", rank=4, max_modules=3, seed=14)
     tensors = synthetic.to_kohya(lora)

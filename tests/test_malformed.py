@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from lora_audit.cli import main
 from lora_audit.errors import InvalidFileError
-from lora_audit.scanner import scan_file
+from lora_audit.scan.engine import scan_file
 from lora_audit.weights import open_lora
 
 

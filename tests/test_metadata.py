@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lora_audit.metadata import SENSITIVE_KEYS, check_metadata, png_text_chunks, sensitive_keys
+from lora_audit.scan.metadata import SENSITIVE_KEYS, check_metadata, png_text_chunks, sensitive_keys
 from lora_audit.results import Severity
 
 PARAMETERS = ("photo of sks woman, jane doe, smiling\nNegative prompt: blurry\n"

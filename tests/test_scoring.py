@@ -9,11 +9,11 @@ from PIL import Image
 from skimage import data
 
 from lora_audit.errors import UsageError
-from lora_audit.faces.detect import NO_FACE
-from lora_audit.faces.embedder import FaceEmbedder
+from lora_audit.identity.detect import NO_FACE
+from lora_audit.identity.embedder import FaceEmbedder
 from lora_audit.results import Severity
 from lora_audit.rules import RULES
-from lora_audit.scoring import (
+from lora_audit.identity.scoring import (
     ImpostorReference,
     impostor_reference_from_embeddings,
     leak_finding,

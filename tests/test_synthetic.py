@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from lora_audit import synthetic as S
+from lora_audit.testing import synthetic as S
 
 # --------------------------------------------------------------------------- inventories
 
@@ -452,6 +452,6 @@ def test_generator_imports_neither_torch_nor_diffusers():
     import subprocess
     import sys
 
-    code = "import sys, lora_audit.synthetic; print(sorted(m for m in sys.modules if m in ('torch', 'diffusers')))"
+    code = "import sys, lora_audit.testing.synthetic; print(sorted(m for m in sys.modules if m in ('torch', 'diffusers')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

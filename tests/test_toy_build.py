@@ -6,7 +6,7 @@ import time
 import pytest
 
 from lora_audit.cli import main
-from lora_audit.toyworld.build import STAGES, BuildConfig, build
+from lora_audit.toyworld.lab.build import STAGES, BuildConfig, build
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,8 @@ def test_a_finished_build_is_not_redone(built):
 
 
 def test_installed_artefacts_load_and_scan(built, capsys):
-    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
-    from lora_audit.pipelines import load_base
+    from lora_audit.toyworld.embedder import ToyFaceEmbedder
+    from lora_audit.diffusion.base import load_base
 
     config, _, _ = built
     base = load_base(str(config.package_data / "base"))

@@ -116,7 +116,7 @@ def test_training_resumes_where_it_stopped(config, tmp_path):
     import torch
 
     from lora_audit.toyworld.pipeline import ToyFacePipeline
-    from lora_audit.toyworld.train_base import CHECKPOINT, train_base_model
+    from lora_audit.toyworld.lab.train_base import CHECKPOINT, train_base_model
 
     seen = []
 
@@ -143,7 +143,7 @@ def test_training_resumes_where_it_stopped(config, tmp_path):
 
 
 def test_resuming_with_another_config_is_refused(config, tmp_path):
-    from lora_audit.toyworld.train_base import train_base_model
+    from lora_audit.toyworld.lab.train_base import train_base_model
 
     train_base_model(dataclasses.replace(config, steps=2), tmp_path)
     with pytest.raises(ValueError, match="another ToyBaseConfig"):

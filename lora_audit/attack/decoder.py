@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lora_audit.errors import UsageError
-from lora_audit.pipelines import DiffusionBase
+from lora_audit.diffusion.base import DiffusionBase
 
 UNET = "unet."
 

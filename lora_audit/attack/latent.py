@@ -18,7 +18,7 @@ import itertools
 import numpy as np
 import torch
 
-from lora_audit.pipelines import DiffusionBase
+from lora_audit.diffusion.base import DiffusionBase
 
 _AGES = ("young", "middle-aged", "old")
 _PEOPLE = ("man", "woman", "person")

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lora_audit.attack.audit import attack_family, attack_inputs
+from lora_audit.scan.identity import attack_family, attack_inputs
 from lora_audit.attack.decoder import decode
 from lora_audit.attack.model import AttackModel
 from lora_audit.errors import UsageError
-from lora_audit.pipelines import DiffusionBase
+from lora_audit.diffusion.base import DiffusionBase
 
 ATTACK_ASSET = "attack"  # the shipped toy attack, in the package data
 STEP_KEYS = ("ss_max_train_steps", "ss_steps")  # kohya's total steps, then the steps actually run
@@ -38,7 +38,7 @@ def load_attack(family: str, attack_model: str | None, base: str | None) -> tupl
 
     For any other family both must be given; the error names exactly what is missing.
     """
-    from lora_audit.pipelines import load_base
+    from lora_audit.diffusion.base import load_base
     from lora_audit.toyworld.assets import asset_path
 
     if attack_model is not None and attack_family(attack_model) != family:

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from lora_audit.errors import UsageError
-from lora_audit.finetune import FinetuneConfig
+from lora_audit.diffusion.finetune import FinetuneConfig
 from lora_audit.toyworld.identities import SHADOW
 
 SHARD = "shadow-{:05d}.safetensors"
@@ -183,8 +183,8 @@ def _class_images(out: Path, config: ShadowConfig, base_path: str | None) -> np.
         return None
     path = out / "class_images.npy"
     if not path.is_file():
-        from lora_audit.finetune import generate_class_images
-        from lora_audit.pipelines import load_base
+        from lora_audit.diffusion.finetune import generate_class_images
+        from lora_audit.diffusion.base import load_base
 
         images = generate_class_images(load_base(base_path), ft.class_prompt, ft.num_class_images,
                                        guidance_scale=ft.class_guidance_scale, steps=ft.class_sampling_steps,
@@ -213,8 +213,8 @@ def _finetune_shadow(work) -> dict:
     """Fine-tune one shadow identity and write its shard (worker side)."""
     import safetensors.numpy
 
-    from lora_audit.finetune import finetune_lora
-    from lora_audit.pipelines import load_base
+    from lora_audit.diffusion.finetune import finetune_lora
+    from lora_audit.diffusion.base import load_base
 
     config, base_path, out, index, name, class_images = work
     if base_path not in _BASES:

@@ -27,7 +27,7 @@ from lora_audit.attack.model import AttackConfig, AttackModel
 from lora_audit.attack.shadow import Trajectory
 from lora_audit.attack.train_config import TrainConfig
 from lora_audit.errors import UsageError
-from lora_audit.pipelines import DiffusionBase
+from lora_audit.diffusion.base import DiffusionBase
 
 CHECKPOINT = "checkpoint.pt"
 CURVES = "curves.json"

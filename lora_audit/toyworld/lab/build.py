@@ -26,8 +26,8 @@ from lora_audit.attack.shadow import ShadowConfig
 from lora_audit.attack.train_config import TrainConfig
 from lora_audit.toyworld.identities import SHADOW
 from lora_audit.toyworld.pipeline import ToyBaseConfig
-from lora_audit.toyworld.train_embedder import EmbedderConfig
-from lora_audit.toyworld.victims import VictimConfig
+from lora_audit.toyworld.lab.train_embedder import EmbedderConfig
+from lora_audit.toyworld.lab.victims import VictimConfig
 
 STAGES = ("embedder", "base", "victims", "shadows", "attack", "install")
 Progress = Callable[[str, int, int, dict], None]  # (stage, step, total, metrics)
@@ -93,9 +93,9 @@ def build(config: BuildConfig, stages: tuple[str, ...] = STAGES, progress: Progr
 
 
 def _embedder(config: BuildConfig, progress) -> dict:
-    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
-    from lora_audit.toyworld.eval_embedder import evaluate_embedder
-    from lora_audit.toyworld.train_embedder import train_embedder
+    from lora_audit.toyworld.embedder import ToyFaceEmbedder
+    from lora_audit.toyworld.lab.eval_embedder import evaluate_embedder
+    from lora_audit.toyworld.lab.train_embedder import train_embedder
 
     out = config.out / "embedder"
     training = train_embedder(config.embedder, out, progress)
@@ -106,11 +106,11 @@ def _embedder(config: BuildConfig, progress) -> dict:
 
 
 def _base(config: BuildConfig, progress) -> dict:
-    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
-    from lora_audit.pipelines import load_base
+    from lora_audit.toyworld.embedder import ToyFaceEmbedder
+    from lora_audit.diffusion.base import load_base
     from lora_audit.toyworld.renderer import caption, identity, render_batch
-    from lora_audit.toyworld.train_base import train_base_model
-    from lora_audit.toyworld.victims import identity_ranking
+    from lora_audit.toyworld.lab.train_base import train_base_model
+    from lora_audit.toyworld.lab.victims import identity_ranking
 
     out = config.out / "base"
     training = train_base_model(config.base, out, progress)
@@ -129,10 +129,10 @@ def _base(config: BuildConfig, progress) -> dict:
 
 
 def _victims(config: BuildConfig, progress) -> dict:
-    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
-    from lora_audit.finetune import generate_class_images
-    from lora_audit.pipelines import load_base
-    from lora_audit.toyworld.victims import make_victim, utility_check
+    from lora_audit.toyworld.embedder import ToyFaceEmbedder
+    from lora_audit.diffusion.finetune import generate_class_images
+    from lora_audit.diffusion.base import load_base
+    from lora_audit.toyworld.lab.victims import make_victim, utility_check
 
     base = load_base(str(config.out / "base"))
     embedder = ToyFaceEmbedder.load(config.out / "embedder")
@@ -166,13 +166,13 @@ def _shadows(config: BuildConfig, progress) -> dict:
 
 
 def _attack(config: BuildConfig, progress) -> dict:
-    from lora_audit.attack.audit import generic_consistency
+    from lora_audit.scan.identity import generic_consistency
     from lora_audit.attack.shadow import load_trajectories
     from lora_audit.attack.train import split, train_attack
-    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
-    from lora_audit.pipelines import load_base
-    from lora_audit.toyworld.attack_eval import evaluate_attack, ridge_probe
-    from lora_audit.toyworld.victims import TOY_METADATA
+    from lora_audit.toyworld.embedder import ToyFaceEmbedder
+    from lora_audit.diffusion.base import load_base
+    from lora_audit.toyworld.lab.attack_eval import evaluate_attack, ridge_probe
+    from lora_audit.toyworld.lab.victims import TOY_METADATA
     from lora_audit.weights.writer import save_lora
 
     out = config.out / "attack"
@@ -202,8 +202,8 @@ def _attack(config: BuildConfig, progress) -> dict:
 
 
 def _install(config: BuildConfig, progress) -> dict:
-    from lora_audit.pipelines import load_base
-    from lora_audit.synthetic import write_static_samples
+    from lora_audit.diffusion.base import load_base
+    from lora_audit.testing.synthetic import write_static_samples
     from lora_audit.toyworld.identities import PUBLIC
     from lora_audit.toyworld.pipeline import sample_grid
     from lora_audit.toyworld.renderer import save_contact_sheet
@@ -249,7 +249,7 @@ def _attack_grid(config: BuildConfig, path: Path) -> None:
     from lora_audit.attack.model import AttackModel
     from lora_audit.attack.reconstruct import reconstruct
     from lora_audit.images import load_image_folder
-    from lora_audit.pipelines import load_base
+    from lora_audit.diffusion.base import load_base
     from lora_audit.weights import open_lora
 
     attack, base = AttackModel.load(config.out / "attack"), load_base(str(config.out / "base"))
@@ -305,7 +305,7 @@ The renderer draws with Pillow {PIL.__version__}; another Pillow version may cha
 | `sd15_peft_clean.safetensors` | diffusers/PEFT SD1.5, 32 modules, only the metadata diffusers writes |
 | `sdxl_kohya.safetensors` | kohya SDXL (SGM block names), 16 modules, rank 8, BF16, an absolute base-model path |
 
-Made by `lora_audit.synthetic.write_static_samples` (seeds 1, 2, 3).
+Made by `lora_audit.testing.synthetic.write_static_samples` (seeds 1, 2, 3).
 
 ## Toy-world victims
 

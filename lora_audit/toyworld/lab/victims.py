@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lora_audit.faces.embedder import FaceEmbedder
-from lora_audit.finetune import FinetuneConfig, FinetuneResult, finetune_lora
-from lora_audit.pipelines import DiffusionBase
+from lora_audit.identity.embedder import FaceEmbedder
+from lora_audit.diffusion.finetune import FinetuneConfig, FinetuneResult, finetune_lora
+from lora_audit.diffusion.base import DiffusionBase
 from lora_audit.toyworld.identities import PRIVATE
 from lora_audit.toyworld.renderer import render_batch
 from lora_audit.weights.writer import kohya_training_metadata, save_lora

@@ -138,7 +138,7 @@ class IdentityAuditor:
                     "grid": str(grid)}
         findings = []
         if o.references is not None:
-            from lora_audit.scoring import describe_unused, leak_finding, score_leak
+            from lora_audit.identity.scoring import describe_unused, leak_finding, score_leak
 
             references, impostors, unused = self._references(family, base, embedder)
             findings.append(leak_finding(score_leak(result.images, references, embedder, impostors)))
@@ -158,7 +158,7 @@ class IdentityAuditor:
         and the ``(name, reason)`` of each photo left out."""
         key = ("references", family)
         if key not in self._models:
-            from lora_audit.scoring import reference_photos
+            from lora_audit.identity.scoring import reference_photos
 
             photos, unused = reference_photos(self.options.references, base.image_size)
             self._models[key] = (photos, _impostors(embedder, base.image_size), unused)
@@ -183,17 +183,17 @@ class IdentityAuditor:
 def _impostors(embedder, size: int):
     """The verdict's reference for ``embedder``: FaceNet's published threshold, or the toy world's
     similarities between different people (distractor identities rendered at ``size``)."""
-    from lora_audit.faces.facenet import FaceNetEmbedder
-    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
-    from lora_audit.scoring import ImpostorReference, impostor_reference_from_embeddings
+    from lora_audit.identity.facenet import FaceNetEmbedder
+    from lora_audit.toyworld.embedder import ToyFaceEmbedder
+    from lora_audit.identity.scoring import ImpostorReference, impostor_reference_from_embeddings
 
     if isinstance(embedder, FaceNetEmbedder):
         threshold, source = embedder.verification_threshold()
         return ImpostorReference(source=source, threshold=threshold)
     if not isinstance(embedder, ToyFaceEmbedder):
         raise TypeError(f"no impostor reference for a {type(embedder).__name__}")
-    from lora_audit.toyworld.attack_eval import DISTRACTORS
-    from lora_audit.toyworld.victims import REFERENCE_INDICES, reference_views
+    from lora_audit.toyworld.lab.attack_eval import DISTRACTORS
+    from lora_audit.toyworld.lab.victims import REFERENCE_INDICES, reference_views
 
     views = len(REFERENCE_INDICES)
     labels = np.repeat(np.arange(len(DISTRACTORS)), views)
@@ -204,10 +204,10 @@ def _impostors(embedder, size: int):
 
 def _embedder(family: str, face_weights: str | None, device):
     if family == "toy":
-        from lora_audit.faces.toy_embedder import ToyFaceEmbedder
+        from lora_audit.toyworld.embedder import ToyFaceEmbedder
         from lora_audit.toyworld.assets import toy_embedder_path
 
         return ToyFaceEmbedder.load(toy_embedder_path(), device=device)
-    from lora_audit.faces.facenet import FaceNetEmbedder
+    from lora_audit.identity.facenet import FaceNetEmbedder
 
     return FaceNetEmbedder.load(face_weights, device=device)

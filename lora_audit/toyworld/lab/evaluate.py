@@ -44,11 +44,11 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     from lora_audit.attack.model import AttackModel
     from lora_audit.attack.reconstruct import reconstruct
     from lora_audit.attack.shadow import load_trajectories
-    from lora_audit.finetune import INSTANCE_TEMPLATE
-    from lora_audit.faces.toy_embedder import ToyFaceEmbedder
-    from lora_audit.pipelines import load_base
+    from lora_audit.diffusion.finetune import INSTANCE_TEMPLATE
+    from lora_audit.toyworld.embedder import ToyFaceEmbedder
+    from lora_audit.diffusion.base import load_base
     from lora_audit.toyworld.assets import asset_path, toy_embedder_path
-    from lora_audit.toyworld.victims import TOY_METADATA, identity_centres
+    from lora_audit.toyworld.lab.victims import TOY_METADATA, identity_centres
     from lora_audit.weights import open_lora
     from lora_audit.weights.writer import save_lora
 

@@ -1,6 +1,6 @@
 """The toy world's face embedder: a small CNN that plays FaceNet's role on rendered faces.
 
-Trained by :mod:`lora_audit.toyworld.train_embedder`; saved as ``config.json`` + ``model.safetensors``.
+Trained by :mod:`lora_audit.toyworld.lab.train_embedder`; saved as ``config.json`` + ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lora_audit.faces.embedder import FaceEmbedder
+from lora_audit.identity.embedder import FaceEmbedder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

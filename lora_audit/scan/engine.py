@@ -9,9 +9,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from lora_audit.attack.audit import IdentityAuditor
+from lora_audit.scan.identity import IdentityAuditor
 from lora_audit.errors import InvalidFileError, NothingToScanError
-from lora_audit.metadata import check_metadata
+from lora_audit.scan.metadata import check_metadata
 from lora_audit.policy import Policy
 from lora_audit.results import FileResult, Finding
 from lora_audit.rules import make_finding

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lora_audit.errors import UsageError
-from lora_audit.faces.embedder import FaceEmbedder
+from lora_audit.identity.embedder import FaceEmbedder
 
 VGGFACE2_FILE = "20180402-114759-vggface2.pt"
 CASIA_WEBFACE_FILE = "20180408-102900-casia-webface.pt"

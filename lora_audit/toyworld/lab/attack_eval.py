@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from lora_audit.attack.audit import consistency
+from lora_audit.scan.identity import consistency
 from lora_audit.attack.model import AttackModel
 from lora_audit.attack.shadow import Trajectory
 from lora_audit.attack.reconstruct import reconstruct
-from lora_audit.faces.embedder import FaceEmbedder
-from lora_audit.pipelines import DiffusionBase
+from lora_audit.identity.embedder import FaceEmbedder
+from lora_audit.diffusion.base import DiffusionBase
 from lora_audit.toyworld.identities import PRIVATE
 from lora_audit.toyworld.renderer import attributes, identity
-from lora_audit.toyworld.victims import identity_ranking
+from lora_audit.toyworld.lab.victims import identity_ranking
 from lora_audit.weights import open_lora
 
 DISTRACTORS = [PRIVATE.start + 100 + i for i in range(19)]  # identities no LoRA in the toy world uses

@@ -24,9 +24,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lora_audit.faces.toy_embedder import ToyFaceEmbedder, ToyFaceNet, ToyNetConfig
+from lora_audit.toyworld.embedder import ToyFaceEmbedder, ToyFaceNet, ToyNetConfig
 from lora_audit.toyworld import identities
-from lora_audit.toyworld.eval_embedder import gaussian_blur
+from lora_audit.toyworld.lab.eval_embedder import gaussian_blur
 from lora_audit.toyworld.renderer import render_batch
 
 CHECKPOINT_NAME = "checkpoint.safetensors"

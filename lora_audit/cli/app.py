@@ -16,8 +16,8 @@ from lora_audit import __version__
 from lora_audit.errors import LoraAuditError, UsageError
 from lora_audit.attack.shadow import ShadowConfig
 from lora_audit.attack.train_config import TrainConfig
-from lora_audit.toyworld.evaluate import EvaluationConfig
-from lora_audit.finetune import FinetuneConfig
+from lora_audit.toyworld.lab.evaluate import EvaluationConfig
+from lora_audit.diffusion.finetune import FinetuneConfig
 
 _RECIPE = FinetuneConfig()
 _TRAIN = TrainConfig()
@@ -80,7 +80,7 @@ def scan(
     from lora_audit.reports import write_report
     from lora_audit.reports.json_report import jsonl_file_line, jsonl_summary_line
     from lora_audit.results import ScanResult, Severity
-    from lora_audit.scanner import ScanOptions, collect_files, scan_files
+    from lora_audit.scan.engine import ScanOptions, collect_files, scan_files
 
     rules = load_policy(policy)
     threshold = Severity.parse(fail_on) if fail_on else rules.fail_on or Severity.HIGH
@@ -92,7 +92,7 @@ def scan(
     if attack and not skip_weights:
         from pathlib import Path
 
-        from lora_audit.attack.audit import AttackOptions, IdentityAuditor, check_inputs
+        from lora_audit.scan.identity import AttackOptions, IdentityAuditor, check_inputs
 
         where = reconstructions or (f"{os.path.splitext(output)[0]}_reconstructions" if output else "lora-audit-reconstructions")
         attack_options = AttackOptions(attack_model=attack_model, base=base, face_weights=face_weights,
@@ -128,7 +128,7 @@ def strip(
     keep: List[str] = typer.Option([], "--keep", help="Keep this metadata key even if it is sensitive (repeatable)."),
 ) -> int:
     """Write a copy without privacy-sensitive metadata; tensors stay byte-identical."""
-    from lora_audit.strip import strip_metadata
+    from lora_audit.scan.strip import strip_metadata
 
     if in_place == (output is not None):
         raise UsageError("give exactly one of --output FILE or --in-place")
@@ -166,7 +166,7 @@ def toy_build(
     """Rebuild the toy world (embedder, base, victims, shadow trajectories, attack model) resumably, then install it."""
     from pathlib import Path
 
-    from lora_audit.toyworld.build import STAGES, BuildConfig, build
+    from lora_audit.toyworld.lab.build import STAGES, BuildConfig, build
 
     config = BuildConfig.tiny(Path(out), Path(out) / "installed") if tiny else BuildConfig(out=Path(out))
     config.jobs = jobs
@@ -193,10 +193,10 @@ def finetune(
     """DreamBooth-LoRA fine-tuning of a base model on a folder of photos (the victims' recipe)."""
     from pathlib import Path
 
-    from lora_audit.finetune import FinetuneConfig, finetune_lora
+    from lora_audit.diffusion.finetune import FinetuneConfig, finetune_lora
     from lora_audit.images import load_image_folder
-    from lora_audit.pipelines import load_base
-    from lora_audit.toyworld.victims import TOY_METADATA
+    from lora_audit.diffusion.base import load_base
+    from lora_audit.toyworld.lab.victims import TOY_METADATA
     from lora_audit.weights.writer import LAYOUTS, kohya_training_metadata, save_lora
 
     if layout not in LAYOUTS:
@@ -242,7 +242,7 @@ def shadow(
     snapshots = _int_list(snapshot_steps, "--snapshot-steps")
     size = ShadowConfig.image_size
     if base is not None:  # photos at the base model's resolution
-        from lora_audit.pipelines import load_base
+        from lora_audit.diffusion.base import load_base
 
         size = load_base(base).image_size
     config = ShadowConfig(identities=identities, first_identity=first_identity, snapshot_steps=snapshots,
@@ -273,7 +273,7 @@ def train_attack(
 
     from lora_audit.attack.shadow import load_trajectories
     from lora_audit.attack.train import train_attack as train
-    from lora_audit.pipelines import load_base
+    from lora_audit.diffusion.base import load_base
 
     trajectories = load_trajectories(Path(shadows))
     pipeline = load_base(base)
@@ -302,7 +302,7 @@ def reconstruct(
     """Reconstruct the identity behind a LoRA file from its weights (K = latents x seeds images and a grid)."""
     from pathlib import Path
 
-    from lora_audit.attack.audit import AttackOptions, check_inputs
+    from lora_audit.scan.identity import AttackOptions, check_inputs
     from lora_audit.attack.reconstruct import load_attack, reconstruct as run, save_reconstruction
     from lora_audit.weights import open_lora
 
@@ -333,7 +333,7 @@ def evaluate(
     import shlex
     from pathlib import Path
 
-    from lora_audit.toyworld.evaluate import evaluate as run, write_results
+    from lora_audit.toyworld.lab.evaluate import evaluate as run, write_results
 
     config = EvaluationConfig(latents=latents, seeds=seeds, sampling_steps=sampling_steps, far=far)
     with _stage_progress() as report:
@@ -395,7 +395,7 @@ def _shown(metrics: dict) -> str:
 
 def _check_report_path(path: str, files: list[str]) -> None:
     """Refuse a report path that could overwrite a scanned file, or that is a directory."""
-    from lora_audit.scanner import SCANNED_SUFFIXES
+    from lora_audit.scan.engine import SCANNED_SUFFIXES
 
     if path.lower().endswith(SCANNED_SUFFIXES):
         raise UsageError(f"--output {path} has the suffix of a file lora-audit scans; choose e.g. report.json")

@@ -18,13 +18,13 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.transform import resize
 
 from lora_audit.errors import InvalidFileError, UsageError
-from lora_audit.faces.detect import crop_faces
+from lora_audit.identity.detect import crop_faces
 from lora_audit.images import image_files, load_image
 from lora_audit.results import Finding
 from lora_audit.rules import make_finding
 
 if TYPE_CHECKING:
-    from lora_audit.faces.embedder import FaceEmbedder
+    from lora_audit.identity.embedder import FaceEmbedder
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     """[N, D] -> [N, D] float64 rows of norm 1 (zero rows stay zero)."""

@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 
 from lora_audit.errors import UsageError
-from lora_audit.metadata import sensitive_keys
+from lora_audit.scan.metadata import sensitive_keys
 from lora_audit.weights.safetensors_file import SafetensorsFile
 
 

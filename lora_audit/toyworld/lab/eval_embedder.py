@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lora_audit.faces.embedder import FaceEmbedder
+from lora_audit.identity.embedder import FaceEmbedder
 from lora_audit.toyworld import identities
 from lora_audit.toyworld.renderer import render_batch
 

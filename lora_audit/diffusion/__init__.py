@@ -1,0 +1,1 @@
+"""Base diffusion pipelines behind one interface, and DreamBooth-LoRA fine-tuning on them."""
