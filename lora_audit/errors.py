@@ -1,7 +1,8 @@
 """Every exception lora-audit raises on purpose.
 
 The CLI turns a :class:`LoraAuditError` into one line on stderr and the exit code in ``exit_code``;
-anything else is a bug.
+anything else is a bug. Errors about a named input (:class:`InputError`) carry which input and what
+is wrong as fields, so the library never words them as command-line flags: the CLI does.
 """
 
 from __future__ import annotations
@@ -19,16 +20,41 @@ class UsageError(LoraAuditError):
     exit_code = 4
 
 
+class InputError(UsageError):
+    """An input the caller named (``input``, e.g. ``"attack_model"``) whose ``value`` cannot be used.
+
+    ``problem`` says what is wrong; ``fix`` optionally names another input and what setting it does,
+    e.g. ``("force", "to replace it")``. ``str(error)`` words inputs by name ("attack model x: ...");
+    :meth:`describe` lets the CLI word them as its flags ("--attack-model x: ...").
+    """
+
+    def __init__(self, input: str, value: object, problem: str, fix: tuple[str, str] | None = None):
+        self.input = input
+        self.value = value
+        self.problem = problem
+        self.fix = fix
+        super().__init__(self.describe(lambda name: name.replace("_", " ")))
+
+    def describe(self, word, verb: str = "set") -> str:
+        """The one-line message, each input name passed through ``word`` (name -> wording) and the fix
+        introduced by ``verb`` (the CLI says "pass --force to replace it")."""
+        text = f"{word(self.input)} {self.value}: {self.problem}" if self.value is not None else \
+            f"{word(self.input)}: {self.problem}"
+        if self.fix is not None:
+            text += f"; {verb} {word(self.fix[0])} {self.fix[1]}"
+        return text
+
+
 class PolicyError(UsageError):
     """A policy file (lora-audit.toml / [tool.lora-audit]) that cannot be parsed or names unknown keys."""
 
 
 class InvalidFileError(LoraAuditError):
-    """A file that is not a readable safetensors LoRA: missing, truncated, corrupt header, bad offsets."""
+    """A file that cannot be read as what it should be: missing, truncated, corrupt, or an unknown format version."""
 
     def __init__(self, path: str, reason: str):
         super().__init__(f"{path}: {reason}")
-        self.path = path
+        self.path = str(path)
         self.reason = reason
 
 
