@@ -52,17 +52,16 @@ def main() -> None:
     phase("import torch", lambda: __import__("lora_audit.attack.reconstruct"))
     import torch
 
-    from lora_audit.scan.identity import consistency
     from lora_audit.attack.decoder import decode
     from lora_audit.attack.model import AttackModel
-    from lora_audit.toyworld.embedder import ToyFaceEmbedder
-    from lora_audit.diffusion.base import load_base
-    from lora_audit.toyworld.assets import asset_path, toy_embedder_path
+    from lora_audit.families import get_family, load_base
+    from lora_audit.identity.metrics import consistency
     from lora_audit.weights import open_lora
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    attack, base, embedder = phase("load models", lambda: (AttackModel.load(asset_path("attack")), load_base(),
-                                                           ToyFaceEmbedder.load(toy_embedder_path())))
+    toy = get_family("toy")
+    attack, base, embedder = phase("load models", lambda: (AttackModel.load(toy.shipped_attack_model()), load_base(),
+                                                           toy.face_embedder("cpu")))
     attack = attack.to(base.device)
     timings: dict[str, list[float]] = {"sketch+encode": [], "decode": [], "embed+score": []}
     for repeat in range(1 + args.repeats):

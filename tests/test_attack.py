@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from lora_audit.scan.identity import AttackOptions, IdentityAuditor, consistency
+from lora_audit.identity.metrics import consistency
+from lora_audit.scan.check import Subject
+from lora_audit.scan.identity import IdentityCheck, IdentityOptions
 from lora_audit.attack.decoder import per_sample_deltas
 from lora_audit.attack.model import AttackModel
 from lora_audit.attack.reconstruct import reconstruct, save_reconstruction, step_from_metadata
@@ -15,11 +17,12 @@ from lora_audit.attack.shadow import ShadowConfig, build_shadows, load_trajector
 from lora_audit.attack.train import train_attack
 from lora_audit.attack.train_config import TrainConfig
 from lora_audit.cli import main
-from lora_audit.errors import UsageError
+from lora_audit.errors import InvalidFileError, UsageError
 from lora_audit.diffusion.finetune import FinetuneConfig
-from lora_audit.diffusion.base import load_base
+from lora_audit import families
+from lora_audit.families import get_family, load_base
 from lora_audit.toyworld.pipeline import ToyBaseConfig, make_toy_pipeline
-from lora_audit.toyworld.lab.victims import TOY_METADATA
+from lora_audit.toyworld.family import TOY_METADATA
 from lora_audit.weights import open_lora
 from lora_audit.weights.writer import save_lora
 
@@ -183,13 +186,13 @@ def test_attack_model_load_errors(world, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(world["root"] / "attack", broken)
     (broken / "attack.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
-    with pytest.raises(UsageError, match="does not hold this attack model's weights"):
+    with pytest.raises(InvalidFileError, match="attack.safetensors: does not hold this attack model's weights"):
         AttackModel.load(broken)
     config = json.loads((broken / "attack.json").read_text())
     config["encoder"]["width"] = 8  # weights of another shape
     shutil.copy(world["root"] / "attack" / "attack.safetensors", broken / "attack.safetensors")
     (broken / "attack.json").write_text(json.dumps(config))
-    with pytest.raises(UsageError, match="does not hold"):
+    with pytest.raises(InvalidFileError, match="does not hold"):
         AttackModel.load(broken)
 
 
@@ -217,10 +220,11 @@ def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
 
 
 def test_latent_subspace_spans_prompt_embeddings(world):
-    from lora_audit.attack.latent import face_prompts, prompt_subspace
+    from lora_audit.attack.latent import prompt_subspace
+    from lora_audit.families import get_family
 
     base, model = world["base"], world["model"]
-    prompts = face_prompts("toy", 16)
+    prompts = get_family("toy").face_prompts(16)
     offset, basis, explained = prompt_subspace(base, prompts, 4)
     assert torch.equal(offset, model.latent_offset) and torch.equal(basis, model.latent_basis)
     assert 0 < explained <= 1 and basis.shape == (4, offset.numel())
@@ -232,7 +236,8 @@ def test_latent_subspace_spans_prompt_embeddings(world):
     assert torch.allclose(model.from_latent(model.to_latent(c)), c, atol=1e-4)  # a z in the span projects back
     residual = embeds - model.to_latent(coefficients)  # the projection's error is orthogonal to the span
     assert torch.allclose(residual.flatten(1) @ basis.T, torch.zeros(16, 4), atol=1e-3)
-    assert len(face_prompts("sd1", 50)) == 50 and all("photo" in p for p in face_prompts("sd1", 5))
+    sd1 = get_family("sd1").face_prompts
+    assert len(sd1(50)) == 50 and all("photo" in p for p in sd1(5))
 
 
 
@@ -244,20 +249,41 @@ def test_consistency_of_embeddings():
     assert consistency(opposite) == pytest.approx(-1.0)
 
 
-def test_identity_auditor_findings(world, monkeypatch):
+def identity_findings(check: IdentityCheck, path, family: str | None = None) -> list:
+    """The identity check's findings for the LoRA at ``path`` (its detected family, or ``family``)."""
+    from dataclasses import replace
+
+    from lora_audit.weights.stats import weight_stats
+
+    with open_lora(str(path)) as lora:
+        stats = weight_stats(lora)
+        return check.run(Subject(str(path), lora, replace(stats, base_model=family or stats.base_model)))
+
+
+def _toy_embedder(monkeypatch):
+    """A random tiny toy embedder as the toy family's face embedder."""
     from lora_audit.toyworld.embedder import ToyFaceEmbedder, ToyFaceNet, ToyNetConfig
 
     torch.manual_seed(0)
     embedder = ToyFaceEmbedder(ToyFaceNet(ToyNetConfig(image_size=16)), device="cpu")
-    monkeypatch.setattr("lora_audit.scan.identity._embedder", lambda family, weights, device: embedder)
-    options = AttackOptions(attack_model=str(world["root"] / "attack"), base=str(world["root"] / "base"),
-                            out_dir=world["root"] / "grids", latents=2, seeds=1, sampling_steps=2)
-    auditor = IdentityAuditor(options)
-    (finding,) = auditor.findings(str(world["lora"]), "toy")
+    monkeypatch.setattr(get_family("toy"), "face_embedder", lambda device, face_weights=None: embedder)
+    return embedder
+
+
+def test_identity_check_findings(world, monkeypatch):
+    _toy_embedder(monkeypatch)
+    options = IdentityOptions(attack_model=str(world["root"] / "attack"), base=str(world["root"] / "base"),
+                              out_dir=world["root"] / "grids", latents=2, seeds=1, sampling_steps=2)
+    (finding,) = identity_findings(IdentityCheck(options), world["lora"])
     assert finding.rule_id in ("LA301", "LA302")
     assert (world["root"] / "grids").is_dir() and finding.evidence["grid"].endswith("_grid.png")
-    (missing,) = IdentityAuditor(AttackOptions()).findings(str(world["lora"]), "sd1")
+    (missing,) = identity_findings(IdentityCheck(IdentityOptions()), world["lora"], "sd1")
     assert missing.rule_id == "LA303" and missing.evidence["missing"] == "--base, --attack-model"
+    assert missing.message == ("no weight-to-image attack for a sd1 LoRA without --base (a local diffusers "
+                               "pipeline directory for sd1) and --attack-model (an attack model trained with "
+                               "`lora-audit train-attack` for sd1)")
+    (flux,) = identity_findings(IdentityCheck(IdentityOptions()), world["lora"], "flux")
+    assert flux.rule_id == "LA303" and "flux" in flux.message
 
 
 def test_references_with_facenet_use_its_published_threshold_and_name_unused_photos(world, tmp_path, monkeypatch):
@@ -266,16 +292,27 @@ def test_references_with_facenet_use_its_published_threshold_and_name_unused_pho
 
     from lora_audit.identity.facenet import FaceNetEmbedder, InceptionResnetV1
 
+    from lora_audit.families.stable_diffusion import StableDiffusion
+    from lora_audit.toyworld.family import ToyFamily
+
     torch.manual_seed(0)
     embedder = FaceNetEmbedder(InceptionResnetV1(), device="cpu")
-    monkeypatch.setattr("lora_audit.scan.identity._embedder", lambda family, weights, device: embedder)
+
+    class FaceNetToy(ToyFamily):  # the toy world scored as a real family is: FaceNet and its published threshold
+        def face_embedder(self, device, face_weights=None):
+            return embedder
+
+        impostor_reference = StableDiffusion.impostor_reference
+
+    families.registered()
+    monkeypatch.setitem(families._REGISTRY, "toy", FaceNetToy())
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(data.astronaut()).save(photos / "astronaut.png")
     Image.new("RGB", (128, 128), (128, 128, 128)).save(photos / "grey.png")
-    options = AttackOptions(attack_model=str(world["root"] / "attack"), base=str(world["root"] / "base"),
-                            references=str(photos), out_dir=tmp_path / "grids", latents=2, seeds=1, sampling_steps=2)
-    findings = {f.rule_id: f for f in IdentityAuditor(options).findings(str(world["lora"]), "toy")}
+    options = IdentityOptions(attack_model=str(world["root"] / "attack"), base=str(world["root"] / "base"),
+                              references=str(photos), out_dir=tmp_path / "grids", latents=2, seeds=1, sampling_steps=2)
+    findings = {f.rule_id: f for f in identity_findings(IdentityCheck(options), world["lora"])}
     (verdict,) = [findings[r] for r in ("LA304", "LA305") if r in findings]
     assert verdict.evidence["threshold"].startswith("0.459 (deepface's published Facenet512 threshold")
     assert verdict.evidence["impostor FAR"] == "not measured (fixed threshold)"
@@ -309,11 +346,8 @@ def test_cli_train_and_reconstruct(world, tmp_path, capsys):
 
 def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path, monkeypatch):
     from lora_audit.testing import synthetic as S
-    from lora_audit.toyworld.embedder import ToyFaceEmbedder, ToyFaceNet, ToyNetConfig
 
-    torch.manual_seed(0)
-    embedder = ToyFaceEmbedder(ToyFaceNet(ToyNetConfig(image_size=16)), device="cpu")
-    monkeypatch.setattr("lora_audit.scan.identity._embedder", lambda family, weights, device: embedder)
+    _toy_embedder(monkeypatch)
     root = world["root"]
     sd1 = S.save_lora(tmp_path / "sd1.safetensors", S.to_kohya(S.make_lora("sd15", rank=2, max_modules=2)))
     report = tmp_path / "report.json"

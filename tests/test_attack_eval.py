@@ -3,9 +3,10 @@
 import numpy as np
 
 from lora_audit.attack.shadow import Trajectory
-from lora_audit.toyworld.lab.attack_eval import DISTRACTORS, ridge_probe
+from lora_audit.toyworld.identities import DISTRACTORS
+from lora_audit.toyworld.lab.attack_eval import ridge_probe
 from lora_audit.toyworld.renderer import attributes, identity
-from lora_audit.toyworld.lab.victims import TOY_METADATA
+from lora_audit.toyworld.family import TOY_METADATA
 from lora_audit.weights.writer import save_lora
 
 NAME = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"

@@ -221,3 +221,34 @@ def test_skip_weights_reads_headers_only(tmp_path, capsys):
     assert "LA201" not in {f["rule_id"] for f in file["findings"]}  # NaN needs the data
     assert file["stats"]["module_count"] == 1 and file["stats"]["modules"] == []
     assert file["stats"]["base_model"] == "sd1"
+
+
+def test_save_finetune_writes_the_final_lora_and_named_snapshots(tmp_path):
+    """The finetune command's files: the final LoRA at OUTPUT, earlier snapshots at <stem>_step_N<suffix>."""
+    from lora_audit.diffusion.finetune import FinetuneConfig, FinetuneResult
+    from lora_audit.diffusion.lora_output import save_finetune
+
+    rng = np.random.default_rng(0)
+    modules = ["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+               "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v",
+               "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"]
+
+    def state():
+        return {f"{m}.{role}.weight": rng.normal(size=shape).astype(np.float32)
+                for m in modules for role, shape in (("lora_A", (2, 8)), ("lora_B", (8, 2)))}
+
+    config = FinetuneConfig(rank=2, alpha=1.0, steps=4, snapshot_steps=(2,))
+    result = FinetuneResult("zorvik", "a face of zorvik", {4: state(), 2: state()}, [], 0.0, config)
+    output = tmp_path / "subject.safetensors"
+    paths = save_finetune(result, output, layout="kohya", metadata={"lora_audit.base_model": "toy"},
+                          kohya_metadata=True, family="toy", num_images=5)
+    assert paths == [tmp_path / "subject_step_2.safetensors", output]
+    for path, step in zip(paths, (2, 4)):
+        with open_lora(str(path)) as lora:
+            assert len(lora.modules) == 3 and lora.layout == "kohya"
+            assert lora.metadata["lora_audit.base_model"] == "toy"
+            assert lora.metadata["ss_steps"] == str(step) and lora.metadata["ss_network_alpha"] == "1.0"
+            assert lora.metadata["ss_output_name"] == "subject" and "zorvik" in lora.metadata["ss_tag_frequency"]
+    save_finetune(result, output, family="toy", num_images=5)  # peft, no kohya keys
+    with open_lora(str(output)) as lora:
+        assert len(lora.modules) == 3 and not any(k.startswith("ss_") for k in lora.metadata)

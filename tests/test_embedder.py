@@ -9,13 +9,8 @@ import pytest
 import torch
 
 from lora_audit.toyworld.embedder import ToyFaceEmbedder, ToyFaceNet, ToyNetConfig
-from lora_audit.toyworld.lab.eval_embedder import (
-    degrade,
-    embedding_metrics,
-    evaluate_embedder,
-    roc_auc,
-    tar_at_far,
-)
+from lora_audit.identity.metrics import roc_auc, tar_at_far
+from lora_audit.toyworld.lab.eval_embedder import degrade, embedding_metrics, evaluate_embedder
 from lora_audit.toyworld.renderer import render_batch
 from lora_audit.toyworld.lab.train_embedder import CHECKPOINT_NAME, EmbedderConfig, train_embedder
 
@@ -70,7 +65,7 @@ def test_metrics_of_a_perfect_and_of_a_random_embedding():
 def test_auc_and_tar_on_hand_made_scores():
     assert roc_auc(np.array([0.9, 0.8]), np.array([0.1, 0.85])) == 0.75
     assert roc_auc(np.array([0.5]), np.array([0.5])) == 0.5  # ties count half
-    impostor = np.linspace(0, 1, 1000)  # at FAR 1e-3 the threshold is the second-highest impostor score
+    impostor = np.linspace(0, 1, 1000)  # at FAR 1e-3 the threshold is just above the second-highest impostor
     assert tar_at_far(np.array([1.0, 0.9995, 0.5]), impostor, 1e-3) == pytest.approx(2 / 3)
 
 

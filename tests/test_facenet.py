@@ -208,9 +208,10 @@ def test_the_verification_threshold_names_its_source_and_the_checkpoint(tmp_path
 def test_no_weights_means_the_torch_cache(monkeypatch, tmp_path, vggface2_file):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     assert default_weights_path() == tmp_path / "checkpoints" / VGGFACE2_FILE
-    with pytest.raises(UsageError, match=r"--face-weights PATH") as caught:
+    with pytest.raises(UsageError, match=r"no FaceNet weights .* not found") as caught:
         FaceNetEmbedder.load(None)
     assert "\n" not in str(caught.value) and caught.value.exit_code == 4
+    assert caught.value.input == "face_weights"  # the CLI words it as --face-weights
     monkeypatch.setenv("TORCH_HOME", str(vggface2_file.parent.parent))
     assert FaceNetEmbedder.load(None, device="cpu").dim == 512
     monkeypatch.delenv("TORCH_HOME")

@@ -16,10 +16,10 @@ from lora_audit.rules import RULES
 from lora_audit.identity.scoring import (
     ImpostorReference,
     impostor_reference_from_embeddings,
-    leak_finding,
     reference_photos,
     score_leak,
 )
+from lora_audit.scan.identity import verdict_finding
 
 SIDE = 16
 
@@ -92,12 +92,12 @@ def test_far_and_threshold_on_a_constructed_sample():
     values = np.linspace(0, 1, 1000)
     impostors = ImpostorReference(source="test", similarities=np.random.default_rng(0).permutation(values))
     threshold = impostors.threshold_at_far(0.01)
-    assert threshold == values[990]  # the 10th highest: 10 of 1000 at or above it
-    assert impostors.far_at(threshold) == 0.01
-    assert impostors.far_at(np.nextafter(threshold, np.inf)) == 0.009
+    assert threshold == np.nextafter(values[989], np.inf)  # just above the 11th highest: 10 of 1000 reach it
+    assert impostors.far_at(threshold) == 0.01 and impostors.far_at(values[990]) == 0.01
+    assert impostors.far_at(np.nextafter(values[990], np.inf)) == 0.009
     assert impostors.far_at(values[989]) == 0.011
     assert impostors.percentile_of(threshold) == 99.0
-    assert impostors.threshold_at_far(1e-3) == 1.0
+    assert impostors.threshold_at_far(1e-3) == np.nextafter(values[998], np.inf)  # only 1.0 reaches it
     assert impostors.threshold_at_far(1e-4) > 1.0 and impostors.far_at(impostors.threshold_at_far(1e-4)) == 0
     assert impostors.far_at(-1) == 1 and impostors.far_at(2) == 0
     hundred = ImpostorReference(source="test", similarities=np.linspace(0, 1, 100))
@@ -106,8 +106,8 @@ def test_far_and_threshold_on_a_constructed_sample():
 
 def test_tied_impostors_never_exceed_the_far():
     impostors = ImpostorReference(source="test", similarities=[0.1, 0.5, 0.5, 0.5, 0.9])
-    assert impostors.threshold_at_far(0.4) == 0.9
-    assert impostors.far_at(0.5) == 0.8
+    assert impostors.threshold_at_far(0.4) == np.nextafter(0.5, np.inf)  # just above the ties: 0.7 is accepted
+    assert impostors.far_at(0.5) == 0.8 and impostors.far_at(impostors.threshold_at_far(0.4)) == 0.2
 
 
 def test_fixed_threshold_without_a_sample():
@@ -133,15 +133,17 @@ def test_verdict_flips_exactly_at_the_threshold(embedder):
     assert score_leak(recon, refs, embedder, at).leaks
     assert not score_leak(recon, refs, embedder, above).leaks
     sample = ImpostorReference(source="test", similarities=np.r_[np.linspace(-0.5, 0.1, 99), similarity])
-    score = score_leak(recon, refs, embedder, sample, far=0.01)
-    assert score.threshold == similarity and score.leaks and score.far == 0.01
+    score = score_leak(recon, refs, embedder, sample, far=0.01)  # one impostor may reach it: it is ours
+    assert score.threshold == np.nextafter(0.1, np.inf) and score.leaks and score.far == 0.01
+    score = score_leak(recon, refs, embedder, sample, far=0.0)  # none may: just above the similarity
+    assert score.threshold == np.nextafter(similarity, np.inf) and not score.leaks and score.far == 0.01
 
 
 def test_findings_and_the_rules_to_add(embedder):
     face = _noise(5)
     sample = ImpostorReference(source="test: 100 pairs", similarities=np.linspace(-0.3, 0.3, 100))
-    leak = leak_finding(score_leak(face[None], face[None], embedder, sample))
-    clean = leak_finding(score_leak(_ramp(0)[None], _ramp(1)[None], embedder, sample))
+    leak = verdict_finding(score_leak(face[None], face[None], embedder, sample))
+    clean = verdict_finding(score_leak(_ramp(0)[None], _ramp(1)[None], embedder, sample))
     assert (leak.rule_id, leak.severity) == ("LA304", Severity.HIGH)
     assert (clean.rule_id, clean.severity) == ("LA305", Severity.INFO)
     assert "similarity 1.000" in leak.message and "paper score 1.000" in leak.message
@@ -168,4 +170,4 @@ def test_reference_photos_without_a_usable_photo(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(UsageError, match="broken.png: not a readable image.*grey.png: " + NO_FACE) as e:
         reference_photos(str(tmp_path), 32)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and e.value.input == "references"

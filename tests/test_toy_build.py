@@ -1,20 +1,25 @@
 """The whole toy-world build at tiny sizes: every stage, resumability, installed layout, and a scan of its output."""
 
+import dataclasses
 import json
 import time
 
 import pytest
 
 from lora_audit.cli import main
+from lora_audit.errors import InputError
 from lora_audit.toyworld.lab.build import STAGES, BuildConfig, build
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
-    config = BuildConfig.tiny(root / "build", root / "installed")
+    config = BuildConfig.tiny(root / "build")
     seen = []
-    metrics = build(config, progress=lambda stage, step, total, m: seen.append(stage))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)  # nothing may land in the current directory
+        metrics = build(config, progress=lambda stage, step, total, m: seen.append(stage))
+    assert [p.name for p in root.iterdir()] == ["build"]
     return config, metrics, seen
 
 
@@ -41,7 +46,7 @@ def test_a_finished_build_is_not_redone(built):
 
 def test_installed_artefacts_load_and_scan(built, capsys):
     from lora_audit.toyworld.embedder import ToyFaceEmbedder
-    from lora_audit.diffusion.base import load_base
+    from lora_audit.families import load_base
 
     config, _, _ = built
     base = load_base(str(config.package_data / "base"))
@@ -69,6 +74,22 @@ def test_installed_artefacts_load_and_scan(built, capsys):
     assert clean["stats"]["layout"] == "peft"
     (identity,) = clean["findings"]  # no metadata finding; the attack's verdict on its weights
     assert identity["rule_id"] in ("LA301", "LA302") and identity["evidence"]["grid"].startswith(str(grids))
+
+
+def test_without_an_install_root_everything_is_installed_under_out(built):
+    config, metrics, _ = built
+    installed = config.out / "installed"
+    assert (config.package_data, config.samples_dir, config.docs_dir) == (
+        installed / "data", installed / "weights_samples", installed / "docs")
+    assert sorted(p.name for p in installed.iterdir()) == ["data", "docs", "weights_samples"]
+    assert metrics["install"]["installed_into"] is None
+
+
+def test_an_install_root_must_be_a_source_checkout(tmp_path):
+    with pytest.raises(InputError, match="is not a lora-audit source checkout") as error:
+        build(BuildConfig.tiny(tmp_path / "build", tmp_path))
+    assert error.value.input == "install" and error.value.value == tmp_path
+    assert not (tmp_path / "build").exists()  # refused before any stage ran
 
 
 def test_unknown_stage_is_a_usage_error(tmp_path):
@@ -99,3 +120,20 @@ def test_finetune_command_on_the_tiny_base(built, tmp_path, capsys):
     assert main(["finetune", str(empty), "-o", str(out), "--base", base]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "broken.png" in err
+
+
+def test_install_into_a_source_checkout(built, tmp_path):
+    """Run last: it re-targets the fixture's install stage."""
+    config, metrics, _ = built
+    (tmp_path / "lora_audit" / "toyworld").mkdir(parents=True)
+    into = dataclasses.replace(config, install_root=tmp_path)
+    assert (into.package_data, into.samples_dir, into.docs_dir) == (
+        tmp_path / "lora_audit" / "toyworld" / "data", tmp_path / "weights_samples", tmp_path / "docs")
+    again = build(into, stages=("install",))  # installed elsewhere before: not finished for this target
+    assert again["install"]["installed_into"] == str(tmp_path.resolve())
+    assert {p.name for p in (into.package_data / "attack").iterdir()} == {"attack.json", "attack.safetensors"}
+    assert (into.package_data / "base" / "toy_pipeline.json").is_file()
+    assert "lora-audit toy build --jobs 2 --install ." in (into.samples_dir / "README.md").read_text()
+    assert (into.docs_dir / "img" / "attack_reconstructions.png").is_file()
+    start = time.perf_counter()
+    assert build(into, stages=("install",)) == again and time.perf_counter() - start < 5

@@ -7,37 +7,16 @@ c ~ N(0, I) is then the Gaussian fit of face-description embeddings: the VAE's p
 predicts q(c | dW, r) over R coefficients instead of L x D numbers (32 x 64 for the toy base,
 77 x 768 for SD1.5), and every sample of c decodes to an embedding-like z.
 
-The descriptions are the attacker's public knowledge: for the toy world, captions in the toy
-caption language of PUBLIC identities; for real bases, templated face descriptions.
+The descriptions are the attacker's public knowledge, given by the base's family
+(:meth:`lora_audit.families.Family.face_prompts`): for the toy world, captions in the toy caption
+language of PUBLIC identities; for real bases, templated face descriptions.
 """
 
 from __future__ import annotations
 
-import itertools
-
-import numpy as np
 import torch
 
 from lora_audit.diffusion.base import DiffusionBase
-
-_AGES = ("young", "middle-aged", "old")
-_PEOPLE = ("man", "woman", "person")
-_HAIR = ("blond", "brown", "black", "red", "grey", "white", "curly", "straight", "short", "long", "bald")
-_EXTRAS = ("with glasses", "with a beard", "with a moustache", "smiling", "with freckles", "with blue eyes",
-           "with brown eyes", "with green eyes", "with pale skin", "with dark skin", "with olive skin", "")
-
-
-def face_prompts(family: str, count: int = 2000, seed: int = 0) -> list[str]:
-    """``count`` descriptions of faces in the prompt language of ``family``."""
-    if family == "toy":
-        from lora_audit.toyworld.identities import PUBLIC
-        from lora_audit.toyworld.renderer import caption, identity
-
-        return [caption(identity(PUBLIC.start + i)) for i in range(count)]
-    combos = [f"a photo of a {age} {who} with {hair} hair {extra}".strip()
-              for age, who, hair, extra in itertools.product(_AGES, _PEOPLE, _HAIR, _EXTRAS)]
-    rng = np.random.default_rng(seed)
-    return [combos[i] for i in rng.permutation(len(combos))[:count]]
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """The trained attack model: weight encoder, input normalisation, latent prior and step estimator.
 
-Saved as two files side by side: ``attack.json`` (the configuration and training summary) and
-``attack.safetensors`` (the encoder's weights and the statistics fitted on the shadow set).
+Saved as two files side by side: ``attack.json`` (the configuration and training summary, with a
+``format_version``) and ``attack.safetensors`` (the encoder's weights and the statistics fitted on the
+shadow set).
 
 The latent z stands in for the base model's prompt embeddings: z = offset + c @ basis, with the
 whitened prompt-embedding subspace of :mod:`lora_audit.attack.latent`, prior c ~ N(0, I), and the
@@ -21,10 +22,12 @@ from torch import nn
 
 from lora_audit.attack.encoder import EncoderConfig, WeightEncoder
 from lora_audit.attack.features import ModuleSketcher
-from lora_audit.errors import UsageError
+from lora_audit.errors import InputError, InvalidFileError, UsageError
+from lora_audit.versioned import read_versioned, versioned
 
 CONFIG_FILE = "attack.json"
 WEIGHTS_FILE = "attack.safetensors"
+FORMAT_VERSION = 1  # of attack.json; files without one were written before versioning: 1
 
 
 @dataclass
@@ -151,7 +154,7 @@ class AttackModel(nn.Module):
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
         safetensors.torch.save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
         tmp = directory / f".{CONFIG_FILE}.tmp"
-        tmp.write_text(json.dumps(asdict(self.config), indent=2))
+        tmp.write_text(json.dumps(versioned(asdict(self.config), FORMAT_VERSION), indent=2))
         tmp.replace(directory / CONFIG_FILE)
 
     @classmethod
@@ -161,16 +164,17 @@ class AttackModel(nn.Module):
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         if not config_path.is_file() or not weights_path.is_file():
-            raise UsageError(f"{directory} is not an attack model (expected {CONFIG_FILE} and {WEIGHTS_FILE}); "
-                             "train one with `lora-audit train-attack`")
+            raise InputError("attack_model", directory,
+                             f"is not an attack model (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+        data = read_versioned(config_path, "attack-model", FORMAT_VERSION)
         try:
-            config = AttackConfig.from_dict(json.loads(config_path.read_text()))
+            config = AttackConfig.from_dict(data)
         except (ValueError, TypeError, KeyError) as e:
-            raise UsageError(f"{config_path} is not a valid attack configuration ({e})") from None
+            raise InvalidFileError(str(config_path), f"not a valid attack configuration ({e})") from None
         model = cls(config)
         try:
             model.load_state_dict(safetensors.torch.load_file(str(weights_path)))
         except Exception as e:  # a corrupt file or weights of another configuration
-            raise UsageError(f"{weights_path} does not hold this attack model's weights "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+            raise InvalidFileError(str(weights_path), "does not hold this attack model's weights "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         return model.to(device).eval()

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lora_audit.scan.identity import attack_family, attack_inputs
 from lora_audit.attack.decoder import decode
 from lora_audit.attack.model import AttackModel
+from lora_audit.attack.resolve import AttackPlan, AttackSources
 from lora_audit.errors import UsageError
 from lora_audit.diffusion.base import DiffusionBase
 
-ATTACK_ASSET = "attack"  # the shipped toy attack, in the package data
 STEP_KEYS = ("ss_max_train_steps", "ss_steps")  # kohya's total steps, then the steps actually run
 
 
@@ -33,25 +32,12 @@ class Reconstruction:
     step_source: str  # "metadata:<key>", "estimate" or "given"
 
 
-def load_attack(family: str, attack_model: str | None, base: str | None) -> tuple[AttackModel, DiffusionBase]:
-    """The attack model and base pipeline for a LoRA of ``family``: the shipped toy pair by default.
+def load_attack(plan: AttackPlan, device: str | None = None) -> tuple[AttackModel, DiffusionBase]:
+    """The attack model and base pipeline of a ready ``plan`` (see :mod:`lora_audit.attack.resolve`)."""
+    from lora_audit.families import load_base
 
-    For any other family both must be given; the error names exactly what is missing.
-    """
-    from lora_audit.diffusion.base import load_base
-    from lora_audit.toyworld.assets import asset_path
-
-    if attack_model is not None and attack_family(attack_model) != family:
-        trained_for = attack_family(attack_model)
-        if trained_for is None:
-            AttackModel.load(attack_model)  # raises the reason it is not an attack model
-        raise UsageError(f"--attack-model {attack_model} attacks {trained_for} LoRAs, not {family} ones")
-    attack_model, base, missing = attack_inputs(family, attack_model, base)
-    if missing:
-        raise UsageError(f"no attack for a {family} LoRA without {' and '.join(missing)}")
-    attack = AttackModel.load(attack_model or asset_path(ATTACK_ASSET))
-    pipeline = load_base(base)
-    return attack.to(pipeline.device), pipeline
+    pipeline = load_base(plan.base, device)
+    return AttackModel.load(plan.attack_dir, device=pipeline.device), pipeline
 
 
 def step_from_metadata(metadata: dict[str, str]) -> tuple[int, str] | None:
@@ -86,6 +72,17 @@ def reconstruct(attack: AttackModel, base: DiffusionBase, lora_file, *, latents:
     z = attack.to_latent(c).repeat_interleave(seeds, dim=0)  # [latents * seeds, L, D], latent-major
     images = decode(base, lora_file.deltas(), z, seed=seed, steps=sampling_steps, guidance_scale=guidance_scale)
     return Reconstruction(images, latents, seeds, float(step), source)
+
+
+def reconstruct_file(path: str, sources: AttackSources, *, latents: int = 4, seeds: int = 2,
+                     step: float | None = None, sampling_steps: int = 25, seed: int = 0) -> Reconstruction:
+    """Reconstruct the identity behind the LoRA file at ``path`` with the attack ``sources`` give for its family."""
+    from lora_audit.weights import open_lora
+
+    with open_lora(path) as lora_file:
+        attack, base = load_attack(sources.plan(lora_file.base_model).require())
+        return reconstruct(attack, base, lora_file, latents=latents, seeds=seeds, step=step,
+                           sampling_steps=sampling_steps, seed=seed)
 
 
 def save_reconstruction(result: Reconstruction, out: Path, name: str, scale: int = 4) -> list[Path]:

@@ -15,15 +15,15 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from lora_audit.errors import UsageError
 from lora_audit.diffusion.finetune import FinetuneConfig
-from lora_audit.toyworld.identities import SHADOW
+from lora_audit.errors import InputError, UsageError
+from lora_audit.families import DEFAULT_FAMILY, Family, family_of_base, get_family
 
 SHARD = "shadow-{:05d}.safetensors"
 MANIFEST = "manifest.json"
@@ -35,7 +35,7 @@ class ShadowConfig:
     """Which identities, how many photos each, and the fine-tuning recipe (the victims' by default)."""
 
     identities: int = 80
-    first_identity: int = SHADOW.start + 1000  # clear of the SHADOW ids the toy build judges models on
+    first_identity: int | None = None  # built-in identities: None = the base family's first shadow identity
     photos: int = 5
     image_size: int = 32
     snapshot_steps: tuple[int, ...] = (50, 100, 200, 300, 400, 500)
@@ -76,25 +76,39 @@ class Trajectory:
         return {name: scale * up @ down for name, up, down, scale in self.factors(step)}
 
 
+def base_family(base_path: str | None) -> Family:
+    """The family of the base the shadows are fine-tuned on (None: the default family's shipped base)."""
+    return get_family(DEFAULT_FAMILY) if base_path is None else family_of_base(base_path)
+
+
+def with_identities(config: ShadowConfig, family: Family) -> ShadowConfig:
+    """``config`` with ``first_identity`` resolved for ``family``'s built-in identities (photo folders need none)."""
+    if config.images_dir is not None or config.first_identity is not None:
+        return config
+    start = family.shadow_start()
+    if start is None:
+        raise InputError("images", None, f"needed: the {family.name} base has no built-in identities "
+                         "(give one sub-folder of photos per shadow identity)")
+    return replace(config, first_identity=start)
+
+
 def identity_sources(config: ShadowConfig) -> list[str]:
-    """The shadow identities by name: toy ids, or the sub-folders of ``images_dir``."""
+    """The shadow identities by name: built-in identity ids, or the sub-folders of ``images_dir``."""
     if config.images_dir is None:
         return [str(config.first_identity + i) for i in range(config.identities)]
     root = Path(config.images_dir)
     if not root.is_dir():
-        raise UsageError(f"--images {root} is not a directory (expected one sub-folder of photos per identity)")
+        raise InputError("images", root, "is not a directory (expected one sub-folder of photos per identity)")
     names = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not names:
-        raise UsageError(f"--images {root} has no sub-folders (one per shadow identity)")
+        raise InputError("images", root, "has no sub-folders (one per shadow identity)")
     return names[: config.identities]
 
 
-def identity_images(config: ShadowConfig, name: str) -> np.ndarray:
+def identity_images(config: ShadowConfig, name: str, family: Family) -> np.ndarray:
     """Training photos of one shadow identity: [N, H, W, 3] float32 in [0, 1]."""
     if config.images_dir is None:
-        from lora_audit.toyworld.renderer import render_batch
-
-        return render_batch([int(name)] * config.photos, list(range(config.photos)), seed=0, size=config.image_size)
+        return family.identity_photos(int(name), config.photos, config.image_size)
     from lora_audit.images import load_image_folder
 
     return load_image_folder(str(Path(config.images_dir) / name), config.image_size)[: config.photos]
@@ -103,13 +117,15 @@ def identity_images(config: ShadowConfig, name: str) -> np.ndarray:
 def build_shadows(config: ShadowConfig, out: Path, base_path: str | None = None, jobs: int = 1,
                   progress: Progress | None = None) -> dict:
     """Fine-tune every missing shadow shard under ``out`` (``jobs`` processes); returns a summary."""
+    config = with_identities(config, base_family(base_path))
     out.mkdir(parents=True, exist_ok=True)
     _check_manifest(out, config, base_path)
     names = identity_sources(config)
     for i, name in enumerate(names):
         shard = out / SHARD.format(i)
         if shard.is_file() and (held := _record(shard)["identity"]) != name:
-            raise UsageError(f"{shard} holds identity {held}, not {name}: the identities changed; use a new --out")
+            raise InputError("out", out, f"{shard.name} holds identity {held}, not {name}: the identities changed; "
+                             "use a new directory")
     todo = [i for i in range(len(names)) if not (out / SHARD.format(i)).is_file()]
     if todo:
         class_images = _class_images(out, config, base_path)
@@ -169,7 +185,7 @@ def _check_manifest(out: Path, config: ShadowConfig, base_path: str | None) -> N
     wanted = json.loads(json.dumps(manifest))  # tuples -> lists, as they come back from disk
     if path.is_file():
         if json.loads(path.read_text()) != wanted:
-            raise UsageError(f"{out} holds shadows of another recipe or base ({path}); use a new --out")
+            raise InputError("out", out, f"holds shadows of another recipe or base ({MANIFEST}); use a new directory")
     else:
         tmp = out / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=2))
@@ -184,7 +200,7 @@ def _class_images(out: Path, config: ShadowConfig, base_path: str | None) -> np.
     path = out / "class_images.npy"
     if not path.is_file():
         from lora_audit.diffusion.finetune import generate_class_images
-        from lora_audit.diffusion.base import load_base
+        from lora_audit.families import load_base
 
         images = generate_class_images(load_base(base_path), ft.class_prompt, ft.num_class_images,
                                        guidance_scale=ft.class_guidance_scale, steps=ft.class_sampling_steps,
@@ -214,12 +230,12 @@ def _finetune_shadow(work) -> dict:
     import safetensors.numpy
 
     from lora_audit.diffusion.finetune import finetune_lora
-    from lora_audit.diffusion.base import load_base
+    from lora_audit.families import load_base
 
     config, base_path, out, index, name, class_images = work
     if base_path not in _BASES:
         _BASES[base_path] = load_base(base_path)
-    images = identity_images(config, name)
+    images = identity_images(config, name, get_family(_BASES[base_path].family))
     ft = config.finetune
     seed = ft.seed + (int(name) if name.isdigit() else index)
     recipe = FinetuneConfig(**{**ft.__dict__, "seed": seed, "snapshot_steps": tuple(config.snapshot_steps)})

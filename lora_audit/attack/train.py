@@ -22,12 +22,13 @@ import torch.nn.functional as F
 
 from lora_audit.attack.decoder import per_sample_deltas
 from lora_audit.attack.encoder import EncoderConfig
-from lora_audit.attack.latent import face_prompts, prompt_subspace
+from lora_audit.attack.latent import prompt_subspace
 from lora_audit.attack.model import AttackConfig, AttackModel
 from lora_audit.attack.shadow import Trajectory
 from lora_audit.attack.train_config import TrainConfig
 from lora_audit.errors import UsageError
 from lora_audit.diffusion.base import DiffusionBase
+from lora_audit.families import get_family
 
 CHECKPOINT = "checkpoint.pt"
 CURVES = "curves.json"
@@ -62,7 +63,7 @@ def train_attack(base: DiffusionBase, trajectories: list[Trajectory], config: Tr
     for module in (base.unet, base.text_encoder, base.vae):  # only the encoder learns
         if module is not None:
             module.requires_grad_(False)
-    offset, basis, explained = prompt_subspace(base, face_prompts(base.family, config.prompts), config.latent_rank)
+    offset, basis, explained = prompt_subspace(base, get_family(base.family).face_prompts(config.prompts), config.latent_rank)
     model = AttackModel(_attack_config(base, trajectories, config, len(basis)))
     model.latent_offset.copy_(offset)
     model.latent_basis.copy_(basis)

@@ -9,7 +9,6 @@ fine-tunes and attacks the toy world and a local Stable Diffusion checkpoint.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Iterator, Mapping
 
 import numpy as np
@@ -101,49 +100,3 @@ class DiffusionBase:
         out = self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=uncond, guidance_scale=guidance_scale,
                         num_inference_steps=steps, generator=generator, output_type="np")
         return np.asarray(out.images, dtype=np.float32)
-
-
-def load_base(path: str | None = None, device: str | None = None) -> DiffusionBase:
-    """The toy base shipped with the package (``path=None``) or a local diffusers pipeline directory.
-
-    Nothing is downloaded: a Stable Diffusion checkpoint must already be on disk.
-    """
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    diffusers.utils.logging.disable_progress_bar()  # the library never prints: no loading bars
-    transformers.utils.logging.disable_progress_bar()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if path is None:
-        from lora_audit.toyworld.assets import toy_base_path
-
-        path = toy_base_path()
-    if not os.path.isdir(path):
-        raise UsageError(f"base model {path} is not a directory holding a diffusers pipeline (model_index.json)")
-    index = os.path.join(path, "model_index.json")
-    if not os.path.isfile(index):
-        raise UsageError(f"{path} has no model_index.json: not a diffusers pipeline directory")
-    import json
-
-    with open(index) as f:
-        class_name = json.load(f).get("_class_name", "")
-    if class_name == "ToyFacePipeline":
-        from lora_audit.toyworld.pipeline import ToyFacePipeline
-
-        pipe = ToyFacePipeline.from_pretrained(path)
-        family = "toy"
-    else:
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None)
-        family = _family_of(pipe)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
-    return DiffusionBase(pipe, family)
-
-
-def _family_of(pipe) -> str:
-    dim = pipe.unet.config.cross_attention_dim
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        return "sdxl"
-    return {768: "sd1", 1024: "sd2"}.get(dim, "unknown")

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_audit.errors import UsageError
+from lora_audit.errors import InputError
 from lora_audit.identity.embedder import FaceEmbedder
 
 VGGFACE2_FILE = "20180402-114759-vggface2.pt"
@@ -209,30 +209,30 @@ class FaceNetEmbedder(FaceEmbedder):
     def load(cls, weights: str | Path | None, device: str | torch.device | None = None) -> "FaceNetEmbedder":
         """The embedder with facenet-pytorch's checkpoint ``weights``; None: the cached VGGFace2 one.
 
-        Raises :class:`UsageError` (one line) when the file is absent, unreadable, or not an
+        Raises :class:`~lora_audit.errors.InputError` (one line) when the file is absent, unreadable, or not an
         InceptionResnetV1 state_dict; nothing is downloaded.
         """
         if weights is None:
             path = default_weights_path()
             if not path.is_file():
-                raise UsageError(f"no FaceNet weights: {path} not found; pass --face-weights PATH "
-                                 f"(facenet-pytorch's {VGGFACE2_FILE} or {CASIA_WEBFACE_FILE})")
+                raise InputError("face_weights", None, f"no FaceNet weights ({path} not found): give "
+                                 f"facenet-pytorch's {VGGFACE2_FILE} or {CASIA_WEBFACE_FILE}")
         else:
             path = Path(weights)
             if not path.is_file():
-                raise UsageError(f"--face-weights {path}: no such file")
+                raise InputError("face_weights", path, "no such file")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a corrupt or foreign file fails in many ways, all of them the user's to fix
-            raise UsageError(f"--face-weights {path}: not a readable PyTorch checkpoint "
+            raise InputError("face_weights", path, f"not a readable PyTorch checkpoint "
                              f"({e.__class__.__name__})") from None
         if not isinstance(state, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-            raise UsageError(f"--face-weights {path}: not a state_dict (a mapping of names to tensors)")
+            raise InputError("face_weights", path, "not a state_dict (a mapping of names to tensors)")
         model = InceptionResnetV1()
         problem = _check_state(state, model)
         if problem:
-            raise UsageError(f"--face-weights {path}: not a facenet-pytorch InceptionResnetV1 checkpoint "
+            raise InputError("face_weights", path, f"not a facenet-pytorch InceptionResnetV1 checkpoint "
                              f"({problem})")
         model.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")}, strict=False)
         logits = state.get("logits.weight")

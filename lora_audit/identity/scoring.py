@@ -17,21 +17,13 @@ import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.transform import resize
 
-from lora_audit.errors import InvalidFileError, UsageError
+from lora_audit.errors import InputError, InvalidFileError
+from lora_audit.identity import metrics
 from lora_audit.identity.detect import crop_faces
 from lora_audit.images import image_files, load_image
-from lora_audit.results import Finding
-from lora_audit.rules import make_finding
 
 if TYPE_CHECKING:
     from lora_audit.identity.embedder import FaceEmbedder
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """[N, D] -> [N, D] float64 rows of norm 1 (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)  # [N, 1]
-    return x / np.where(norms > 0, norms, 1.0)
-
 
 @dataclass(kw_only=True)
 class ImpostorReference:
@@ -55,49 +47,34 @@ class ImpostorReference:
         return len(self.similarities)
 
     def far_at(self, similarity: float) -> float | None:
-        """Share of impostor similarities >= ``similarity``; None without a sample."""
-        if not self.pairs:
-            return None
-        return (self.pairs - int(np.searchsorted(self.similarities, similarity, side="left"))) / self.pairs
+        """Share of impostor similarities >= ``similarity`` (:func:`metrics.far_at`); None without a sample."""
+        return metrics.far_at(self.similarities, similarity) if self.pairs else None
 
     def percentile_of(self, similarity: float) -> float | None:
         """Percentage (0-100) of impostor similarities below ``similarity``; None without a sample."""
         if not self.pairs:
             return None
-        return 100.0 * int(np.searchsorted(self.similarities, similarity, side="left")) / self.pairs
+        reached = round(metrics.far_at(self.similarities, similarity) * self.pairs)  # impostors >= it
+        return 100.0 * (self.pairs - reached) / self.pairs
 
     def threshold_at_far(self, far: float) -> float:
-        """The lowest similarity that at most ``far`` of the impostor sample reaches; else the fixed threshold.
+        """The lowest similarity threshold whose FAR on the sample is at most ``far``
+        (:func:`metrics.threshold_at_far`: ``s >= threshold  <=>  far_at(s) <= far``); without a
+        sample, the fixed threshold.
 
         With P impostor pairs a FAR under 1/P cannot be resolved: the threshold is then just above the
         highest impostor similarity.
         """
         if not self.pairs:
             return float(self.threshold)
-        if not 0 <= far <= 1:
-            raise ValueError(f"far must be in [0, 1], got {far}")
-        s, n = self.similarities, self.pairs
-        allowed = int(far * n + 1e-9)  # impostors allowed at or above it (+1e-9: 0.29 * 100 is 28.999...)
-        if allowed == 0:
-            return float(np.nextafter(s[-1], np.inf))
-        candidate = s[n - allowed]
-        if n - int(np.searchsorted(s, candidate, side="left")) <= allowed:
-            return float(candidate)
-        above = int(np.searchsorted(s, candidate, side="right"))  # ties with lower ranks: next value up
-        return float(s[above]) if above < n else float(np.nextafter(s[-1], np.inf))
+        return metrics.threshold_at_far(self.similarities, far)
 
 
 def impostor_reference_from_embeddings(embeddings: np.ndarray, labels: np.ndarray, source: str
                                        ) -> ImpostorReference:
     """The cosine similarities of every unordered pair of ``embeddings`` [N, D] whose ``labels`` [N] differ."""
-    labels = np.asarray(labels)
-    if len(labels) != len(embeddings):
-        raise ValueError(f"{len(embeddings)} embeddings but {len(labels)} labels")
-    unit = _unit_rows(embeddings)  # [N, D]
-    i, j = np.triu_indices(len(labels), k=1)  # [N(N-1)/2] each
-    other = labels[i] != labels[j]
-    sims = np.einsum("pd,pd->p", unit[i[other]], unit[j[other]])  # [P]
-    return ImpostorReference(source=source, similarities=sims)
+    _, impostors = metrics.pair_scores(embeddings, labels)  # [P]
+    return ImpostorReference(source=source, similarities=impostors)
 
 
 @dataclass
@@ -128,7 +105,7 @@ class LeakScore:
         return f"{self.far:.3g} ({reached} of {self.impostor_pairs} impostor pairs reach it)"
 
     def to_evidence(self) -> dict[str, str]:
-        """Formatted values for a :class:`Finding`'s evidence."""
+        """Formatted values for a finding's evidence."""
         at = f" at FAR {self.target_far:g}" if self.target_far is not None else ""
         return {"owner similarity": f"{self.similarity:.3f} (paper score {self.paper_score:.3f})",
                 "best pair similarity": f"{self.best_pair_similarity:.3f}",
@@ -155,10 +132,10 @@ def score_leak(reconstructions: np.ndarray, references: np.ndarray, embedder: Fa
     """Score reconstructions [K, H, W, 3] against the owner's photos [N, S, S, 3] (floats in [0, 1])."""
     if not len(reconstructions) or not len(references):
         raise ValueError(f"need reconstructions and references, got {len(reconstructions)} and {len(references)}")
-    recon = _unit_rows(embedder.embed(reconstructions))  # [K, D]
-    refs = _unit_rows(embedder.embed(references))  # [N, D]
-    owner = _unit_rows(refs.mean(axis=0, keepdims=True))[0]  # [D]
-    similarity = float(np.mean(recon @ owner))
+    recon = metrics.unit_rows(embedder.embed(reconstructions))  # [K, D]
+    refs = metrics.unit_rows(embedder.embed(references))  # [N, D]
+    owner = metrics.centres(refs, np.zeros(len(refs)))  # [1, D]
+    similarity = float(metrics.set_scores(recon, owner)[0])
     pairs = recon @ refs.T  # [K, N]
     k, n = np.unravel_index(int(np.argmax(pairs)), pairs.shape)
     ssim, psnr = _pair_quality(reconstructions[k], references[n])
@@ -169,21 +146,6 @@ def score_leak(reconstructions: np.ndarray, references: np.ndarray, embedder: Fa
                      references=len(references), reconstructions=len(reconstructions),
                      target_far=far if impostors.pairs else None, impostor_pairs=impostors.pairs,
                      source=impostors.source)
-
-
-def leak_finding(score: LeakScore) -> Finding:
-    """LA304 when the reconstructions match the owner's photos, else LA305, with the score as evidence."""
-    if score.leaks:
-        rule_id = "LA304"
-        message = (f"the reconstructions match the owner's photos: similarity {score.similarity:.3f} "
-                   f"(paper score {score.paper_score:.3f}) >= threshold {score.threshold:.3f}, "
-                   f"impostor FAR {score.far_text()}")
-    else:
-        rule_id = "LA305"
-        message = (f"the reconstructions do not match the owner's photos: similarity {score.similarity:.3f} "
-                   f"(paper score {score.paper_score:.3f}) < threshold {score.threshold:.3f}, "
-                   f"impostor FAR {score.far_text()}")
-    return make_finding(rule_id, message, score.to_evidence())
 
 
 def reference_photos(folder: str, size: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
@@ -201,7 +163,8 @@ def reference_photos(folder: str, size: int) -> tuple[np.ndarray, list[tuple[str
         crops += [c.image for c in found]
         problems += missed
     if not crops:
-        raise UsageError(f"{folder} holds no usable photo of the owner's face ({describe_unused(problems)})")
+        raise InputError("references", folder, f"holds no usable photo of the owner's face "
+                         f"({describe_unused(problems)})")
     return np.stack(crops).astype(np.float32, copy=False), problems
 
 

@@ -1,4 +1,10 @@
-"""The static scan: find files, read each safely, apply the rules, never let one bad file stop a batch."""
+"""The scan of a batch: read each file safely, run the checks on it, never let one bad file stop a batch.
+
+Per file: the safetensors header is validated, pickle checkpoints get the pickle finding and are
+never loaded, and a LoRA is opened once for every check (metadata, weights, then identity). The
+static checks run in ``jobs`` worker processes; the identity check, which holds models, runs in
+this process (on the file opened once when ``jobs`` is 1, reopened here otherwise).
+"""
 
 from __future__ import annotations
 
@@ -7,23 +13,22 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
-from lora_audit.scan.identity import IdentityAuditor
-from lora_audit.errors import InvalidFileError, NothingToScanError
-from lora_audit.scan.metadata import check_metadata
+from lora_audit.errors import InvalidFileError
 from lora_audit.policy import Policy
-from lora_audit.results import FileResult, Finding
+from lora_audit.results import FileResult, ScanResult, Severity
 from lora_audit.rules import make_finding
+from lora_audit.scan.check import Check, Subject
+from lora_audit.scan.metadata import MetadataCheck
+from lora_audit.scan.pickle import NOT_LOADED, pickle_finding
+from lora_audit.scan.weights import WeightCheck
 from lora_audit.weights.lora_file import LoraFile
-from lora_audit.weights.pickle_file import PICKLE_SUFFIXES, looks_like_pickle, pickle_imports
+from lora_audit.weights.pickle_file import looks_like_pickle
 from lora_audit.weights.safetensors_file import check_file
 from lora_audit.weights.stats import weight_stats
 
 log = logging.getLogger("lora_audit")
-
-SCANNED_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
-_MAX_LISTED = 8  # evidence lists longer than this are cut
 
 
 @dataclass
@@ -32,34 +37,19 @@ class ScanOptions:
     policy: Policy = field(default_factory=Policy)
     weights: bool = True  # False: header only, no NaN/Inf check and no per-module dW statistics
 
-
-def collect_files(paths: list[str]) -> list[str]:
-    """Files given directly, plus LoRA / checkpoint files found recursively in given directories.
-
-    Paths stay as given (never made absolute). A missing path is kept so that it becomes an
-    error record; raises NothingToScanError when nothing at all is left.
-    """
-    files: list[str] = []
-    for path in paths:
-        if os.path.isdir(path):
-            for root, dirs, names in os.walk(path):
-                dirs.sort()
-                files.extend(os.path.join(root, n) for n in sorted(names) if n.lower().endswith(SCANNED_SUFFIXES))
-        else:
-            files.append(path)
-    if not files:
-        raise NothingToScanError(f"no .safetensors or checkpoint files found in {', '.join(paths) or 'the given paths'}")
-    return files
+    def checks(self) -> list[Check]:
+        """The static checks, in report order."""
+        return [MetadataCheck(redact=self.redact), WeightCheck(read_data=self.weights)]
 
 
-def scan_file(path: str, options: ScanOptions | None = None) -> FileResult:
+def scan_file(path: str, options: ScanOptions | None = None, identity: Check | None = None) -> FileResult:
     """Scan one file. Any problem with the file becomes an error record, never an exception."""
     options = options or ScanOptions()
     start = time.perf_counter()
     result = FileResult(path=path)
     try:
         result.size_bytes = os.path.getsize(path) if os.path.isfile(path) else None
-        _scan_into(path, options, result)
+        _scan_into(path, options, result, identity)
     except InvalidFileError as e:
         result.error = e.reason
         result.findings.append(make_finding("LA001", e.reason))
@@ -73,25 +63,45 @@ def scan_file(path: str, options: ScanOptions | None = None) -> FileResult:
 
 
 def scan_files(files: list[str], options: ScanOptions | None = None, jobs: int = 1,
-               identity: IdentityAuditor | None = None) -> Iterator[FileResult]:
+               identity: Check | None = None) -> Iterator[FileResult]:
     """Scan ``files``, yielding each result as it finishes (input order when ``jobs`` is 1).
 
-    With ``identity``, each readable LoRA is also attacked (in this process, after its static scan).
+    With ``identity``, each readable LoRA is also attacked (in this process, after its static checks).
     """
     options = options or ScanOptions()
-    for result in _static_results(files, options, jobs):
-        if identity is not None and result.error is None and result.stats is not None and result.stats.module_count:
+    if jobs <= 1 or len(files) < 2:
+        for path in files:
+            yield scan_file(path, options, identity)
+        return
+    for result in _parallel_static(files, options, jobs):
+        if identity is not None and _attackable(result):
             start = time.perf_counter()
-            result.findings.extend(options.policy.apply(identity.findings(result.path, result.stats.base_model)))
+            with LoraFile(result.path) as lora:
+                found = identity.run(Subject(result.path, lora, result.stats))
+            result.findings.extend(options.policy.apply(found))
             result.seconds += time.perf_counter() - start
         yield result
 
 
-def _static_results(files: list[str], options: ScanOptions, jobs: int) -> Iterator[FileResult]:
-    if jobs <= 1 or len(files) < 2:
-        for path in files:
-            yield scan_file(path, options)
-        return
+def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, jobs: int = 1,
+               identity: Check | None = None, on_result: Callable[[FileResult], None] | None = None) -> ScanResult:
+    """Scan ``files`` (from :func:`~lora_audit.scan.collect.collect_files`) and return the whole scan in
+    input order; ``on_result`` sees each file's result as soon as it is done (streaming, progress)."""
+    order = {path: i for i, path in enumerate(files)}
+    results = []
+    for file_result in scan_files(files, options, jobs, identity):
+        results.append(file_result)
+        if on_result is not None:
+            on_result(file_result)
+    results.sort(key=lambda r: order[r.path])
+    return ScanResult(results, fail_on=fail_on)
+
+
+def _attackable(result: FileResult) -> bool:
+    return result.error is None and result.stats is not None and bool(result.stats.module_count)
+
+
+def _parallel_static(files: list[str], options: ScanOptions, jobs: int) -> Iterator[FileResult]:
     size = max(1, min(64, len(files) // (jobs * 4)))
     chunks = [files[i : i + size] for i in range(0, len(files), size)]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
@@ -104,50 +114,18 @@ def _scan_chunk(paths: list[str], options: ScanOptions) -> list[FileResult]:
     return [scan_file(p, options) for p in paths]
 
 
-def _scan_into(path: str, options: ScanOptions, result: FileResult) -> None:
+def _scan_into(path: str, options: ScanOptions, result: FileResult, identity: Check | None) -> None:
     size = check_file(path)
     with open(path, "rb") as f:
         head = f.read(9)
     if looks_like_pickle(path, head, size):
-        result.findings.append(_pickle_finding(path))
-        result.error = "pickle checkpoint: not loaded (unsafe format); convert it to safetensors to audit it"
+        result.findings.append(pickle_finding(path))
+        result.error = NOT_LOADED
         return
     with LoraFile(path) as lora:
-        result.findings.extend(check_metadata(lora.metadata, redact=options.redact))
-        result.findings.extend(_weight_findings(lora, options.weights))
-        result.stats = weight_stats(lora, per_module=options.weights)
-
-
-def _pickle_finding(path: str) -> Finding:
-    imports, unsafe = pickle_imports(path)
-    evidence = {"format": "pickle (torch.save / zip archive)" if imports else "pickle extension"}
-    if unsafe:
-        evidence["imports outside torch/numpy"] = _listing(unsafe)
-    message = ("pickle checkpoint; unpickling it would import " + _listing(unsafe)
-               if unsafe else "pickle checkpoint; lora-audit never unpickles files")
-    return make_finding("LA002", message, evidence)
-
-
-def _weight_findings(lora: LoraFile, read_data: bool) -> list[Finding]:
-    findings = []
-    bad = lora.file.non_finite() if read_data else []
-    if bad:
-        findings.append(make_finding("LA201", f"{len(bad)} tensor(s) hold NaN or Inf values",
-                                     {"tensors": _listing(bad)}))
-    if lora.problems.orphaned:
-        findings.append(make_finding(
-            "LA202", f"{len(lora.problems.orphaned)} module(s) lack a partner tensor",
-            {name: "has only " + ", ".join(roles) for name, roles in list(lora.problems.orphaned.items())[:_MAX_LISTED]}))
-    if lora.problems.mismatched:
-        findings.append(make_finding(
-            "LA203", f"{len(lora.problems.mismatched)} module(s) have incompatible shapes",
-            dict(list(lora.problems.mismatched.items())[:_MAX_LISTED])))
-    if not lora.modules and not lora.problems.orphaned and not lora.problems.mismatched:
-        findings.append(make_finding("LA003", f"none of the {len(lora.tensors)} tensors belong to a known LoRA layout",
-                                     {"tensors": _listing(lora.problems.unrecognised)}))
-    return findings
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+        subject = Subject(path, lora)
+        for check in options.checks():
+            result.findings.extend(check.run(subject))
+        result.stats = subject.stats = weight_stats(lora, per_module=options.weights)
+        if identity is not None and _attackable(result):
+            result.findings.extend(identity.run(subject))

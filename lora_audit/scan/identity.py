@@ -1,11 +1,14 @@
-"""The identity finding of ``scan``: run the weight-to-image attack on a LoRA file and judge the result.
+"""The identity check of ``scan`` (LA301-LA306): run the weight-to-image attack on a LoRA and judge it.
 
 The measure is how consistently the K reconstructions show one identity: the mean pairwise cosine
 similarity of their face embeddings. It is compared with the same measure on K generic faces of the
 base model (the class prompt, K sampler seeds), whose distribution over several groups of seeds is
 the reference: a LoRA leaks when its reconstructions are more consistent than
 ``mean + 3 std`` of the generic groups. This says "the weights decode to one person", not whose
-face it is: that needs the owner's photos.
+face it is: that needs the owner's photos (``references``), scored against the impostor reference
+of the LoRA's family (LA304/LA305, with LA306 for photos left out).
+
+Every finding of this rule group is made in this module.
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lora_audit.errors import LoraAuditError
+from lora_audit.attack.resolve import AttackPlan, AttackSources
+from lora_audit.errors import InputError, LoraAuditError
+from lora_audit.families import get_family
+from lora_audit.identity.metrics import consistency
 from lora_audit.results import Finding
 from lora_audit.rules import make_finding
+from lora_audit.scan.check import Check, Subject
 
 log = logging.getLogger("lora_audit")
 
@@ -28,10 +35,10 @@ LEAK_SIGMAS = 3.0
 
 
 @dataclass
-class AttackOptions:
+class IdentityOptions:
     attack_model: str | None = None
     base: str | None = None
-    face_weights: str | None = None  # FaceNet checkpoint for real-world families
+    face_weights: str | None = None  # a face-embedder checkpoint for families that need one (FaceNet)
     references: str | None = None  # a folder of the owner's photos: adds the LA304/LA305 verdict
     out_dir: Path = Path("lora-audit-reconstructions")
     latents: int = 4
@@ -39,51 +46,14 @@ class AttackOptions:
     sampling_steps: int = 25
 
 
-def attack_inputs(family: str, attack_model: str | None, base: str | None) -> tuple[str | None, str | None, list[str]]:
-    """(attack model dir, base dir, missing inputs) for a LoRA of ``family``.
+@dataclass
+class LoadedAttack:
+    """Everything the attack on one family needs, loaded once per scan."""
 
-    ``--attack-model``/``--base`` serve the family the attack model was trained for; toy LoRAs
-    otherwise get the shipped toy attack and base (None, None). ``missing`` names the flags still needed.
-    """
-    if attack_model is not None and attack_family(attack_model) == family:
-        return attack_model, base, []
-    if family == "toy":
-        return None, None, []
-    other = f" (--attack-model {attack_model} is for {attack_family(attack_model)})" if attack_model else ""
-    missing = [f"{flag} ({what} for {family})" for flag, value, what in (
-        ("--base", base, "a local diffusers pipeline directory"),
-        ("--attack-model", None, "an attack model trained with `lora-audit train-attack`"))
-        if value is None]
-    return None, None, [m + other if m.startswith("--attack-model") else m for m in missing]
-
-
-def attack_family(attack_model: str) -> str | None:
-    """The base family an attack model directory was trained for (its attack.json), None if unreadable."""
-    import json
-
-    try:
-        return json.loads((Path(attack_model) / "attack.json").read_text()).get("family")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def check_inputs(options: AttackOptions) -> None:
-    """Fail early (a usage error) on an --attack-model or --base directory that cannot be what it claims."""
-    from lora_audit.errors import UsageError
-
-    if options.attack_model is not None and not (Path(options.attack_model) / "attack.json").is_file():
-        raise UsageError(f"--attack-model {options.attack_model} is not an attack model directory (no attack.json)")
-    if options.references is not None and not Path(options.references).is_dir():
-        raise UsageError(f"--references {options.references} is not a directory of the owner's photos")
-    if options.base is not None and not (Path(options.base) / "model_index.json").is_file():
-        raise UsageError(f"--base {options.base} is not a diffusers pipeline directory (no model_index.json)")
-
-
-def consistency(embeddings: np.ndarray) -> float:
-    """Mean pairwise cosine similarity of unit embeddings [K, D] (K >= 2), diagonal excluded."""
-    k = len(embeddings)
-    gram = embeddings @ embeddings.T  # [K, K]
-    return float((gram.sum() - np.trace(gram)) / (k * (k - 1)))
+    attack: object  # AttackModel
+    base: object  # DiffusionBase
+    embedder: object  # FaceEmbedder
+    generic: dict  # the generic faces' consistency: mean, std, values, k, sampling_steps
 
 
 def generic_consistency(base, embedder, prompt: str, k: int, groups: int = GENERIC_GROUPS,
@@ -96,118 +66,120 @@ def generic_consistency(base, embedder, prompt: str, k: int, groups: int = GENER
             "prompt": prompt, "sampling_steps": sampling_steps}
 
 
-class IdentityAuditor:
-    """Runs the attack on LoRA files of any family it has the inputs for; loads each model once."""
+class IdentityCheck(Check):
+    """Runs the attack on LoRAs of every family it has the inputs for; loads each family's models once."""
 
-    def __init__(self, options: AttackOptions):
+    rule_ids = ("LA301", "LA302", "LA303", "LA304", "LA305", "LA306")
+
+    def __init__(self, options: IdentityOptions):
+        if options.references is not None and not Path(options.references).is_dir():
+            raise InputError("references", options.references, "is not a directory of the owner's photos")
         self.options = options
-        self._models: dict[str, tuple] = {}
+        self.sources = AttackSources(options.attack_model, options.base)
+        self._loaded: dict[str, LoadedAttack] = {}
+        self._references: dict[str, tuple] = {}
 
-    def findings(self, path: str, family: str) -> list[Finding]:
-        """LA301/LA302 with the measure and the grid path, or LA303 saying why the attack did not run."""
-        attack_model, base, missing = attack_inputs(family, self.options.attack_model, self.options.base)
-        if missing:
-            return [make_finding("LA303", f"no weight-to-image attack for a {family} LoRA without "
-                                 + " and ".join(missing), {"missing": ", ".join(m.split(" ")[0] for m in missing)})]
+    def run(self, subject: Subject) -> list[Finding]:
+        """LA301/LA302 (+ LA304/LA305/LA306 with references), or LA303 saying why the attack did not run."""
+        family = subject.stats.base_model
         try:
-            return self._audit(path, family, attack_model, base)
+            plan = self.sources.plan(family)
+            if plan.missing:
+                return [_unavailable(plan)]
+            return self._audit(subject, plan)
         except LoraAuditError as e:
             return [make_finding("LA303", f"the weight-to-image attack could not run: {e}")]
         except Exception as e:  # a bug or out of memory must not cost the batch its report
-            log.debug("attack failed on %s", path, exc_info=True)
+            log.debug("attack failed on %s", subject.path, exc_info=True)
             return [make_finding("LA303", f"the weight-to-image attack failed: {type(e).__name__}: {e}")]
 
-    def _audit(self, path: str, family: str, attack_model: str | None, base_path: str | None) -> list[Finding]:
+    def _audit(self, subject: Subject, plan: AttackPlan) -> list[Finding]:
         from lora_audit.attack.reconstruct import reconstruct, save_reconstruction
-        from lora_audit.weights import open_lora
+        from lora_audit.identity.scoring import score_leak
 
         o = self.options
-        attack, base, embedder, generic = self._load(family, attack_model, base_path)
-        with open_lora(path) as lora_file:
-            result = reconstruct(attack, base, lora_file, latents=o.latents, seeds=o.seeds,
-                                 sampling_steps=o.sampling_steps)
-        name = f"{Path(path).stem}-{hashlib.sha1(path.encode()).hexdigest()[:6]}"
+        loaded = self._load(plan)
+        result = reconstruct(loaded.attack, loaded.base, subject.lora, latents=o.latents, seeds=o.seeds,
+                             sampling_steps=o.sampling_steps)
+        name = f"{Path(subject.path).stem}-{hashlib.sha1(subject.path.encode()).hexdigest()[:6]}"
         grid = save_reconstruction(result, o.out_dir, name)[-1]
-        value = consistency(embedder.embed(result.images))
-        threshold = generic["mean"] + LEAK_SIGMAS * generic["std"]
-        sigmas = (value - generic["mean"]) / max(generic["std"], 1e-6)
-        evidence = {"identity consistency": f"{value:.3f}",
-                    "generic faces": f"{generic['mean']:.3f} +/- {generic['std']:.3f} (threshold {threshold:.3f})",
-                    "fine-tuning step r": f"{result.step:.0f} ({result.step_source})",
-                    "reconstructions": f"{result.latents} z samples x {result.seeds} seeds",
-                    "grid": str(grid)}
-        findings = []
+        findings = [_consistency(consistency(loaded.embedder.embed(result.images)), loaded.generic, result, grid)]
         if o.references is not None:
-            from lora_audit.identity.scoring import describe_unused, leak_finding, score_leak
-
-            references, impostors, unused = self._references(family, base, embedder)
-            findings.append(leak_finding(score_leak(result.images, references, embedder, impostors)))
+            references, impostors, unused = self._owner(plan.family, loaded)
+            findings.append(verdict_finding(score_leak(result.images, references, loaded.embedder, impostors)))
             if unused:
-                findings.append(make_finding(
-                    "LA306", f"{len(unused)} of {len(unused) + len(references)} reference photos not used: "
-                    + describe_unused(unused), dict(unused)))
-        if value > threshold:
-            return [make_finding("LA301", f"the weights alone decode to one consistent identity: consistency "
-                                 f"{value:.3f} vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std above)",
-                                 evidence), *findings]
-        return [make_finding("LA302", f"reconstructions show no consistent identity: consistency {value:.3f} "
-                             f"vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std)", evidence), *findings]
+                findings.append(_unused_photos(unused, len(references)))
+        return findings
 
-    def _references(self, family: str, base, embedder) -> tuple:
-        """The owner's photos at the base's resolution, the impostor reference of ``family``'s embedder,
-        and the ``(name, reason)`` of each photo left out."""
-        key = ("references", family)
-        if key not in self._models:
-            from lora_audit.identity.scoring import reference_photos
-
-            photos, unused = reference_photos(self.options.references, base.image_size)
-            self._models[key] = (photos, _impostors(embedder, base.image_size), unused)
-        return self._models[key]
-
-    def _load(self, family: str, attack_model: str | None, base_path: str | None) -> tuple:
-        if family not in self._models:
+    def _load(self, plan: AttackPlan) -> LoadedAttack:
+        if plan.family not in self._loaded:
             from lora_audit.attack.reconstruct import load_attack
 
             o = self.options
-            attack, base = load_attack(family, attack_model, base_path)
-            embedder = _embedder(family, o.face_weights, base.device)
+            attack, base = load_attack(plan)
+            embedder = get_family(base.family).face_embedder(base.device, o.face_weights)
             k = o.latents * o.seeds
             generic = attack.config.evaluation.get("generic_consistency")
             if not generic or generic.get("k") != k or generic.get("sampling_steps") != o.sampling_steps:
                 generic = generic_consistency(base, embedder, attack.config.class_prompt, k,
                                               sampling_steps=o.sampling_steps)
-            self._models[family] = (attack, base, embedder, generic)
-        return self._models[family]
+            self._loaded[plan.family] = LoadedAttack(attack, base, embedder, generic)
+        return self._loaded[plan.family]
+
+    def _owner(self, family: str, loaded: LoadedAttack) -> tuple:
+        """The owner's photos at the base's resolution, the family's impostor reference for its
+        embedder, and the ``(name, reason)`` of each photo left out; once per family."""
+        if family not in self._references:
+            from lora_audit.identity.scoring import reference_photos
+
+            size = loaded.base.image_size
+            photos, unused = reference_photos(self.options.references, size)
+            impostors = get_family(family).impostor_reference(loaded.embedder, size)
+            self._references[family] = (photos, impostors, unused)
+        return self._references[family]
 
 
-def _impostors(embedder, size: int):
-    """The verdict's reference for ``embedder``: FaceNet's published threshold, or the toy world's
-    similarities between different people (distractor identities rendered at ``size``)."""
-    from lora_audit.identity.facenet import FaceNetEmbedder
-    from lora_audit.toyworld.embedder import ToyFaceEmbedder
-    from lora_audit.identity.scoring import ImpostorReference, impostor_reference_from_embeddings
-
-    if isinstance(embedder, FaceNetEmbedder):
-        threshold, source = embedder.verification_threshold()
-        return ImpostorReference(source=source, threshold=threshold)
-    if not isinstance(embedder, ToyFaceEmbedder):
-        raise TypeError(f"no impostor reference for a {type(embedder).__name__}")
-    from lora_audit.toyworld.lab.attack_eval import DISTRACTORS
-    from lora_audit.toyworld.lab.victims import REFERENCE_INDICES, reference_views
-
-    views = len(REFERENCE_INDICES)
-    labels = np.repeat(np.arange(len(DISTRACTORS)), views)
-    return impostor_reference_from_embeddings(
-        embedder.embed(reference_views(DISTRACTORS, size)), labels,
-        f"toy world: {len(DISTRACTORS)} identities x {views} views")
+def _unavailable(plan: AttackPlan) -> Finding:
+    """LA303 naming the inputs the attack on ``plan.family`` still needs."""
+    needed = " and ".join(f"{m.flag} ({m.what})" for m in plan.missing)
+    return make_finding("LA303", f"no weight-to-image attack for a {plan.family} LoRA without {needed}",
+                        {"missing": ", ".join(m.flag for m in plan.missing)})
 
 
-def _embedder(family: str, face_weights: str | None, device):
-    if family == "toy":
-        from lora_audit.toyworld.embedder import ToyFaceEmbedder
-        from lora_audit.toyworld.assets import toy_embedder_path
+def _consistency(value: float, generic: dict, result, grid: Path) -> Finding:
+    """LA301 when the reconstructions are more consistent than generic faces allow, else LA302."""
+    threshold = generic["mean"] + LEAK_SIGMAS * generic["std"]
+    sigmas = (value - generic["mean"]) / max(generic["std"], 1e-6)
+    evidence = {"identity consistency": f"{value:.3f}",
+                "generic faces": f"{generic['mean']:.3f} +/- {generic['std']:.3f} (threshold {threshold:.3f})",
+                "fine-tuning step r": f"{result.step:.0f} ({result.step_source})",
+                "reconstructions": f"{result.latents} z samples x {result.seeds} seeds",
+                "grid": str(grid)}
+    if value > threshold:
+        return make_finding("LA301", f"the weights alone decode to one consistent identity: consistency "
+                            f"{value:.3f} vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std above)",
+                            evidence)
+    return make_finding("LA302", f"reconstructions show no consistent identity: consistency {value:.3f} "
+                        f"vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std)", evidence)
 
-        return ToyFaceEmbedder.load(toy_embedder_path(), device=device)
-    from lora_audit.identity.facenet import FaceNetEmbedder
 
-    return FaceNetEmbedder.load(face_weights, device=device)
+def verdict_finding(score) -> Finding:
+    """LA304 when the reconstructions match the owner's photos, else LA305, with the score as evidence."""
+    if score.leaks:
+        rule_id, says = "LA304", "match"
+        relation = ">="
+    else:
+        rule_id, says = "LA305", "do not match"
+        relation = "<"
+    message = (f"the reconstructions {says} the owner's photos: similarity {score.similarity:.3f} "
+               f"(paper score {score.paper_score:.3f}) {relation} threshold {score.threshold:.3f}, "
+               f"impostor FAR {score.far_text()}")
+    return make_finding(rule_id, message, score.to_evidence())
+
+
+def _unused_photos(unused: list[tuple[str, str]], used: int) -> Finding:
+    """LA306 listing the owner's photos that could not be used, with the reason for each."""
+    from lora_audit.identity.scoring import describe_unused
+
+    return make_finding("LA306", f"{len(unused)} of {len(unused) + used} reference photos not used: "
+                        + describe_unused(unused), dict(unused))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import struct
 import zlib
@@ -40,6 +39,8 @@ from typing import Any
 
 from lora_audit.results import Finding
 from lora_audit.rules import make_finding
+from lora_audit.scan.check import Check, Subject
+from lora_audit.weights.json_text import parse_json
 
 TAG_FREQUENCY_KEYS = ("ss_tag_frequency",)
 DATASET_KEYS = ("ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_datasets")
@@ -104,6 +105,18 @@ def check_metadata(metadata: dict[str, str], *, redact: bool = False, max_value_
         evidence = {hit.label or hit.key: _show(hit.value, redact, max_value_chars) for hit in hits}
         findings.append(make_finding(rule_id, message, evidence))
     return findings
+
+
+class MetadataCheck(Check):
+    """The metadata privacy rules LA101-LA107 as a scan check."""
+
+    rule_ids = tuple(f"LA10{i}" for i in range(1, 8))
+
+    def __init__(self, redact: bool = False):
+        self.redact = redact
+
+    def run(self, subject: Subject) -> list[Finding]:
+        return check_metadata(subject.lora.metadata, redact=self.redact)
 
 
 def sensitive_keys(metadata: dict[str, str]) -> set[str]:
@@ -317,17 +330,6 @@ def _show(value: str, redact: bool, max_chars: int) -> str:
     text = " ".join(value.split())
     limit = max(1, max_chars)
     return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def parse_json(value: str) -> Any:
-    """The parsed JSON of a value (unwrapping one level of double encoding), or None."""
-    try:
-        parsed = json.loads(value)
-        if isinstance(parsed, str) and parsed.strip()[:1] in ("{", "["):
-            parsed = json.loads(parsed)
-        return parsed
-    except (ValueError, TypeError, RecursionError):
-        return None
 
 
 def _leaves(obj: Any) -> Iterator[tuple[str, str]]:

@@ -1,6 +1,7 @@
 """The toy world's face embedder: a small CNN that plays FaceNet's role on rendered faces.
 
-Trained by :mod:`lora_audit.toyworld.lab.train_embedder`; saved as ``config.json`` + ``model.safetensors``.
+Trained by :mod:`lora_audit.toyworld.lab.train_embedder`; saved as ``config.json`` (the net's shape and
+a ``format_version``) + ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lora_audit.versioned import read_versioned, versioned
 from lora_audit.identity.embedder import FaceEmbedder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1  # of config.json; files without one were written before versioning: 1
 
 
 @dataclass
@@ -74,7 +77,8 @@ class ToyFaceEmbedder(FaceEmbedder):
         """Write ``config.json`` and ``model.safetensors`` into ``directory``; returns the directory."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps(asdict(self.model.config), indent=2) + "\n")
+        config = versioned(asdict(self.model.config), FORMAT_VERSION)
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt", "model": "ToyFaceNet"})
         return directory
@@ -86,7 +90,7 @@ class ToyFaceEmbedder(FaceEmbedder):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} not found: not a saved toy face embedder")
-        config = json.loads((directory / CONFIG_NAME).read_text())
+        config = read_versioned(directory / CONFIG_NAME, "toy-embedder", FORMAT_VERSION)
         model = ToyFaceNet(ToyNetConfig(**{**config, "channels": tuple(config["channels"])}))
         model.load_state_dict(load_file(directory / WEIGHTS_NAME))
         return cls(model, device)

@@ -29,3 +29,7 @@ def split_of(identity_id: int) -> str:
         if identity_id in ids:
             return name
     raise ValueError(f"identity id {identity_id} is in no split (splits cover 0 - {PRIVATE.stop - 1})")
+
+
+DISTRACTORS = [PRIVATE.start + 100 + i for i in range(19)]  # identities no LoRA in the toy world uses
+SHADOW_START = SHADOW.start + 1000  # shadow fine-tunes start here, clear of the SHADOW ids the build judges models on

@@ -6,11 +6,13 @@ Same parts and interfaces as SD, smaller: a CLIP tokenizer and ``CLIPTextModel``
 in [-1, 1] (no VAE); a DPM-Solver++ sampler with classifier-free guidance against the empty prompt.
 ``prompt_embeds`` may replace the text encoder's output, exactly as in SD pipelines: the
 weight-to-image attack decodes its latent z that way. The pipeline saves and loads like any diffusers
-pipeline (``model_index.json`` and one folder of config + safetensors per component).
+pipeline (``model_index.json`` and one folder of config + safetensors per component), plus the one
+file lora-audit writes itself: ``toy_pipeline.json``, the ``format_version`` of that layout.
 """
 
 from __future__ import annotations
 
+import json
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,11 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from lora_audit.versioned import read_versioned, versioned
 from lora_audit.toyworld.tokenizer import MODEL_MAX_LENGTH, build_tokenizer
+
+FORMAT_FILE = "toy_pipeline.json"
+FORMAT_VERSION = 1  # a pipeline directory without FORMAT_FILE was written before versioning: 1
 
 
 @dataclass
@@ -73,6 +79,19 @@ class ToyFacePipeline(DiffusionPipeline):
                  scheduler: DPMSolverMultistepScheduler):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """diffusers' ``save_pretrained``, then ``toy_pipeline.json`` with the format version."""
+        super().save_pretrained(save_directory, **kwargs)
+        (Path(save_directory) / FORMAT_FILE).write_text(json.dumps(versioned({}, FORMAT_VERSION), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "ToyFacePipeline":
+        """diffusers' ``from_pretrained`` of a local directory, after checking its format version."""
+        path = Path(pretrained_model_name_or_path) / FORMAT_FILE
+        if path.is_file():
+            read_versioned(path, "toy-pipeline", FORMAT_VERSION)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def training_scheduler(self) -> DDPMScheduler:
         """The forward (noising) process of training: DDPM with the sampler's noise schedule."""

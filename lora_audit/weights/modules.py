@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from lora_audit.scan.metadata import parse_json
+from lora_audit.weights.json_text import parse_json
 from lora_audit.weights.keys import parse_key
 from lora_audit.weights.safetensors_file import FLOAT_DTYPES, TensorInfo
 

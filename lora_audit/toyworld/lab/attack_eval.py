@@ -5,7 +5,7 @@ from its file alone; its K reconstructions are ranked by the toy face embedder a
 identity and 19 distractor identities nobody trained on (chance rank-1: 5%). The base model's
 generic faces (class prompt, same K) ranked the same way are the chance level.
 
-The floor the VAE has to beat (DESIGN.md §2) is a linear probe: ridge regression from a LoRA's
+The floor the VAE has to beat is a linear probe: ridge regression (in kernel form) from a LoRA's
 flattened dW to the identity's attribute vector, fitted on the same training shadows, identifying
 the identity whose attributes are closest (cosine of standardised attribute vectors).
 """
@@ -16,18 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from lora_audit.scan.identity import consistency
+from lora_audit.identity.metrics import consistency
 from lora_audit.attack.model import AttackModel
 from lora_audit.attack.shadow import Trajectory
 from lora_audit.attack.reconstruct import reconstruct
 from lora_audit.identity.embedder import FaceEmbedder
+from lora_audit.identity.metrics import ranking, ranking_summary
 from lora_audit.diffusion.base import DiffusionBase
-from lora_audit.toyworld.identities import PRIVATE
+from lora_audit.toyworld.identities import DISTRACTORS
 from lora_audit.toyworld.renderer import attributes, identity
 from lora_audit.toyworld.lab.victims import identity_ranking
 from lora_audit.weights import open_lora
 
-DISTRACTORS = [PRIVATE.start + 100 + i for i in range(19)]  # identities no LoRA in the toy world uses
 
 
 def evaluate_attack(attack: AttackModel, base: DiffusionBase, embedder: FaceEmbedder,
@@ -48,8 +48,8 @@ def evaluate_attack(attack: AttackModel, base: DiffusionBase, embedder: FaceEmbe
             "base_generic": identity_ranking(embedder, generic, identity_id, candidates, image_size),
             "consistency": consistency(embedder.embed(result.images))}
     return {"cases": rows, "candidates": 1 + len(distractors), "k": k,
-            "attack": _summary([r["attack"] for r in rows.values()]),
-            "base_generic": _summary([r["base_generic"] for r in rows.values()])}
+            "attack": ranking_summary([r["attack"] for r in rows.values()]),
+            "base_generic": ranking_summary([r["base_generic"] for r in rows.values()])}
 
 
 def ridge_probe(train: list[Trajectory], cases: list[tuple[int, Path]], distractors: list[int] = DISTRACTORS,
@@ -72,8 +72,8 @@ def ridge_probe(train: list[Trajectory], cases: list[tuple[int, Path]], distract
         candidates = [identity_id, *distractors]
         truth = (np.stack([attributes(identity(c)) for c in candidates]) - y_mean) / y_std  # [C, A]
         scores = truth @ predicted / (np.linalg.norm(truth, axis=1) * np.linalg.norm(predicted) + 1e-12)
-        rankings.append({"similarity": float(scores[0]), "rank": int((scores > scores[0]).sum()) + 1})
-    return {"ridge": best, **_summary(rankings)}
+        rankings.append(ranking(scores, 0))
+    return {"ridge": best, **ranking_summary(rankings)}
 
 
 def _flat(deltas: dict, names: list[str]) -> np.ndarray:
@@ -85,9 +85,3 @@ def _loo_error(gram: np.ndarray, y: np.ndarray, ridge: float) -> float:
     hat = gram @ np.linalg.inv(gram + ridge * np.eye(len(gram)))  # [N, N]
     residual = (y - hat @ y) / (1 - np.diag(hat))[:, None]
     return float((residual ** 2).mean())
-
-
-def _summary(rankings: list[dict]) -> dict:
-    return {"mean_similarity": round(float(np.mean([r["similarity"] for r in rankings])), 4),
-            "rank1": round(float(np.mean([r["rank"] == 1 for r in rankings])), 3),
-            "mean_rank": round(float(np.mean([r["rank"] for r in rankings])), 2), "n": len(rankings)}

@@ -8,7 +8,10 @@ Stages, each writing into ``<out>/<stage>/`` and finished when its ``metrics.jso
   victims   fine-tune the sample victim LoRAs and check their utility
   shadows   fine-tune the attacker's shadow LoRAs and store their trajectories
   attack    train the weight-to-image VAE on them and score it on held-out identities
-  install   copy the small final artefacts into the package data, ``weights_samples/`` and ``docs/``
+  install   copy the small final artefacts into ``<out>/installed/{data,weights_samples,docs}``, or,
+            with ``install_root``, into that source checkout's package data, ``weights_samples/`` and ``docs/``
+
+A build writes nothing outside ``<out>`` and the install root it was given.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
+from string import Template
 from typing import Callable
 
 import numpy as np
 
 from lora_audit.attack.shadow import ShadowConfig
 from lora_audit.attack.train_config import TrainConfig
+from lora_audit.identity.metrics import ranking_summary
 from lora_audit.toyworld.identities import SHADOW
 from lora_audit.toyworld.pipeline import ToyBaseConfig
 from lora_audit.toyworld.lab.train_embedder import EmbedderConfig
@@ -51,40 +57,60 @@ class BuildConfig:
     sampling_steps: int = 25  # DPM-Solver steps for every sample the build draws
     grid_identities: int = 6
     grid_seeds: int = 4
-    package_data: Path = Path(__file__).parent / "data"
-    samples_dir: Path = Path("weights_samples")
-    docs_dir: Path = Path("docs")
+    install_root: Path | None = None  # a lora-audit source checkout to install into; None: <out>/installed
+
+    @property
+    def package_data(self) -> Path:
+        """Where the toy models go: the checkout's ``lora_audit/toyworld/data`` or ``<out>/installed/data``."""
+        if self.install_root is None:
+            return self.out / "installed" / "data"
+        return self.install_root / "lora_audit" / "toyworld" / "data"
+
+    @property
+    def samples_dir(self) -> Path:
+        return (self.install_root or self.out / "installed") / "weights_samples"
+
+    @property
+    def docs_dir(self) -> Path:
+        return (self.install_root or self.out / "installed") / "docs"
 
     @classmethod
-    def tiny(cls, out: Path, install_root: Path) -> "BuildConfig":
-        """Seconds on a CPU, everything installed under ``install_root`` (for tests)."""
+    def tiny(cls, out: Path, install_root: Path | None = None) -> "BuildConfig":
+        """Seconds on a CPU (for tests); installed as :attr:`install_root` says."""
         return cls(out=out, embedder=EmbedderConfig.tiny(), base=ToyBaseConfig.tiny(), victims=VictimConfig.tiny(),
                    shadows=ShadowConfig(identities=3, photos=2, image_size=16, snapshot_steps=(2, 3),
                                         finetune=VictimConfig.tiny().finetune),
                    attack=TrainConfig.tiny(), attack_latents=2, attack_seeds=1,
                    embedder_eval_identities=6, embedder_eval_images=3, base_judge_identities=3,
-                   base_judge_samples=1, sampling_steps=3, grid_identities=2, grid_seeds=1,
-                   package_data=install_root / "data",
-                   samples_dir=install_root / "weights_samples", docs_dir=install_root / "docs")
+                   base_judge_samples=1, sampling_steps=3, grid_identities=2, grid_seeds=1, install_root=install_root)
 
 
 def build(config: BuildConfig, stages: tuple[str, ...] = STAGES, progress: Progress | None = None) -> dict:
-    """Run the requested stages in order, skipping finished ones; returns every stage's metrics."""
+    """Run the requested stages in order, skipping finished ones (install: into the same target); returns every
+    stage's metrics."""
+    from lora_audit.errors import InputError, UsageError
+
     unknown = set(stages) - set(STAGES)
     if unknown:
-        from lora_audit.errors import UsageError
-
         raise UsageError(f"unknown stage(s) {', '.join(sorted(unknown))}; expected {', '.join(STAGES)}")
+    root = config.install_root
+    if root is not None and not (root / "lora_audit" / "toyworld").is_dir():
+        raise InputError("install", root, "is not a lora-audit source checkout (no lora_audit/toyworld)")
     runners = {"embedder": _embedder, "base": _base, "victims": _victims, "shadows": _shadows, "attack": _attack,
                "install": _install}
     metrics = {}
+    installed_into = str(root.resolve()) if root is not None else None  # install again for another target
     for stage in STAGES:
         marker = config.out / stage / "metrics.json"
-        if stage in stages and not marker.is_file():
+        finished = marker.is_file() and (
+            stage != "install" or json.loads(marker.read_text()).get("installed_into") == installed_into)
+        if stage in stages and not finished:
             start = time.perf_counter()
             report = (lambda step, total, m, s=stage: progress(s, step, total, m)) if progress else None
             result = runners[stage](config, report)
             result["seconds"] = round(time.perf_counter() - start, 1)
+            if stage == "install":
+                result["installed_into"] = installed_into
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps(result, indent=2, default=str))
         if marker.is_file():
@@ -107,7 +133,7 @@ def _embedder(config: BuildConfig, progress) -> dict:
 
 def _base(config: BuildConfig, progress) -> dict:
     from lora_audit.toyworld.embedder import ToyFaceEmbedder
-    from lora_audit.diffusion.base import load_base
+    from lora_audit.families import load_base
     from lora_audit.toyworld.renderer import caption, identity, render_batch
     from lora_audit.toyworld.lab.train_base import train_base_model
     from lora_audit.toyworld.lab.victims import identity_ranking
@@ -125,13 +151,14 @@ def _base(config: BuildConfig, progress) -> dict:
         real.append(identity_ranking(embedder, render_batch([i] * k, list(range(k)), seed=0, size=size), i, ids, size))
     return {"config": asdict(config.base), "training": training,
             "judged_on": f"{len(ids)} unseen SHADOW identities, {k} samples each from their caption",
-            "caption_samples": _summary(samples), "real_renders": _summary(real), "chance_rank1": 1 / len(ids)}
+            "caption_samples": ranking_summary(samples), "real_renders": ranking_summary(real),
+            "chance_rank1": 1 / len(ids)}
 
 
 def _victims(config: BuildConfig, progress) -> dict:
     from lora_audit.toyworld.embedder import ToyFaceEmbedder
     from lora_audit.diffusion.finetune import generate_class_images
-    from lora_audit.diffusion.base import load_base
+    from lora_audit.families import load_base
     from lora_audit.toyworld.lab.victims import make_victim, utility_check
 
     base = load_base(str(config.out / "base"))
@@ -150,8 +177,8 @@ def _victims(config: BuildConfig, progress) -> dict:
             progress(n + 1, len(config.victims.victims), {"victim": spec.name})
     checks = list(results.values())
     return {"config": asdict(config.victims), "victims": results,
-            "lora_with_trigger": _summary([c["lora_with_trigger"] for c in checks]),
-            "base_class_prompt": _summary([c["base_class_prompt"] for c in checks])}
+            "lora_with_trigger": ranking_summary([c["lora_with_trigger"] for c in checks]),
+            "base_class_prompt": ranking_summary([c["base_class_prompt"] for c in checks])}
 
 
 def _shadows(config: BuildConfig, progress) -> dict:
@@ -170,9 +197,9 @@ def _attack(config: BuildConfig, progress) -> dict:
     from lora_audit.attack.shadow import load_trajectories
     from lora_audit.attack.train import split, train_attack
     from lora_audit.toyworld.embedder import ToyFaceEmbedder
-    from lora_audit.diffusion.base import load_base
+    from lora_audit.families import load_base
     from lora_audit.toyworld.lab.attack_eval import evaluate_attack, ridge_probe
-    from lora_audit.toyworld.lab.victims import TOY_METADATA
+    from lora_audit.toyworld.family import TOY_METADATA
     from lora_audit.weights.writer import save_lora
 
     out = config.out / "attack"
@@ -202,7 +229,7 @@ def _attack(config: BuildConfig, progress) -> dict:
 
 
 def _install(config: BuildConfig, progress) -> dict:
-    from lora_audit.diffusion.base import load_base
+    from lora_audit.families import load_base
     from lora_audit.testing.synthetic import write_static_samples
     from lora_audit.toyworld.identities import PUBLIC
     from lora_audit.toyworld.pipeline import sample_grid
@@ -249,7 +276,7 @@ def _attack_grid(config: BuildConfig, path: Path) -> None:
     from lora_audit.attack.model import AttackModel
     from lora_audit.attack.reconstruct import reconstruct
     from lora_audit.images import load_image_folder
-    from lora_audit.diffusion.base import load_base
+    from lora_audit.families import load_base
     from lora_audit.weights import open_lora
 
     attack, base = AttackModel.load(config.out / "attack"), load_base(str(config.out / "base"))
@@ -280,111 +307,59 @@ def samples_readme(metrics: dict, sizes: dict) -> str:
         f"| {c['base_generic']['similarity']:.3f} | {c['base_generic']['rank']} | {c['consistency']:.3f} |"
         for name, c in victims_eval["cases"].items())
     tc = training["config"]
-    rows = "\n".join(
+    victim_rows = "\n".join(
         f"| `{name}.safetensors` | {v['layout']} | {v['identity']} | {'yes' if v['leaky_metadata'] else 'no'} "
         f"| `a face of {v['trigger']}` | {v['lora_with_trigger']['similarity']:.3f} "
         f"| {v['lora_with_trigger']['rank']} | {v['base_class_prompt']['similarity']:.3f} | {v['finetune_seconds']} s |"
         for name, v in vic["victims"].items())
     clean, degraded = emb["evaluation"]["clean"], emb["evaluation"]["degraded"]
     ft = vic["config"]["finetune"]
-    return f"""# weights_samples
-
-Everything here is rebuilt by one command of the product, from fixed seeds:
-
-```bash
-lora-audit toy build --jobs 2   # stages: embedder, base, victims, shadows, attack, install (resumable; outputs in build/toy)
-```
-
-The renderer draws with Pillow {PIL.__version__}; another Pillow version may change pixels slightly.
-
-## Synthetic real-world layouts (no model behind them)
-
-| file | what |
-|---|---|
-| `sd15_kohya_leaky.safetensors` | kohya SD1.5, 48 attention modules, rank 4, F16, leaky kohya metadata (captions, folders, trigger, a cover image whose PNG text names the subject) |
-| `sd15_peft_clean.safetensors` | diffusers/PEFT SD1.5, 32 modules, only the metadata diffusers writes |
-| `sdxl_kohya.safetensors` | kohya SDXL (SGM block names), 16 modules, rank 8, BF16, an absolute base-model path |
-
-Made by `lora_audit.testing.synthetic.write_static_samples` (seeds 1, 2, 3).
-
-## Toy-world victims
-
-DreamBooth-LoRA on the toy base: {vic['config']['photos']} private photos of one PRIVATE identity
-(`<name>_photos/`), instance prompt `a face of <random rare word>`, prior preservation with
-{ft['num_class_images']} class images, rank {ft['rank']}, {ft['steps']} steps, lr {ft['lr']}, UNet targets
-{', '.join(ft['target_modules'])}{', plus a text-encoder LoRA on ' + ', '.join(ft['text_encoder_targets']) if ft['text_encoder_lora'] else ''},
-seed = {ft['seed']} + identity id.
-
-Utility check: {vic['config']['samples_per_check']} images of the LoRA prompted with its trigger, scored
-with the toy face embedder against reference views of {vic['victims'][next(iter(vic['victims']))]['candidates']}
-PRIVATE identities (cosine similarity to the identity's mean embedding; rank 1 = identified); the
-base model prompted with the class prompt is the chance level.
-
-| file | layout | identity | leaky metadata | trigger | similarity with trigger | rank | base similarity | fine-tune time |
-|---|---|---|---|---|---|---|---|---|
-{rows}
-
-Mean: LoRA with trigger similarity {vic['lora_with_trigger']['mean_similarity']}, rank-1
-{vic['lora_with_trigger']['rank1']:.0%}; base with class prompt {vic['base_class_prompt']['mean_similarity']},
-rank-1 {vic['base_class_prompt']['rank1']:.0%}.
-
-## The models behind them (shipped in `lora_audit/toyworld/data/`)
-
-- Face embedder: {emb['training']['params']:,} parameters, CosFace on {emb['training']['identities']:,} identities
-  x {emb['config']['images_per_identity']} images, {emb['training']['steps']} steps ({emb['training']['train_seconds']} s of training).
-  On {emb['evaluation']['identities']} held-out SHADOW identities: ROC AUC {clean['auc']:.5f}, TAR@FAR=1e-3
-  {clean['tar_at_far_1e-3']:.4f}, rank-1 among 100 {clean['rank1']:.4f}; on diffusion-like degraded images
-  (blur + noise) AUC {degraded['auc']:.5f}, TAR {degraded['tar_at_far_1e-3']:.4f}, rank-1 {degraded['rank1']:.4f}.
-- Base pipeline: UNet2DConditionModel {base['training'].get('unet_parameters', 0):,} parameters + CLIP text
-  encoder {base['training'].get('text_encoder_parameters', 0):,}, {base['config']['identities']:,} public identities
-  x {base['config']['images_per_identity']} images, {base['config']['steps']} steps at batch {base['config']['batch_size']}
-  ({base['training'].get('train_seconds', 0):.0f} s of training). Judged by the embedder on {base['judged_on']}:
-  caption samples rank-1 {base['caption_samples']['rank1']:.0%} (similarity {base['caption_samples']['mean_similarity']}),
-  real renders rank-1 {base['real_renders']['rank1']:.0%}, chance {base['chance_rank1']:.0%}.
-
-- Attack model (`attack/`, the weight-to-image VAE of DESIGN.md §2): trained on the trajectories of
-  {shadows['identities']} SHADOW identities fine-tuned with the victims' recipe ({shadows['config']['photos']} photos each,
-  snapshots at steps {', '.join(str(x) for x in shadows['config']['snapshot_steps'])}; {shadows['finetune_seconds_total']:.0f} s of
-  fine-tuning in all), of which {training['held_out_identities']} were held out. {tc['steps']} steps of
-  {tc['shadows_per_step']} shadows x {tc['images_per_shadow']} images, beta {tc['beta']}, sketch k = {tc['sketch_k']}
-  ({training['seconds']:.0f} s of training; curves in `docs/img/attack_curves.png`).
-
-## What the attack recovers (figures on identities it never saw)
-
-Each LoRA file is attacked from its weights alone: {held['k']} reconstructions
-({shadows['config']['snapshot_steps'][-1]}-step LoRAs; r from metadata or estimated), ranked by the toy face embedder
-against the true identity and {held['candidates'] - 1} distractors (chance rank-1 {1 / held['candidates']:.0%}). The base model's
-generic faces (class prompt, same count) are the chance level.
-
-| held-out LoRAs | attack rank-1 | attack similarity | generic rank-1 | generic similarity |
-|---|---|---|---|---|
-| {held['attack']['n']} held-out shadow identities | {held['attack']['rank1']:.0%} | {held['attack']['mean_similarity']:.3f} | {held['base_generic']['rank1']:.0%} | {held['base_generic']['mean_similarity']:.3f} |
-| {victims_eval['attack']['n']} sample victims | {victims_eval['attack']['rank1']:.0%} | {victims_eval['attack']['mean_similarity']:.3f} | {victims_eval['base_generic']['rank1']:.0%} | {victims_eval['base_generic']['mean_similarity']:.3f} |
-
-The linear-probe floor of DESIGN.md §2 (kernel ridge from the flattened final dW of the same
-training shadows to the identity's attribute vector; nearest attributes among the same candidates):
-rank-1 {probe['held_out_shadows']['rank1']:.0%} on the held-out shadows, {probe['victims']['rank1']:.0%} on the victims.
-
-| victim | step r used | attack similarity | rank | generic similarity | rank | identity consistency |
-|---|---|---|---|---|---|---|
-{attack_rows}
-
-Identity consistency (mean pairwise similarity of the reconstructions) of generic faces:
-{generic['mean']:.3f} +/- {generic['std']:.3f}; `scan` reports LA301 above mean + 3 std. Step estimate on
-held-out trajectories: median relative error {training['step_estimate'].get('median_relative_error', float('nan'))}.
-Reconstructions of the sample victims: `docs/img/attack_reconstructions.png`.
-
-Stage times: embedder {emb['seconds']} s, base {base['seconds']} s, victims {vic['seconds']} s, shadows
-{shadows['finetune_seconds_total']:.0f} s of fine-tuning (shared by `--jobs` processes), attack {attack['seconds']} s
-(training and figures) on a 2-core CPU.
-"""
-
-
-def _summary(rankings: list[dict]) -> dict:
-    n = len(rankings)
-    return {"mean_similarity": round(sum(r["similarity"] for r in rankings) / n, 4),
-            "mean_best_impostor": round(sum(r["best_impostor"] for r in rankings) / n, 4),
-            "rank1": round(sum(r["rank"] == 1 for r in rankings) / n, 3), "n": n}
+    text_encoder = ", plus a text-encoder LoRA on " + ", ".join(ft["text_encoder_targets"]) if ft["text_encoder_lora"] else ""
+    values = dict(
+        pillow=PIL.__version__, photos=vic["config"]["photos"], class_images=ft["num_class_images"], rank=ft["rank"],
+        finetune_steps=ft["steps"], lr=ft["lr"], targets=", ".join(ft["target_modules"]), text_encoder_lora=text_encoder,
+        seed=ft["seed"], samples_per_check=vic["config"]["samples_per_check"],
+        candidates=next(iter(vic["victims"].values()))["candidates"], victim_rows=victim_rows,
+        trigger_similarity=vic["lora_with_trigger"]["mean_similarity"],
+        trigger_rank1=f"{vic['lora_with_trigger']['rank1']:.0%}",
+        class_similarity=vic["base_class_prompt"]["mean_similarity"],
+        class_rank1=f"{vic['base_class_prompt']['rank1']:.0%}",
+        embedder_params=f"{emb['training']['params']:,}", embedder_identities=f"{emb['training']['identities']:,}",
+        embedder_images=emb["config"]["images_per_identity"], embedder_steps=emb["training"]["steps"],
+        embedder_train_seconds=emb["training"]["train_seconds"], embedder_eval_identities=emb["evaluation"]["identities"],
+        clean_auc=f"{clean['auc']:.5f}", clean_tar=f"{clean['tar_at_far_1e-3']:.4f}", clean_rank1=f"{clean['rank1']:.4f}",
+        degraded_auc=f"{degraded['auc']:.5f}", degraded_tar=f"{degraded['tar_at_far_1e-3']:.4f}",
+        degraded_rank1=f"{degraded['rank1']:.4f}",
+        unet_params=f"{base['training'].get('unet_parameters', 0):,}",
+        text_encoder_params=f"{base['training'].get('text_encoder_parameters', 0):,}",
+        base_identities=f"{base['config']['identities']:,}", base_images=base["config"]["images_per_identity"],
+        base_steps=base["config"]["steps"], base_batch=base["config"]["batch_size"],
+        base_train_seconds=f"{base['training'].get('train_seconds', 0):.0f}", judged_on=base["judged_on"],
+        caption_rank1=f"{base['caption_samples']['rank1']:.0%}",
+        caption_similarity=base["caption_samples"]["mean_similarity"],
+        real_rank1=f"{base['real_renders']['rank1']:.0%}", chance_rank1=f"{base['chance_rank1']:.0%}",
+        shadow_identities=shadows["identities"], shadow_photos=shadows["config"]["photos"],
+        snapshot_steps=", ".join(str(x) for x in shadows["config"]["snapshot_steps"]),
+        shadow_seconds=f"{shadows['finetune_seconds_total']:.0f}", held_out_identities=training["held_out_identities"],
+        attack_steps=tc["steps"], shadows_per_step=tc["shadows_per_step"], images_per_shadow=tc["images_per_shadow"],
+        beta=tc["beta"], sketch_k=tc["sketch_k"], attack_train_seconds=f"{training['seconds']:.0f}",
+        k=held["k"], final_step=shadows["config"]["snapshot_steps"][-1], distractors=held["candidates"] - 1,
+        chance=f"{1 / held['candidates']:.0%}",
+        held_n=held["attack"]["n"], held_rank1=f"{held['attack']['rank1']:.0%}",
+        held_similarity=f"{held['attack']['mean_similarity']:.3f}",
+        held_generic_rank1=f"{held['base_generic']['rank1']:.0%}",
+        held_generic_similarity=f"{held['base_generic']['mean_similarity']:.3f}",
+        victims_n=victims_eval["attack"]["n"], victims_rank1=f"{victims_eval['attack']['rank1']:.0%}",
+        victims_similarity=f"{victims_eval['attack']['mean_similarity']:.3f}",
+        victims_generic_rank1=f"{victims_eval['base_generic']['rank1']:.0%}",
+        victims_generic_similarity=f"{victims_eval['base_generic']['mean_similarity']:.3f}",
+        probe_held_rank1=f"{probe['held_out_shadows']['rank1']:.0%}",
+        probe_victims_rank1=f"{probe['victims']['rank1']:.0%}", attack_rows=attack_rows,
+        generic_mean=f"{generic['mean']:.3f}", generic_std=f"{generic['std']:.3f}",
+        step_error=training["step_estimate"].get("median_relative_error", float("nan")),
+        embedder_seconds=emb["seconds"], base_seconds=base["seconds"], victims_seconds=vic["seconds"],
+        attack_seconds=attack["seconds"])
+    return Template((files(__package__) / "templates" / "samples_readme.md").read_text()).substitute(values)
 
 
 def _size(path: Path) -> int:

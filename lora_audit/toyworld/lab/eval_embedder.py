@@ -5,6 +5,8 @@ trains only on EMBEDDER ids, and its recipe is chosen on these, so the PRIVATE t
 every choice. Verification pairs every two images (genuine: same identity, impostor: different);
 identification splits the identities into groups of 100, takes image 0 of each as the gallery and
 every other image as a probe.
+
+This module renders and degrades; the metrics themselves are :mod:`lora_audit.identity.metrics`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lora_audit.identity.embedder import FaceEmbedder
+from lora_audit.identity.metrics import pair_scores, rank1, roc_auc, tar_at_far
 from lora_audit.toyworld import identities
 from lora_audit.toyworld.renderer import render_batch
 
@@ -47,49 +50,11 @@ def degrade(images: np.ndarray, seed: int = 0) -> np.ndarray:
     return (x + NOISE_STD * noise).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-def roc_auc(genuine: np.ndarray, impostor: np.ndarray) -> float:
-    """Probability that a genuine score beats an impostor one (ties count half): the ROC AUC."""
-    scores = np.concatenate([genuine, impostor])
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    mid_ranks = np.cumsum(counts) - (counts - 1) / 2  # 1-based rank of each distinct score, ties averaged
-    rank_sum = mid_ranks[inverse[:len(genuine)]].sum()
-    n_g, n_i = len(genuine), len(impostor)
-    return float((rank_sum - n_g * (n_g + 1) / 2) / (n_g * n_i))
-
-
-def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float = 1e-3) -> float:
-    """Share of genuine pairs accepted at the threshold that accepts at most ``far`` of impostor pairs."""
-    threshold = np.sort(impostor)[::-1][int(far * len(impostor))]
-    return float(np.mean(genuine > threshold))
-
-
-def verification_scores(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarities of all genuine pairs and all impostor pairs (each unordered pair once)."""
-    sims = embeddings @ embeddings.T  # [N, N]
-    i, j = np.triu_indices(len(labels), k=1)
-    same = labels[i] == labels[j]
-    return sims[i[same], j[same]], sims[i[~same], j[~same]]
-
-
-def rank1(embeddings: np.ndarray, labels: np.ndarray, image_index: np.ndarray,
-          gallery_size: int = GALLERY_SIZE) -> float:
-    """Rank-1 identification rate, in groups of ``gallery_size`` identities (gallery: image 0 of each)."""
-    ids = np.unique(labels)
-    hits = total = 0
-    for start in range(0, len(ids), gallery_size):
-        group = np.isin(labels, ids[start:start + gallery_size])
-        gallery, probes = group & (image_index == 0), group & (image_index != 0)
-        nearest = np.argmax(embeddings[probes] @ embeddings[gallery].T, axis=1)  # [P]
-        hits += int(np.sum(labels[gallery][nearest] == labels[probes]))
-        total += int(probes.sum())
-    return hits / total
-
-
 def embedding_metrics(embeddings: np.ndarray, labels: np.ndarray, image_index: np.ndarray) -> dict:
     """Verification ROC AUC, TAR at FAR=1e-3, rank-1 identification, mean genuine/impostor cosine."""
-    genuine, impostor = verification_scores(embeddings, labels)
+    genuine, impostor = pair_scores(embeddings, labels)  # [G], [P]
     return {"auc": roc_auc(genuine, impostor), "tar_at_far_1e-3": tar_at_far(genuine, impostor, 1e-3),
-            "rank1": rank1(embeddings, labels, image_index),
+            "rank1": rank1(embeddings, labels, image_index, GALLERY_SIZE),
             "genuine_cos": float(genuine.mean()), "impostor_cos": float(impostor.mean())}
 
 

@@ -13,15 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from lora_audit.identity import metrics
 from lora_audit.identity.embedder import FaceEmbedder
 from lora_audit.diffusion.finetune import FinetuneConfig, FinetuneResult, finetune_lora
 from lora_audit.diffusion.base import DiffusionBase
+from lora_audit.toyworld.family import TOY_METADATA
 from lora_audit.toyworld.identities import PRIVATE
-from lora_audit.toyworld.renderer import render_batch
+from lora_audit.toyworld.photos import REFERENCE_INDICES, identity_photos, reference_views
 from lora_audit.weights.writer import kohya_training_metadata, save_lora
-
-TOY_METADATA = {"lora_audit.base_model": "toy", "modelspec.architecture": "lora-audit-toy/lora"}
-REFERENCE_INDICES = range(100, 110)  # views of an identity never used as training photos
 
 
 @dataclass(frozen=True)
@@ -56,17 +55,12 @@ class VictimConfig:
                    finetune=FinetuneConfig(rank=2, steps=3, num_class_images=2, class_sampling_steps=2))
 
 
-def private_photos(identity_id: int, count: int, size: int, seed: int = 0) -> np.ndarray:
-    """The victim's private photos: [count, size, size, 3] in [0, 1]."""
-    return render_batch([identity_id] * count, list(range(count)), seed=seed, size=size)
-
-
 def make_victim(base: DiffusionBase, spec: VictimSpec, config: VictimConfig, out_dir: Path,
                 class_images: np.ndarray | None = None) -> tuple[Path, FinetuneResult]:
     """Fine-tune one victim; write ``<name>.safetensors`` and ``<name>_photos/photo_K.png`` under ``out_dir``."""
     from PIL import Image
 
-    photos = private_photos(spec.identity_id, config.photos, config.image_size, config.seed)
+    photos = identity_photos(spec.identity_id, config.photos, config.image_size, config.seed)
     ft = config.finetune
     result = finetune_lora(base, photos, FinetuneConfig(**{**ft.__dict__, "seed": ft.seed + spec.identity_id}),
                            class_images=class_images)
@@ -86,17 +80,11 @@ def make_victim(base: DiffusionBase, spec: VictimSpec, config: VictimConfig, out
     return path, result
 
 
-def reference_views(identity_ids: list[int], size: int, seed: int = 0) -> np.ndarray:
-    """Every identity's reference views, identity by identity: [C * V, size, size, 3] in [0, 1]."""
-    views = list(REFERENCE_INDICES)
-    return render_batch([i for i in identity_ids for _ in views], views * len(identity_ids), seed=seed, size=size)
-
-
 def identity_centres(embedder: FaceEmbedder, identity_ids: list[int], size: int, seed: int = 0) -> np.ndarray:
-    """Each identity's centre: the L2-normalised mean embedding of its reference views, [C, D]."""
-    refs = embedder.embed(reference_views(identity_ids, size, seed))  # [C * V, D]
-    centres = refs.reshape(len(identity_ids), len(REFERENCE_INDICES), -1).mean(axis=1)  # [C, D]
-    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    """Each identity's centre (:func:`metrics.centres` of its rendered reference views), [C, D]."""
+    refs = embedder.embed(reference_views(identity_ids, size, seed))  # [C * V, D], identity by identity
+    labels = np.repeat(np.arange(len(identity_ids)), len(REFERENCE_INDICES))  # [C * V]
+    return metrics.centres(refs, labels)  # [C, D]
 
 
 def identity_ranking(embedder: FaceEmbedder, images: np.ndarray, identity_id: int,
@@ -104,14 +92,11 @@ def identity_ranking(embedder: FaceEmbedder, images: np.ndarray, identity_id: in
     """Similarity of ``images`` to ``identity_id`` against ``candidate_ids`` (which include it).
 
     Each identity is represented by its :func:`identity_centres`; the score of an image set is its
-    mean cosine similarity to that centre. Returns the true identity's similarity, the best
-    impostor's, and the true identity's rank (1 = identified).
+    mean cosine similarity to that centre (:func:`metrics.set_scores`). Returns :func:`metrics.ranking`:
+    the true identity's similarity, the best impostor's, and the true identity's rank (1 = identified).
     """
-    scores = (embedder.embed(images) @ identity_centres(embedder, candidate_ids, size, seed).T).mean(axis=0)  # [C]
-    true = candidate_ids.index(identity_id)
-    return {"similarity": float(scores[true]),
-            "best_impostor": float(np.delete(scores, true).max()),
-            "rank": int((scores > scores[true]).sum()) + 1}
+    scores = metrics.set_scores(embedder.embed(images), identity_centres(embedder, candidate_ids, size, seed))  # [C]
+    return metrics.ranking(scores, candidate_ids.index(identity_id))
 
 
 def utility_check(base: DiffusionBase, result: FinetuneResult, spec: VictimSpec, embedder: FaceEmbedder,

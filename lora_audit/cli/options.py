@@ -1,0 +1,55 @@
+"""Option types shared by several commands, declared once, and the wording of library errors as flags."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from lora_audit.errors import InputError, LoraAuditError, UsageError
+
+BaseOption = Annotated[Optional[str], typer.Option(
+    "--base", help="Local diffusers pipeline directory of the base model \\[default: the toy base].")]
+AttackModelOption = Annotated[Optional[str], typer.Option(
+    "--attack-model", help="Attack model directory (from `lora-audit train-attack`) "
+                           "\\[default: the shipped toy attack, for toy LoRAs].")]
+JobsOption = Annotated[int, typer.Option(
+    "--jobs", "-j", min=1, help="Shadow identities fine-tuned in parallel (processes).")]
+LatentsOption = Annotated[int, typer.Option("--latents", min=1, help="Samples of z.")]
+SeedsOption = Annotated[int, typer.Option("--seeds", min=1, help="Sampler seeds per z.")]
+SamplingStepsOption = Annotated[int, typer.Option("--sampling-steps", min=1, help="Sampler steps per image.")]
+
+# Library inputs whose name is not the flag with dashes: parameter names that differ from the flag,
+# and positional arguments (worded as the usage line shows them).
+_FLAGS = {
+    "images_dir": "--images",
+    "attack_dir": "--attack-model",
+    "ablation_dir": "--ablation-model",
+    "base_path": "--base",
+    "out_dir": "--reconstructions",
+    "paths": "PATHS",
+    "source": "SOURCE",
+    "lora": "LORA",
+    "shadows": "SHADOWS",
+    "victims": "VICTIMS",
+}
+
+
+def flag_of(input: str) -> str:
+    """The command-line wording of a library input: ``"attack_model"`` -> ``"--attack-model"``."""
+    return _FLAGS.get(input, "--" + input.replace("_", "-"))
+
+
+def error_message(error: LoraAuditError) -> str:
+    """The one-line message of ``error``, with the inputs of an :class:`InputError` worded as flags."""
+    if isinstance(error, InputError):
+        return error.describe(flag_of, verb="pass")
+    return str(error)
+
+
+def int_list(text: str, flag: str) -> tuple[int, ...]:
+    """Comma-separated integers (``"1,5,10"``), or a usage error naming ``flag``."""
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None

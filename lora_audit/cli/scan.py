@@ -1,0 +1,119 @@
+"""``scan``, ``strip`` and ``rules``: the static audit of LoRA files and the metadata cleaner."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from typing import List, Optional
+
+import typer
+
+from lora_audit.cli.options import AttackModelOption, BaseOption
+from lora_audit.cli.output import check_report_path, open_output
+from lora_audit.cli.progress import scan_progress
+from lora_audit.errors import UsageError
+
+EXIT_CODES = """Exit codes: 0 no finding at or above --fail-on; 1 findings at or above it;
+2 a file could not be scanned; 3 nothing was scanned; 4 usage error."""
+
+commands = typer.Typer()
+
+
+class Format(str, Enum):
+    console = "console"
+    json = "json"
+    jsonl = "jsonl"
+    sarif = "sarif"
+
+
+@commands.command(epilog=EXIT_CODES)
+def scan(
+    paths: List[str] = typer.Argument(..., help="LoRA files or directories (searched recursively).", show_default=False),
+    format: Format = typer.Option(Format.console, "--format", "-f", help="Report format."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of stdout."),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Lowest severity that makes the exit code 1: info, low, medium, high, critical. \\[default: high]"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Files scanned in parallel. \\[default: 1]"),
+    redact: bool = typer.Option(False, "--redact", help="Mask metadata values in the evidence (keys stay)."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Policy file (default: ./lora-audit.toml, or the \\[tool.lora-audit] table of ./pyproject.toml)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-module weight statistics in the console report."),
+    skip_weights: bool = typer.Option(False, "--skip-weights", help="Read headers only: metadata, layout, base model and tensor pairing; no NaN/Inf check, no dW statistics, no attack (fast triage)."),
+    attack: bool = typer.Option(True, "--attack/--no-attack", help="Run the weight-to-image attack where an attack model for the file's base family is available (the toy one ships)."),
+    attack_model: AttackModelOption = None,
+    base: BaseOption = None,
+    face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint for non-toy families \\[default: the torch hub cache]."),
+    references: Optional[str] = typer.Option(None, "--references", help="Folder of the owner's photos: score the reconstructions against them (similarity, SSIM/PSNR; toy: impostor FAR, FaceNet: a fixed published threshold) and add a verdict (LA304/LA305; unusable photos: LA306)."),
+    reconstructions: Optional[str] = typer.Option(None, "--reconstructions", help="Directory for the reconstruction PNGs and grids \\[default: next to --output, else ./lora-audit-reconstructions]."),
+) -> int:
+    """Audit LoRA files: metadata leaks, unsafe formats, broken weights, and the identity the weights reveal."""
+    from lora_audit.policy import load_policy
+    from lora_audit.reports import write_report
+    from lora_audit.reports.json_report import jsonl_file_line, jsonl_summary_line
+    from lora_audit.results import Severity
+    from lora_audit.scan.collect import collect_files
+    from lora_audit.scan.engine import ScanOptions, scan_batch
+
+    rules = load_policy(policy)
+    threshold = Severity.parse(fail_on) if fail_on else rules.fail_on or Severity.HIGH
+    options = ScanOptions(redact=redact or bool(rules.redact), policy=rules, weights=not skip_weights)
+    files = collect_files(paths)
+    if output is not None:
+        check_report_path(output, files)
+    identity = None
+    if attack and not skip_weights:
+        from pathlib import Path
+
+        from lora_audit.scan.identity import IdentityCheck, IdentityOptions
+
+        where = reconstructions or (f"{os.path.splitext(output)[0]}_reconstructions" if output else "lora-audit-reconstructions")
+        identity = IdentityCheck(IdentityOptions(attack_model=attack_model, base=base, face_weights=face_weights,
+                                                 references=references, out_dir=Path(where)))
+    with open_output(output) as stream, scan_progress(len(files), quiet) as advance:
+        def on_result(file_result) -> None:
+            advance()
+            if format is Format.jsonl:
+                stream.write(jsonl_file_line(file_result) + "\n")
+                stream.flush()
+
+        result = scan_batch(files, options, fail_on=threshold, jobs=jobs or rules.jobs or 1, identity=identity,
+                            on_result=on_result)
+        if format is Format.jsonl:
+            stream.write(jsonl_summary_line(result) + "\n")
+        else:
+            write_report(result, format.value, stream, verbose=verbose,
+                         color=None if output is None else False)
+    return result.exit_code
+
+
+@commands.command(epilog="Exit codes: 0 written; 2 the input could not be read; 4 usage error.")
+def strip(
+    source: str = typer.Argument(..., help="LoRA file to clean.", show_default=False),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Where to write the cleaned copy."),
+    in_place: bool = typer.Option(False, "--in-place", help="Replace the input file itself."),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists."),
+    remove: List[str] = typer.Option([], "--remove", help="Also remove this metadata key (repeatable)."),
+    keep: List[str] = typer.Option([], "--keep", help="Keep this metadata key even if it is sensitive (repeatable)."),
+) -> int:
+    """Write a copy without privacy-sensitive metadata; tensors stay byte-identical."""
+    from lora_audit.scan.strip import strip_metadata
+
+    if in_place == (output is not None):
+        raise UsageError("give exactly one of --output FILE or --in-place")
+    destination = source if in_place else output
+    if not in_place and os.path.abspath(destination) == os.path.abspath(source):
+        raise UsageError("--output is the input file; use --in-place to replace it")
+    done = strip_metadata(source, destination, overwrite=force or in_place,
+                          extra_keys=tuple(remove), keep_keys=tuple(keep))
+    typer.echo(f"wrote {done.destination}: removed {len(done.removed)} metadata key(s)"
+               + (f" ({', '.join(done.removed)})" if done.removed else "") + f", kept {len(done.kept)}")
+    return 0
+
+
+@commands.command()
+def rules() -> int:
+    """List the rules: id, name, default severity and title."""
+    from lora_audit.rules import RULES
+
+    for rule in RULES.values():
+        typer.echo(f"{rule.id}  {rule.name:<20} {rule.severity.label:<8} {rule.title}")
+    return 0

@@ -1,0 +1,57 @@
+"""The Stable Diffusion families: SD 1.x (CLIP ViT-L, cross-attention 768), SD 2.x (OpenCLIP ViT-H,
+1024) and SDXL (two text encoders). Their bases are local diffusers pipeline directories; faces are
+scored with FaceNet (``--face-weights``) against its published operating point; no attack model ships.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from lora_audit.families import Family, register
+
+_AGES = ("young", "middle-aged", "old")
+_PEOPLE = ("man", "woman", "person")
+_HAIR = ("blond", "brown", "black", "red", "grey", "white", "curly", "straight", "short", "long", "bald")
+_EXTRAS = ("with glasses", "with a beard", "with a moustache", "smiling", "with freckles", "with blue eyes",
+           "with brown eyes", "with green eyes", "with pale skin", "with dark skin", "with olive skin", "")
+
+
+class StableDiffusion(Family):
+    """One SD family, told apart by its UNet's cross-attention width and a second text encoder."""
+
+    def __init__(self, name: str, cross_attention_dim: int | None, two_text_encoders: bool = False):
+        self.name = name
+        self.cross_attention_dim = cross_attention_dim
+        self.two_text_encoders = two_text_encoders
+
+    def claims_pipeline(self, index: dict, components: dict[str, dict]) -> bool:
+        if "unet" not in components:
+            return False
+        if self.two_text_encoders:
+            return "text_encoder_2" in index
+        return "text_encoder_2" not in index and \
+            components["unet"].get("cross_attention_dim") == self.cross_attention_dim
+
+    def face_embedder(self, device, face_weights: str | None = None):
+        from lora_audit.identity.facenet import FaceNetEmbedder
+
+        return FaceNetEmbedder.load(face_weights, device=device)
+
+    def impostor_reference(self, embedder, image_size: int):
+        from lora_audit.identity.scoring import ImpostorReference
+
+        threshold, source = embedder.verification_threshold()
+        return ImpostorReference(source=source, threshold=threshold)
+
+    def face_prompts(self, count: int, seed: int = 0) -> list[str]:
+        combos = [f"a photo of a {age} {who} with {hair} hair {extra}".strip()
+                  for age, who, hair, extra in itertools.product(_AGES, _PEOPLE, _HAIR, _EXTRAS)]
+        rng = np.random.default_rng(seed)
+        return [combos[i] for i in rng.permutation(len(combos))[:count]]
+
+
+register(StableDiffusion("sd1", 768))
+register(StableDiffusion("sd2", 1024))
+register(StableDiffusion("sdxl", None, two_text_encoders=True))

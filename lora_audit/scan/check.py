@@ -1,0 +1,37 @@
+"""The one small interface every group of rules implements: a file in, its findings out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from lora_audit.results import Finding, WeightStats
+from lora_audit.weights.lora_file import LoraFile
+
+MAX_LISTED = 8  # evidence lists longer than this are cut
+
+
+@dataclass
+class Subject:
+    """One opened safetensors LoRA being scanned: its path as given, the file, and its weight
+    statistics once the static checks have run (the identity check reads the base family there)."""
+
+    path: str
+    lora: LoraFile
+    stats: WeightStats | None = None
+
+
+class Check(ABC):
+    """A group of rules (``rule_ids``) whose findings are made here and nowhere else."""
+
+    rule_ids: tuple[str, ...] = ()
+
+    @abstractmethod
+    def run(self, subject: Subject) -> list[Finding]:
+        """The findings of this group for ``subject``; problems of the file itself raise InvalidFileError."""
+
+
+def listing(items: list[str]) -> str:
+    """``items`` joined for evidence, cut after :data:`MAX_LISTED`."""
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else "")

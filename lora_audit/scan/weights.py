@@ -1,0 +1,35 @@
+"""Weight checks: non-finite values (LA201), incomplete (LA202) or mismatched (LA203) LoRA pairs, and
+files with no LoRA tensor at all (LA003)."""
+
+from __future__ import annotations
+
+from lora_audit.results import Finding
+from lora_audit.rules import make_finding
+from lora_audit.scan.check import MAX_LISTED, Check, Subject, listing
+
+
+class WeightCheck(Check):
+    rule_ids = ("LA003", "LA201", "LA202", "LA203")
+
+    def __init__(self, read_data: bool = True):
+        self.read_data = read_data  # False: header only, no NaN/Inf check
+
+    def run(self, subject: Subject) -> list[Finding]:
+        lora = subject.lora
+        findings = []
+        bad = lora.file.non_finite() if self.read_data else []
+        if bad:
+            findings.append(make_finding("LA201", f"{len(bad)} tensor(s) hold NaN or Inf values",
+                                         {"tensors": listing(bad)}))
+        if lora.problems.orphaned:
+            findings.append(make_finding(
+                "LA202", f"{len(lora.problems.orphaned)} module(s) lack a partner tensor",
+                {name: "has only " + ", ".join(roles) for name, roles in list(lora.problems.orphaned.items())[:MAX_LISTED]}))
+        if lora.problems.mismatched:
+            findings.append(make_finding(
+                "LA203", f"{len(lora.problems.mismatched)} module(s) have incompatible shapes",
+                dict(list(lora.problems.mismatched.items())[:MAX_LISTED])))
+        if not lora.modules and not lora.problems.orphaned and not lora.problems.mismatched:
+            findings.append(make_finding("LA003", f"none of the {len(lora.tensors)} tensors belong to a known LoRA layout",
+                                         {"tensors": listing(lora.problems.unrecognised)}))
+        return findings

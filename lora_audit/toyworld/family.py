@@ -1,0 +1,66 @@
+"""The toy world as a base family: its shipped base, embedder and attack, its captions and identities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lora_audit.families import Family, register
+from lora_audit.toyworld.assets import asset_path, toy_base_path, toy_embedder_path
+from lora_audit.toyworld.identities import DISTRACTORS, PUBLIC, SHADOW_START
+from lora_audit.toyworld.photos import REFERENCE_INDICES, identity_photos, reference_views
+
+TOY_METADATA = {"lora_audit.base_model": "toy", "modelspec.architecture": "lora-audit-toy/lora"}
+PIPELINE_CLASS = "ToyFacePipeline"
+
+
+class ToyFamily(Family):
+    """The embedded toy face world: everything ships, identities are unlimited."""
+
+    name = "toy"
+    pipeline_classes = (PIPELINE_CLASS,)
+
+    def default_base(self) -> str:
+        return toy_base_path()
+
+    def shipped_attack_model(self) -> Path:
+        return asset_path("attack")
+
+    def load_pipeline(self, path: str):
+        from lora_audit.toyworld.pipeline import ToyFacePipeline
+
+        return ToyFacePipeline.from_pretrained(path)
+
+    def face_embedder(self, device, face_weights: str | None = None):
+        from lora_audit.toyworld.embedder import ToyFaceEmbedder
+
+        return ToyFaceEmbedder.load(toy_embedder_path(), device=device)
+
+    def impostor_reference(self, embedder, image_size: int):
+        """Similarities between the reference views of 19 distractor identities nobody trains on."""
+        from lora_audit.identity.scoring import impostor_reference_from_embeddings
+
+        views = len(REFERENCE_INDICES)
+        labels = np.repeat(np.arange(len(DISTRACTORS)), views)
+        return impostor_reference_from_embeddings(
+            embedder.embed(reference_views(DISTRACTORS, image_size)), labels,
+            f"toy world: {len(DISTRACTORS)} identities x {views} views")
+
+    def face_prompts(self, count: int, seed: int = 0) -> list[str]:
+        """Captions of PUBLIC identities in the toy caption language."""
+        from lora_audit.toyworld.renderer import caption, identity
+
+        return [caption(identity(PUBLIC.start + i)) for i in range(count)]
+
+    def lora_metadata(self) -> dict[str, str]:
+        return dict(TOY_METADATA)
+
+    def shadow_start(self) -> int:
+        return SHADOW_START
+
+    def identity_photos(self, identity: int, count: int, size: int) -> np.ndarray:
+        return identity_photos(identity, count, size)
+
+
+register(ToyFamily())

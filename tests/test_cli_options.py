@@ -1,0 +1,58 @@
+"""The CLI's shared options and its wording of library errors as flags."""
+
+import pytest
+
+from lora_audit.cli import main
+from lora_audit.cli.options import error_message, flag_of, int_list
+from lora_audit.errors import InputError, UsageError
+
+
+def test_flag_of_words_inputs_as_flags():
+    assert flag_of("attack_model") == "--attack-model"
+    assert flag_of("base") == "--base"
+    assert flag_of("face_weights") == "--face-weights"
+    assert flag_of("in_place") == "--in-place"
+    assert flag_of("images_dir") == "--images"  # the explicit mapping
+    assert flag_of("attack_dir") == "--attack-model"
+    assert flag_of("victims") == "VICTIMS"  # a positional argument
+
+
+def test_input_errors_name_flags_and_other_errors_are_unchanged():
+    error = InputError("output", "x.safetensors", "exists", fix=("force", "to replace it"))
+    assert str(error) == "output x.safetensors: exists; set force to replace it"
+    assert error_message(error) == "--output x.safetensors: exists; pass --force to replace it"
+    assert error_message(InputError("attack_model", None, "needed")) == "--attack-model: needed"
+    assert error_message(UsageError("--jobs must be >= 1")) == "--jobs must be >= 1"
+
+
+def test_main_prints_an_input_error_with_flags(tmp_path, monkeypatch, capsys):
+    import lora_audit.scan.strip
+
+    def refuse(source, destination, **kwargs):
+        raise InputError("output", destination, "exists", fix=("force", "to replace it"))
+
+    monkeypatch.setattr(lora_audit.scan.strip, "strip_metadata", refuse)
+    source, target = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert main(["strip", str(source), "-o", str(target)]) == 4
+    assert capsys.readouterr().err == f"lora-audit: error: --output {target}: exists; pass --force to replace it\n"
+
+
+def test_int_list():
+    assert int_list("1, 5,10,", "--snapshot-steps") == (1, 5, 10)
+    with pytest.raises(UsageError, match="--snapshot-steps must be comma-separated integers"):
+        int_list("1,x", "--snapshot-steps")
+
+
+def test_shared_options_have_one_help_text():
+    import typer
+
+    from lora_audit.cli import app
+
+    group = typer.main.get_command(app)
+    helps = {"--base": [], "--attack-model": []}
+    for name in ("scan", "finetune", "shadow", "train-attack", "reconstruct", "evaluate"):
+        for param in group.commands[name].params:
+            if param.opts in (["--base"], ["--attack-model"]):
+                helps[param.opts[0]].append(param.help)
+    assert helps["--base"] == 6 * ["Local diffusers pipeline directory of the base model \\[default: the toy base]."]
+    assert len(helps["--attack-model"]) == 3 and len(set(helps["--attack-model"])) == 1  # scan, reconstruct, evaluate
