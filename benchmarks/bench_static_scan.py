@@ -31,7 +31,7 @@ from lora_audit.testing import synthetic
 
 def make_corpus(folder: str, count: int) -> int:
     lora = synthetic.make_lora("sd15", rank=8, max_modules=64, seed=0, dtype="F16")
-    tensors = synthetic.to_kohya(lora)
+    tensors = synthetic.as_kohya(lora)
     leaky, clean = synthetic.leaky_kohya_metadata(), synthetic.clean_metadata("sd15", rank=8)
     blob_leaky = synthetic.encode_safetensors(tensors, leaky)
     blob_clean = synthetic.encode_safetensors(tensors, clean)

@@ -349,7 +349,7 @@ def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path
 
     _toy_embedder(monkeypatch)
     root = world["root"]
-    sd1 = S.save_lora(tmp_path / "sd1.safetensors", S.to_kohya(S.make_lora("sd15", rank=2, max_modules=2)))
+    sd1 = S.save_synthetic(tmp_path / "sd1.safetensors", S.as_kohya(S.make_lora("sd15", rank=2, max_modules=2)))
     report = tmp_path / "report.json"
     args = ["scan", str(world["lora"]), str(sd1), "-f", "json", "-o", str(report), "--attack-model", str(root / "attack"),
             "--base", str(root / "base"), "--fail-on", "info"]
@@ -382,7 +382,7 @@ def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path
 def test_sd1_scan_stays_static_and_says_what_is_missing(tmp_path, capsys):
     from lora_audit.testing import synthetic as S
 
-    sd1 = S.save_lora(tmp_path / "sd1.safetensors", S.to_kohya(S.make_lora("sd15", rank=2, max_modules=2)))
+    sd1 = S.save_synthetic(tmp_path / "sd1.safetensors", S.as_kohya(S.make_lora("sd15", rank=2, max_modules=2)))
     assert main(["scan", str(sd1), "-f", "json", "--fail-on", "high"]) == 0
     (finding,) = json.loads(capsys.readouterr().out)["files"][0]["findings"]
     assert finding["rule_id"] == "LA303" and finding["severity"] == "info"

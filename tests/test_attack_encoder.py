@@ -14,7 +14,7 @@ from lora_audit.weights import open_lora
 
 
 def write(tmp_path, name, tensors):
-    return open_lora(str(S.save_lora(tmp_path / name, tensors)))
+    return open_lora(str(S.save_synthetic(tmp_path / name, tensors)))
 
 
 def small(lora, names):
@@ -27,8 +27,8 @@ def test_two_factorisations_give_identical_features(tmp_path):
     lora = S.make_lora("sd15", rank=4, max_modules=3, dtype="F64", seed=1)
     other = S.refactorize(lora, seed=2)
     sketcher = ModuleSketcher()
-    with write(tmp_path, "a.safetensors", S.to_kohya(lora)) as a, \
-            write(tmp_path, "b.safetensors", S.to_kohya(other)) as b:
+    with write(tmp_path, "a.safetensors", S.as_kohya(lora)) as a, \
+            write(tmp_path, "b.safetensors", S.as_kohya(other)) as b:
         fa, fb = sketcher.sketch(a), sketcher.sketch(b)
         assert set(fa) == set(lora.modules)
         for m in a.modules:
@@ -43,7 +43,7 @@ def test_any_rank_and_factor_path_equals_full_delta(tmp_path):
     features = []
     for rank in (4, 8):
         lora = S.make_lora("sd15", rank=rank, max_modules=3, dtype="F64", seed=rank)
-        with write(tmp_path, f"r{rank}.safetensors", S.to_kohya(lora)) as f:
+        with write(tmp_path, f"r{rank}.safetensors", S.as_kohya(lora)) as f:
             features.append(sketcher.sketch(f))
             for m in f.modules:
                 np.testing.assert_allclose(features[-1][m.name], sketcher.sketch_delta(f.delta(m)), rtol=1e-10)
@@ -53,7 +53,7 @@ def test_any_rank_and_factor_path_equals_full_delta(tmp_path):
     conv = "unet.down_blocks.0.resnets.0.conv1"  # 320 x 320 x 3 x 3
     lora = small(S.make_lora("sd15", rank=4, conv=True, tucker=True, dtype="F64"), [conv])
     truth = S.delta_weights(lora)[conv]
-    for layout, tensors in (("locon", S.to_locon(lora)), ("dora", S.to_dora(lora))):
+    for layout, tensors in (("locon", S.as_locon(lora)), ("dora", S.as_dora(lora))):
         with write(tmp_path, f"{layout}.safetensors", tensors) as f:
             (m,) = f.modules
             assert m.kind == ("locon" if layout == "locon" else "dora")
@@ -64,7 +64,7 @@ def test_any_rank_and_factor_path_equals_full_delta(tmp_path):
 @pytest.mark.parametrize("kind", ["loha", "lokr"])
 def test_loha_and_lokr_use_the_delta(tmp_path, kind):
     lora = S.make_lora("sd15", rank=4, max_modules=2, dtype="F64", lokr_factor=-1 if kind == "lokr" else None)
-    tensors = S.to_loha(lora) if kind == "loha" else S.to_lokr(lora)
+    tensors = S.as_loha(lora) if kind == "loha" else S.as_lokr(lora)
     sketcher = ModuleSketcher()
     with write(tmp_path, "x.safetensors", tensors) as f:
         assert {m.kind for m in f.modules} == {kind}
@@ -78,8 +78,8 @@ def test_encoder_shapes_padding_and_step(tmp_path):
     names = list(full.modules)
     config = EncoderConfig(names, sketch_k=4, width=16, layers=1, heads=2, latent_len=5, latent_dim=6, latent_rank=7)
     attack = AttackModel(AttackConfig(family="sd1", encoder=config))
-    with write(tmp_path, "full.safetensors", S.to_kohya(full)) as a, \
-            write(tmp_path, "part.safetensors", S.to_kohya(small(full, names[1:]))) as b:
+    with write(tmp_path, "full.safetensors", S.as_kohya(full)) as a, \
+            write(tmp_path, "part.safetensors", S.as_kohya(small(full, names[1:]))) as b:
         inputs = [attack.file_inputs(a), attack.file_inputs(b)]
     sketches, padding = (torch.stack(x) for x in zip(*inputs))
     assert sketches.shape == (2, 3, 16) and sketches.dtype == torch.float32

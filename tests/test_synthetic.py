@@ -242,25 +242,25 @@ def test_tucker_and_lokr_refactorize():
 
 def test_kohya_keys_and_alpha():
     lora = S.make_lora("sd15", alpha=2, text_encoder=True, targets=("attn2.to_k",))
-    state = S.to_kohya(lora)
+    state = S.as_kohya(lora)
     base = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
     assert state[f"{base}.lora_down.weight"].shape == (4, 768)
     assert state[f"{base}.lora_up.weight"].shape == (640, 4)
     assert state[f"{base}.alpha"].shape == () and float(state[f"{base}.alpha"]) == 2.0
     assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in state
-    sdxl = S.to_kohya(S.make_lora("sdxl", text_encoder=True, targets=("to_q",)))
+    sdxl = S.as_kohya(S.make_lora("sdxl", text_encoder=True, targets=("to_q",)))
     assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_up.weight" in sdxl
     assert "lora_unet_middle_block_1_transformer_blocks_9_attn2_to_q.alpha" in sdxl
     assert "lora_te2_text_model_encoder_layers_31_mlp_fc2.lora_down.weight" in sdxl
     assert not any("down_blocks" in k or "lora_te_" in k for k in sdxl)
-    flux = S.to_kohya(S.make_lora("flux", max_modules=400))
+    flux = S.as_kohya(S.make_lora("flux", max_modules=400))
     assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in flux
     assert flux["lora_unet_single_blocks_37_linear2.lora_down.weight"].shape == (4, 15360)
 
 
 def test_peft_keys_and_metadata():
     lora = S.make_lora("sdxl", rank=8, alpha=4, text_encoder=True, max_modules=40)
-    state, metadata = S.to_peft(lora, rslora=True)
+    state, metadata = S.as_peft(lora, rslora=True)
     assert "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight" in state
     assert state["unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight"].shape == (640, 8)
     assert any(k.startswith("text_encoder_2.text_model.encoder.layers.") for k in state)
@@ -269,7 +269,7 @@ def test_peft_keys_and_metadata():
     assert config["unet.r"] == 8 and config["unet.use_rslora"] is True
     assert config["unet.lora_alpha"] / math.sqrt(8) == pytest.approx(4 / 8)  # update unchanged
     assert config["text_encoder_2.peft_type"] == "LORA"
-    single, meta = S.to_peft(S.make_lora("flux", max_modules=3), component_prefix=False)
+    single, meta = S.as_peft(S.make_lora("flux", max_modules=3), component_prefix=False)
     assert all(k.startswith(("double_blocks.", "single_blocks.")) for k in single)
     assert json.loads(meta["lora_adapter_metadata"])["lora_alpha"] == 4.0
 
@@ -279,8 +279,8 @@ def test_peft_metadata_is_read_by_diffusers(tmp_path):
     pytest.importorskip("diffusers")
     from diffusers.utils.state_dict_utils import _load_sft_state_dict_metadata
 
-    state, metadata = S.to_peft(S.make_lora("sd15", max_modules=2))
-    path = S.save_lora(tmp_path / "peft.safetensors", state, metadata)
+    state, metadata = S.as_peft(S.make_lora("sd15", max_modules=2))
+    path = S.save_synthetic(tmp_path / "peft.safetensors", state, metadata)
     assert _load_sft_state_dict_metadata(str(path))["unet.lora_alpha"] == 4.0
 
 
@@ -289,12 +289,12 @@ def test_old_diffusers_keys_fold_the_scale():
     layer = "text_encoder.text_model.encoder.layers.0"
     lora = S.make_lora("sd15", rank=4, alpha=1, text_encoder=True, targets=("to_out.0", "proj_in"), seed=2)
     lora = subset(lora, lambda n: n.startswith((base, "unet.down_blocks.0.attentions.0.proj", layer + ".")))
-    proc = S.to_old_diffusers(lora, "processor")
+    proc = S.as_old_diffusers(lora, "processor")
     assert f"{base}.processor.to_out_lora.down.weight" in proc
     assert "unet.down_blocks.0.attentions.0.proj_in.lora.down.weight" in proc
     assert "text_encoder.text_model.encoder.layers.0.self_attn.to_q_lora.up.weight" in proc
     assert "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_linear_layer.down.weight" in proc
-    old = S.to_old_diffusers(lora, "lora")
+    old = S.as_old_diffusers(lora, "lora")
     assert f"{base}.to_out.0.lora.up.weight" in old
     assert "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight" in old
     delta = old[f"{base}.to_out.0.lora.up.weight"] @ old[f"{base}.to_out.0.lora.down.weight"]
@@ -305,7 +305,7 @@ def test_locon_tucker_matches_delta():
     lora = S.make_lora("sd15", conv=True, tucker=True, targets=("to_q",), dtype="F64")
     lora = subset(lora, lambda n: in_first_level(n) or n.startswith("unet.down_blocks.1.resnets.0."))
     assert len(lora.tucker) == 6
-    state, deltas = S.to_locon(lora), S.delta_weights(lora)
+    state, deltas = S.as_locon(lora), S.delta_weights(lora)
     base = "lora_unet_down_blocks_1_resnets_0_conv1"
     down, mid, up = (state[f"{base}.{k}.weight"] for k in ("lora_down", "lora_mid", "lora_up"))
     assert down.shape == (4, 320, 1, 1) and mid.shape == (4, 4, 3, 3) and up.shape == (640, 4, 1, 1)
@@ -316,12 +316,12 @@ def test_locon_tucker_matches_delta():
         assert np.allclose(rebuilt * float(state[f"{base}.alpha"]) / 4, deltas[name])
     plain = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     assert f"{plain}.lora_down.weight" in state and f"{plain}.lora_mid.weight" not in state
-    assert S.to_kohya(lora)["lora_unet_down_blocks_1_resnets_0_conv1.lora_down.weight"].shape == (4, 320, 3, 3)
+    assert S.as_kohya(lora)["lora_unet_down_blocks_1_resnets_0_conv1.lora_down.weight"].shape == (4, 320, 3, 3)
 
 
 def test_dora_scale_shapes():
     lora = S.make_lora("sd15", conv=True, max_modules=50)
-    state, out_state = S.to_dora(lora), S.to_dora(lora, wd_on_output=True)
+    state, out_state = S.as_dora(lora), S.as_dora(lora, wd_on_output=True)
     for name, (down, up, _) in lora.modules.items():
         key = f"{S.kohya_module_name('sd15', name)}.dora_scale"
         tail = (1, 1) if down.ndim == 4 else ()
@@ -332,7 +332,7 @@ def test_dora_scale_shapes():
 
 def test_loha_matches_delta():
     lora = subset(S.make_lora("sd15", alpha=2, conv=True, dtype="F64"), in_first_level)
-    state, deltas = S.to_loha(lora), S.delta_weights(lora)
+    state, deltas = S.as_loha(lora), S.delta_weights(lora)
     for name, delta in deltas.items():
         base = S.kohya_module_name("sd15", name)
         w1 = state[f"{base}.hada_w1_a"] @ state[f"{base}.hada_w1_b"]
@@ -344,7 +344,7 @@ def test_loha_matches_delta():
 @pytest.mark.parametrize("full_w2", [False, True])
 def test_lokr_matches_delta(full_w2):
     lora = S.make_lora("sd15", rank=2, alpha=1, lokr_factor=-1, text_encoder=True, max_modules=4, dtype="F64")
-    state, deltas = S.to_lokr(lora, full_w2=full_w2), S.delta_weights(lora)
+    state, deltas = S.as_lokr(lora, full_w2=full_w2), S.delta_weights(lora)
     for name, delta in deltas.items():
         base = S.kohya_module_name("sd15", name)
         if full_w2:
@@ -356,7 +356,7 @@ def test_lokr_matches_delta(full_w2):
     first = S.kohya_module_name("sd15", next(iter(lora.modules)))
     assert state[f"{first}.lokr_w1"].shape == (16, 16)  # 320 = 16 * 20
     with pytest.raises(ValueError):
-        S.to_lokr(S.make_lora("sd15", max_modules=1))
+        S.as_lokr(S.make_lora("sd15", max_modules=1))
 
 
 # --------------------------------------------------------------------------- safetensors encoder
@@ -364,8 +364,8 @@ def test_lokr_matches_delta(full_w2):
 
 @pytest.mark.parametrize("dtype, np_dtype", [("F16", np.float16), ("F32", np.float32), ("F64", np.float64)])
 def test_encoder_round_trip_numpy(tmp_path, dtype, np_dtype):
-    tensors = S.to_kohya(S.make_lora("sd15", conv=True, max_modules=6, dtype=dtype))
-    path = S.save_lora(tmp_path / "x.safetensors", tensors, {"ss_network_dim": "4"})
+    tensors = S.as_kohya(S.make_lora("sd15", conv=True, max_modules=6, dtype=dtype))
+    path = S.save_synthetic(tmp_path / "x.safetensors", tensors, {"ss_network_dim": "4"})
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     assert n % 8 == 0 and json.loads(raw[8:8 + n])["__metadata__"] == {"ss_network_dim": "4"}
@@ -397,7 +397,7 @@ def test_encoder_bf16_via_torch(tmp_path):
     from safetensors.torch import load_file
 
     values = np.array([1.0, -2.5, 1 / 3, 1.00390625, 3e38, np.inf, np.nan, 0.0], dtype=np.float32)
-    path = S.save_lora(tmp_path / "b.safetensors", {"w": values, "alpha": np.array(4.0)}, dtype="BF16")
+    path = S.save_synthetic(tmp_path / "b.safetensors", {"w": values, "alpha": np.array(4.0)}, dtype="BF16")
     loaded = load_file(str(path))
     assert loaded["w"].dtype == torch.bfloat16 and loaded["alpha"].shape == ()
     expected = torch.from_numpy(values).to(torch.bfloat16).float().numpy()  # torch rounds to nearest even

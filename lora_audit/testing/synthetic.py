@@ -415,7 +415,7 @@ def _alpha(value: float, like: np.ndarray) -> np.ndarray:
     return np.array(value, dtype=like.dtype)  # 0-d, as kohya's register_buffer("alpha", tensor(alpha))
 
 
-def to_kohya(lora: SyntheticLora) -> dict[str, np.ndarray]:
+def as_kohya(lora: SyntheticLora) -> dict[str, np.ndarray]:
     """kohya sd-scripts keys: ``<name>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``."""
     tensors = {}
     for name, (down, up, alpha) in lora.modules.items():
@@ -426,9 +426,9 @@ def to_kohya(lora: SyntheticLora) -> dict[str, np.ndarray]:
     return tensors
 
 
-def to_locon(lora: SyntheticLora) -> dict[str, np.ndarray]:
+def as_locon(lora: SyntheticLora) -> dict[str, np.ndarray]:
     """LyCORIS LoCon: kohya keys; Tucker conv modules get a 1x1 ``lora_down`` plus ``.lora_mid.weight``."""
-    tensors = to_kohya(lora)
+    tensors = as_kohya(lora)
     for name, (down1, mid) in lora.tucker.items():
         base = kohya_module_name(lora.family, name)
         tensors[f"{base}.lora_down.weight"] = down1  # [r, in, 1, 1]
@@ -436,14 +436,14 @@ def to_locon(lora: SyntheticLora) -> dict[str, np.ndarray]:
     return tensors
 
 
-def to_dora(lora: SyntheticLora, wd_on_output: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+def as_dora(lora: SyntheticLora, wd_on_output: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
     """LyCORIS DoRA: kohya keys plus a positive ``.dora_scale`` (the base weight's norms).
 
     Shape ``[1, in(, 1, 1)]`` by default, ``[out, 1(, 1, 1)]`` with ``wd_on_output``. The magnitude
     needs the base weight to apply, so ``delta_weights`` covers only the low-rank direction update.
     """
     rng = np.random.default_rng(seed)
-    tensors = to_kohya(lora)
+    tensors = as_kohya(lora)
     for name, (down, up, _) in lora.modules.items():
         ones = (1,) * (down.ndim - 2)
         shape = (up.shape[0], 1, *ones) if wd_on_output else (1, down.shape[1], *ones)
@@ -452,7 +452,7 @@ def to_dora(lora: SyntheticLora, wd_on_output: bool = False, seed: int = 0) -> d
     return tensors
 
 
-def to_loha(lora: SyntheticLora, seed: int = 0) -> dict[str, np.ndarray]:
+def as_loha(lora: SyntheticLora, seed: int = 0) -> dict[str, np.ndarray]:
     """LyCORIS LoHa with the same updates: ``(w1_a @ w1_b) * (w2_a @ w2_b) * alpha / r``.
 
     ``w1 = up @ down / (u v^T)`` and ``w2 = u v^T`` for random positive vectors u, v; convs use the
@@ -474,7 +474,7 @@ def to_loha(lora: SyntheticLora, seed: int = 0) -> dict[str, np.ndarray]:
     return tensors
 
 
-def to_lokr(lora: SyntheticLora, full_w2: bool = False) -> dict[str, np.ndarray]:
+def as_lokr(lora: SyntheticLora, full_w2: bool = False) -> dict[str, np.ndarray]:
     """LyCORIS LoKr: ``lokr_w1`` and ``lokr_w2_a``/``lokr_w2_b`` (update ``kron(w1, w2_a @ w2_b) * alpha / k``).
 
     With ``full_w2`` the scale is folded into a full ``lokr_w2`` and ``alpha`` is set to ``k``; readers
@@ -509,7 +509,7 @@ def _target_name(path: str) -> str:
     return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
 
 
-def to_peft(
+def as_peft(
     lora: SyntheticLora, rslora: bool = False, component_prefix: bool = True
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """diffusers/PEFT keys ``unet.<path>.lora_A.weight`` / ``.lora_B.weight`` and their metadata.
@@ -562,7 +562,7 @@ def _old_diffusers_base(name: str, style: str) -> str:
     return f"{name}.lora" if unet else f"{name}.lora_linear_layer"
 
 
-def to_old_diffusers(lora: SyntheticLora, style: str = "processor") -> dict[str, np.ndarray]:
+def as_old_diffusers(lora: SyntheticLora, style: str = "processor") -> dict[str, np.ndarray]:
     """Pre-PEFT diffusers keys, ``.down.weight`` / ``.up.weight``, with ``alpha / r`` folded into up.
 
     ``style="processor"`` (diffusers <= 0.19 attention processors): ``...attn1.processor.to_q_lora``,
@@ -636,7 +636,7 @@ def encode_safetensors(
     return struct.pack("<Q", len(raw)) + raw + b"".join(blobs)
 
 
-def save_lora(
+def save_synthetic(
     path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None,
     dtype: str | None = None,
 ) -> Path:
@@ -788,11 +788,11 @@ def write_static_samples(out: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     sd15 = make_lora("sd15", rank=4, alpha=1, max_modules=48, seed=1, dtype="F16")
     leaky = leaky_kohya_metadata(name="jane doe", trigger="sks", with_cover_image=True, rank=4, alpha=1)
-    paths = [save_lora(out / "sd15_kohya_leaky.safetensors", to_kohya(sd15), leaky)]
+    paths = [save_synthetic(out / "sd15_kohya_leaky.safetensors", as_kohya(sd15), leaky)]
     peft = make_lora("sd15", rank=4, max_modules=32, seed=2, dtype="F16")
-    paths.append(save_lora(out / "sd15_peft_clean.safetensors", *to_peft(peft)))
+    paths.append(save_synthetic(out / "sd15_peft_clean.safetensors", *as_peft(peft)))
     sdxl = make_lora("sdxl", rank=8, alpha=4, max_modules=16, seed=3, dtype="BF16")
     sdxl_metadata = {**clean_metadata("sdxl", rank=8, alpha=4), "ss_output_name": "watercolor_style_xl",
                      "ss_sd_model_name": "/home/jane/models/sd_xl_base_1.0.safetensors"}
-    paths.append(save_lora(out / "sdxl_kohya.safetensors", to_kohya(sdxl), sdxl_metadata, dtype="BF16"))
+    paths.append(save_synthetic(out / "sdxl_kohya.safetensors", as_kohya(sdxl), sdxl_metadata, dtype="BF16"))
     return paths
