@@ -10,7 +10,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 
-from lora_audit.errors import UsageError
+from lora_audit.errors import InputError
 from lora_audit.scan.metadata import sensitive_keys
 from lora_audit.weights.safetensors_file import SafetensorsFile
 
@@ -32,9 +32,9 @@ def strip_metadata(source: str, destination: str, *, overwrite: bool = False,
     half-written output.
     """
     if os.path.isdir(destination):
-        raise UsageError(f"{destination} is a directory; give the path of the file to write")
+        raise InputError("output", destination, "is a directory; give the path of the file to write")
     if os.path.exists(destination) and not overwrite:
-        raise UsageError(f"{destination} exists; pass --force to replace it (or --in-place for the input)")
+        raise InputError("output", destination, "exists", fix=("force", "to replace it"))
     with SafetensorsFile(source) as st:  # validates the input
         header_len, header, metadata = st.header_length, dict(st.header), st.metadata
     mode = stat.S_IMODE(os.stat(source).st_mode)
@@ -48,7 +48,7 @@ def strip_metadata(source: str, destination: str, *, overwrite: bool = False,
     try:
         fd, tmp = tempfile.mkstemp(prefix=".lora-audit-strip-", dir=directory)
     except OSError as e:
-        raise UsageError(f"cannot write {destination}: {e.strerror}") from None
+        raise InputError("output", destination, f"cannot be written: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
             out.write(struct.pack("<Q", len(encoded)))
