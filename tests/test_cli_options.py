@@ -12,9 +12,7 @@ def test_flag_of_words_inputs_as_flags():
     assert flag_of("base") == "--base"
     assert flag_of("face_weights") == "--face-weights"
     assert flag_of("in_place") == "--in-place"
-    assert flag_of("images_dir") == "--images"  # the explicit mapping
-    assert flag_of("attack_dir") == "--attack-model"
-    assert flag_of("victims") == "VICTIMS"  # a positional argument
+    assert flag_of("images") == "--images"
 
 
 def test_input_errors_name_flags_and_other_errors_are_unchanged():

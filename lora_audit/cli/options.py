@@ -19,25 +19,9 @@ LatentsOption = Annotated[int, typer.Option("--latents", min=1, help="Samples of
 SeedsOption = Annotated[int, typer.Option("--seeds", min=1, help="Sampler seeds per z.")]
 SamplingStepsOption = Annotated[int, typer.Option("--sampling-steps", min=1, help="Sampler steps per image.")]
 
-# Library inputs whose name is not the flag with dashes: parameter names that differ from the flag,
-# and positional arguments (worded as the usage line shows them).
-_FLAGS = {
-    "images_dir": "--images",
-    "attack_dir": "--attack-model",
-    "ablation_dir": "--ablation-model",
-    "base_path": "--base",
-    "out_dir": "--reconstructions",
-    "paths": "PATHS",
-    "source": "SOURCE",
-    "lora": "LORA",
-    "shadows": "SHADOWS",
-    "victims": "VICTIMS",
-}
-
-
 def flag_of(input: str) -> str:
     """The command-line wording of a library input: ``"attack_model"`` -> ``"--attack-model"``."""
-    return _FLAGS.get(input, "--" + input.replace("_", "-"))
+    return "--" + input.replace("_", "-")
 
 
 def error_message(error: LoraAuditError) -> str:

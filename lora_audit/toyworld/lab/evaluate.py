@@ -52,6 +52,7 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     from lora_audit.families import load_base
     from lora_audit.toyworld.assets import asset_path, toy_embedder_path
     from lora_audit.toyworld.family import TOY_METADATA
+    from lora_audit.identity.metrics import set_scores
     from lora_audit.toyworld.lab.victims import identity_centres
     from lora_audit.weights import open_lora
     from lora_audit.weights.writer import save_lora
@@ -91,7 +92,7 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
                                              sampling_steps=config.sampling_steps).images
             seconds[method].append(time.perf_counter() - start)
         for method, batch in images.items():
-            scores[method][n] = (embedder.embed(batch) @ centres.T).mean(axis=0)  # [n candidates]
+            scores[method][n] = set_scores(embedder.embed(batch), centres)  # [n candidates]
         samples[t.identity] = {"photo": t.images[0].astype(np.float32) / 255, **{m: b[0] for m, b in images.items()}}
         if progress:
             progress(n + 1, len(trajectories), {"victim": t.identity})
