@@ -43,8 +43,9 @@ class AttackPlan:
             raise InputError("attack_model", self.given_attack_model,
                              f"attacks {self.given_attack_family} LoRAs, not {self.family} ones")
         if self.missing:
-            wanted = " and ".join(f"{m.input.replace('_', ' ')} ({m.what})" for m in self.missing)
-            raise InputError(self.missing[0].input, None, f"needed: no attack for a {self.family} LoRA without {wanted}")
+            first, *more = self.missing
+            fix = (more[0].input, f"too ({more[0].what})") if more else None
+            raise InputError(first.input, None, f"needed to attack a {self.family} LoRA ({first.what})", fix=fix)
         return self
 
 

@@ -1,0 +1,65 @@
+"""Which attack serves which family (attack/resolve.py), on constructed directories: no model is loaded."""
+
+import json
+
+import pytest
+
+from lora_audit.attack.resolve import AttackSources
+from lora_audit.errors import InputError, InvalidFileError
+from lora_audit.families import get_family
+
+
+@pytest.fixture
+def sd1_inputs(tmp_path):
+    attack, base = tmp_path / "attack", tmp_path / "base"
+    attack.mkdir()
+    base.mkdir()
+    (attack / "attack.json").write_text(json.dumps({"format_version": 1, "family": "sd1"}))
+    (base / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return str(attack), str(base)
+
+
+def test_toy_loras_need_nothing_given():
+    plan = AttackSources().plan("toy")
+    toy = get_family("toy")
+    assert not plan.missing and plan.attack_dir == toy.shipped_attack_model() and plan.base == toy.default_base()
+    assert plan.require() is plan
+
+
+def test_other_families_name_what_is_missing():
+    plan = AttackSources().plan("sd1")
+    assert [m.flag for m in plan.missing] == ["--base", "--attack-model"] and plan.attack_dir is None
+    with pytest.raises(InputError) as error:
+        plan.require()
+    assert error.value.input == "base" and error.value.fix[0] == "attack_model"
+    assert [m.input for m in AttackSources().plan("flux").missing] == ["base", "attack_model"]  # static only
+
+
+def test_a_given_attack_model_serves_only_its_family(sd1_inputs):
+    attack, base = sd1_inputs
+    sources = AttackSources(attack, base)
+    plan = sources.plan("sd1")
+    assert not plan.missing and str(plan.attack_dir) == attack and plan.base == base
+    toy = sources.plan("toy")  # scan falls back to the shipped toy attack ...
+    assert toy.attack_dir == get_family("toy").shipped_attack_model() and toy.given_attack_family == "sd1"
+    with pytest.raises(InputError, match="attacks sd1 LoRAs, not toy ones"):  # ... reconstruct refuses
+        toy.require()
+    sdxl = sources.plan("sdxl")
+    assert [m.input for m in sdxl.missing] == ["attack_model"]  # --base was given
+    assert f"(--attack-model {attack} is for sd1)" in sdxl.missing[0].what
+    no_base = AttackSources(attack).plan("sd1")
+    assert [m.input for m in no_base.missing] == ["base"]  # sd1 has no default base
+
+
+def test_bad_inputs_fail_at_once_naming_the_input_or_file(tmp_path, sd1_inputs):
+    with pytest.raises(InputError) as error:
+        AttackSources(attack_model=str(tmp_path))
+    assert error.value.input == "attack_model" and "no attack.json" in error.value.problem
+    with pytest.raises(InputError) as error:
+        AttackSources(base=str(tmp_path))
+    assert error.value.input == "base"
+    attack, _ = sd1_inputs
+    (tmp_path / "attack" / "attack.json").write_text("{not json")
+    with pytest.raises(InvalidFileError) as error:
+        AttackSources(attack)
+    assert error.value.path.endswith("attack.json") and error.value.exit_code == 2
