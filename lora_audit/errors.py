@@ -45,6 +45,10 @@ class InputError(UsageError):
         return text
 
 
+class MissingInputError(InputError):
+    """An input that is needed but was not given and has no default (a scan reports it as LA303)."""
+
+
 class PolicyError(UsageError):
     """A policy file (lora-audit.toml / [tool.lora-audit]) that cannot be parsed or names unknown keys."""
 
@@ -56,6 +60,14 @@ class InvalidFileError(LoraAuditError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+class NotAttackableError(LoraAuditError):
+    """The attack does not apply to this LoRA (e.g. none of its modules is one the attack model reads)."""
+
+
+class AttackFailedError(LoraAuditError):
+    """The attack failed on one file, not for want of an input: that file's identity audit is incomplete."""
 
 
 class NothingToScanError(LoraAuditError):

@@ -70,6 +70,9 @@ _RULES = [
     Rule("LA306", "reference-photo-unused", Severity.INFO, "Some of the owner's photos were not used",
          "Give photos with a clear, roughly frontal face (the largest face in each photo is used); "
          "the verdict used the others."),
+    Rule("LA307", "identity-audit-incomplete", Severity.HIGH, "The identity audit could not be completed",
+         "The attack failed on this file, or none of the owner's photos could be used for the verdict; "
+         "the message says which. Fix the cause and re-scan: an incomplete audit says nothing about the leak."),
 ]
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}

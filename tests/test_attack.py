@@ -298,7 +298,9 @@ def test_references_with_facenet_use_its_published_threshold_and_name_unused_pho
     torch.manual_seed(0)
     embedder = FaceNetEmbedder(InceptionResnetV1(), device="cpu")
 
-    class FaceNetToy(ToyFamily):  # the toy world scored as a real family is: FaceNet and its published threshold
+    class FaceNetToy(ToyFamily):  # the toy world scored as a real family is: FaceNet, detection, a published threshold
+        detect_faces = True
+
         def face_embedder(self, device, face_weights=None):
             return embedder
 
@@ -319,6 +321,86 @@ def test_references_with_facenet_use_its_published_threshold_and_name_unused_pho
     assert "1 reference photos" in verdict.evidence["images"]
     assert findings["LA306"].message.startswith("1 of 2 reference photos not used: grey.png: ")
     assert set(findings["LA306"].evidence) == {"grey.png"}
+
+
+def test_a_crashing_attack_is_an_error_not_a_skip(world, tmp_path, monkeypatch):
+    import lora_audit.attack.reconstruct
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(lora_audit.attack.reconstruct, "reconstruct", crash)
+    report = tmp_path / "r.json"
+    code = main(["scan", str(world["lora"]), "-f", "json", "-o", str(report), "--attack-model",
+                 str(world["root"] / "attack"), "--base", str(world["root"] / "base"), "--fail-on", "critical"])
+    (file,) = json.loads(report.read_text())["files"]
+    assert code == 2 and file["error"] == "the weight-to-image attack failed: RuntimeError: out of memory"
+    assert [f["rule_id"] for f in file["findings"]] == ["LA307"] and file["findings"][0]["severity"] == "high"
+
+
+def test_a_missing_face_embedder_is_la303_and_a_bad_input_stops_the_scan(world, tmp_path, monkeypatch, capsys):
+    from lora_audit.errors import MissingInputError
+    from lora_audit.toyworld.family import ToyFamily
+
+    class NoWeights(ToyFamily):
+        def face_embedder(self, device, face_weights=None):
+            raise MissingInputError("face_weights", None, "no FaceNet weights (not in the cache)")
+
+    families.registered()
+    monkeypatch.setitem(families._REGISTRY, "toy", NoWeights())
+    options = IdentityOptions(attack_model=str(world["root"] / "attack"), base=str(world["root"] / "base"),
+                              out_dir=tmp_path, latents=2, seeds=1, sampling_steps=2)
+    (finding,) = identity_findings(IdentityCheck(options), world["lora"])
+    assert finding.rule_id == "LA303" and finding.evidence == {"missing": "face_weights"}
+    broken = tmp_path / "broken"
+    shutil.copytree(world["root"] / "attack", broken)
+    (broken / "attack.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    assert main(["scan", str(world["lora"]), "--attack-model", str(broken), "--base", str(world["root"] / "base")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lora-audit: error: {broken / 'attack.safetensors'}: does not hold") and err.count("\n") == 1
+
+
+def test_unusable_references_keep_the_weights_finding(world, tmp_path, monkeypatch):
+    from lora_audit.toyworld.family import ToyFamily
+
+    _toy_embedder(monkeypatch)
+    (tmp_path / "photos").mkdir()
+    Image = pytest.importorskip("PIL.Image")
+    Image.new("RGB", (128, 128), (128, 128, 128)).save(tmp_path / "photos" / "grey.png")  # readable, no face
+    args = ["scan", str(world["lora"]), "-f", "json", "-o", str(tmp_path / "r.json"), "--attack-model",
+            str(world["root"] / "attack"), "--base", str(world["root"] / "base"), "--fail-on", "critical"]
+    assert main(args + ["--references", str(tmp_path / "empty")]) == 4  # not a folder: a usage error
+    (tmp_path / "empty").mkdir()
+    assert main(args + ["--references", str(tmp_path / "empty")]) == 4  # no photo at all
+    detecting = ToyFamily()
+    detecting.detect_faces = True  # a family whose photos are searched for faces finds none in grey.png
+    detecting.face_embedder = get_family("toy").face_embedder
+    monkeypatch.setitem(families._REGISTRY, "toy", detecting)
+    assert main(args + ["--references", str(tmp_path / "photos")]) == 0
+    rules = [f["rule_id"] for f in json.loads((tmp_path / "r.json").read_text())["files"][0]["findings"]]
+    assert rules[0] in ("LA301", "LA302") and rules[1:] == ["LA307"]  # the weights-only finding survives
+
+
+def test_cached_generic_faces_serve_only_the_embedder_that_measured_them(world, tmp_path, monkeypatch):
+    import lora_audit.scan.identity as identity
+
+    calls = []
+    real = identity.generic_consistency
+    monkeypatch.setattr(identity, "generic_consistency", lambda *a, **k: calls.append(1) or real(*a, **k))
+    embedder = _toy_embedder(monkeypatch)
+    attack = tmp_path / "attack"
+    shutil.copytree(world["root"] / "attack", attack)
+    config = json.loads((attack / "attack.json").read_text())
+    cached = {"mean": 0.5, "std": 0.01, "values": [0.5], "k": 2, "prompt": "p", "sampling_steps": 2}
+    for fingerprint, expected_calls in (("another:embedder", 1), (embedder.fingerprint(), 0)):
+        config["evaluation"]["generic_consistency"] = {**cached, "embedder": fingerprint}
+        (attack / "attack.json").write_text(json.dumps(config))
+        calls.clear()
+        options = IdentityOptions(attack_model=str(attack), base=str(world["root"] / "base"), out_dir=tmp_path,
+                                  latents=2, seeds=1, sampling_steps=2)
+        (finding,) = identity_findings(IdentityCheck(options), world["lora"])
+        assert len(calls) == expected_calls
+        assert (finding.evidence["generic faces"].startswith("0.500 +/- 0.010")) == (expected_calls == 0)
 
 
 def test_cli_train_and_reconstruct(world, tmp_path, capsys):

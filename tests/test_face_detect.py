@@ -15,7 +15,6 @@ from lora_audit.identity.detect import (
     face_box,
     square_around,
 )
-from lora_audit.toyworld.renderer import render
 
 # Read off scikit-image's 512x512 astronaut(): the head, hair included, spans rows 15-170 and
 # cols 150-300; the nose tip, about the middle of the face, is at row 125, col 222.
@@ -74,16 +73,14 @@ def test_photos_without_a_face_are_reported_not_raised(astronaut):
     assert problems == [("noise.png", NO_FACE), ("flat.png", NO_FACE)]
 
 
-def test_toy_size_photos_are_used_whole_without_a_search():
-    toy = render(0, 0, size=32)  # [32, 32, 3] float32, a cartoon face filling the frame
-    assert min(toy.shape[:2]) < MIN_DETECT_SIDE
-    assert np.array_equal(crop_face(toy), toy)
-    crops, problems = crop_faces([toy, toy], ["a", "b"], size=16)
-    assert problems == [] and [c.square for c in crops] == [None, None]
-    assert np.stack([c.image for c in crops]).shape == (2, 16, 16, 3)
-    # Small but not a face, it is still used whole: below MIN_DETECT_SIDE nothing is checked.
-    assert crop_face(np.zeros((MIN_DETECT_SIDE - 1, MIN_DETECT_SIDE - 1, 3))) is not None
-    assert crop_face(np.zeros((MIN_DETECT_SIDE, MIN_DETECT_SIDE, 3))) is None
+def test_every_photo_is_searched_and_tiny_ones_are_reported_never_taken_as_faces():
+    black = np.zeros((63, 63, 3))  # once accepted whole as a "face" because it was small
+    assert crop_face(black) is None
+    tiny = np.zeros((MIN_DETECT_SIDE - 1, MIN_DETECT_SIDE - 1, 3))
+    assert crop_face(tiny) is None
+    crops, problems = crop_faces([tiny, black], ["tiny.png", "black.png"], size=16)
+    assert crops == [] and problems[1] == ("black.png", NO_FACE)
+    assert problems[0][0] == "tiny.png" and problems[0][1].startswith("too small to find a face in (23x23 px")
 
 
 def test_bad_input_is_a_value_error(astronaut):

@@ -16,7 +16,8 @@ from lora_audit.rules import RULES
 from lora_audit.identity.scoring import (
     ImpostorReference,
     impostor_reference_from_embeddings,
-    reference_photos,
+    load_references,
+    reference_crops,
     score_leak,
 )
 from lora_audit.scan.identity import verdict_finding
@@ -154,20 +155,41 @@ def test_findings_and_the_rules_to_add(embedder):
         assert (finding.severity, finding.title, finding.remediation) == (rule.severity, rule.title, rule.remediation)
 
 
-def test_reference_photos_crops_faces_and_reports_the_rest(tmp_path):
+def test_reference_crops_find_faces_and_report_the_rest(tmp_path):
     Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
     Image.new("RGB", (128, 128), (128, 128, 128)).save(tmp_path / "grey.png")
-    images, problems = reference_photos(str(tmp_path), 32)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    references = load_references(str(tmp_path))
+    assert [name for name, _ in references.photos] == ["astronaut.png", "grey.png"]
+    assert references.unreadable == [("broken.png", "not a readable image (UnidentifiedImageError)")]
+    images, problems = reference_crops(references, 32)
     assert images.shape == (1, 32, 32, 3) and images.dtype == np.float32
     assert 0 <= images.min() and images.max() <= 1
-    assert problems == [("grey.png", NO_FACE)]
+    assert problems == [("broken.png", "not a readable image (UnidentifiedImageError)"), ("grey.png", NO_FACE)]
+    whole, problems = reference_crops(references, 16, detect=False)  # a family whose photos are crops already
+    assert whole.shape == (2, 16, 16, 3) and problems == references.unreadable
 
 
-def test_reference_photos_without_a_usable_photo(tmp_path):
-    with pytest.raises(UsageError):
-        reference_photos(str(tmp_path), 32)
-    Image.new("RGB", (128, 128), (128, 128, 128)).save(tmp_path / "grey.png")
+def test_a_folder_without_a_usable_photo_is_a_clear_input_error(tmp_path):
+    with pytest.raises(UsageError, match="holds no image files") as e:
+        load_references(str(tmp_path))
+    assert e.value.input == "references"
     (tmp_path / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(UsageError, match="broken.png: not a readable image.*grey.png: " + NO_FACE) as e:
-        reference_photos(str(tmp_path), 32)
+    with pytest.raises(UsageError, match="no readable photo.*broken.png: not a readable image") as e:
+        load_references(str(tmp_path))
     assert "\n" not in str(e.value) and e.value.input == "references"
+    Image.new("L", (20000, 20000)).save(tmp_path / "huge.png")  # a 'decompression bomb': refused, not decoded
+    with pytest.raises(UsageError, match="huge.png: refused as a decompression bomb"):
+        load_references(str(tmp_path))
+    Image.new("RGB", (128, 128), (128, 128, 128)).save(tmp_path / "grey.png")
+    faces, problems = reference_crops(load_references(str(tmp_path)), 32)
+    assert faces is None and [name for name, _ in problems] == ["broken.png", "huge.png", "grey.png"]
+
+
+def test_sixteen_bit_greyscale_photos_keep_their_tones(tmp_path):
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    (_, photo), = load_references(str(tmp_path)).photos
+    assert photo.shape == (64, 64, 3) and photo.min() == 0 and photo.max() == 1
+    assert abs(photo.mean() - 0.5) < 0.01  # not clipped to white

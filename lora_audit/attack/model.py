@@ -22,7 +22,7 @@ from torch import nn
 
 from lora_audit.attack.encoder import EncoderConfig, WeightEncoder
 from lora_audit.attack.features import ModuleSketcher
-from lora_audit.errors import InputError, InvalidFileError, UsageError
+from lora_audit.errors import InputError, InvalidFileError, NotAttackableError
 from lora_audit.versioned import read_versioned, versioned
 
 CONFIG_FILE = "attack.json"
@@ -85,7 +85,7 @@ class AttackModel(nn.Module):
         known = set(self.config.encoder.module_names)
         sketches = {m.name: self.sketcher.sketch_module(lora_file, m) for m in lora_file.modules if m.name in known}
         if not sketches:
-            raise UsageError(f"{lora_file.path}: none of its modules is one the {self.config.family} attack model knows")
+            raise NotAttackableError(f"none of its modules is one the {self.config.family} attack model knows")
         return self.module_inputs(sketches)
 
     # -- the encoder ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_audit.errors import InputError, InvalidFileError
+from lora_audit.errors import InputError, InvalidFileError, MissingInputError
 from lora_audit.families import get_family
 
 CONFIG_FILE = "attack.json"
@@ -45,7 +45,7 @@ class AttackPlan:
         if self.missing:
             first, *more = self.missing
             fix = (more[0].input, f"too ({more[0].what})") if more else None
-            raise InputError(first.input, None, f"needed to attack a {self.family} LoRA ({first.what})", fix=fix)
+            raise MissingInputError(first.input, None, f"needed to attack a {self.family} LoRA ({first.what})", fix=fix)
         return self
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from lora_audit.diffusion.finetune import FinetuneConfig
-from lora_audit.errors import InputError, UsageError
+from lora_audit.errors import InputError, MissingInputError, UsageError
 from lora_audit.families import DEFAULT_FAMILY, Family, family_of_base, get_family
 
 SHARD = "shadow-{:05d}.safetensors"
@@ -87,7 +87,7 @@ def with_identities(config: ShadowConfig, family: Family) -> ShadowConfig:
         return config
     start = family.shadow_start()
     if start is None:
-        raise InputError("images", None, f"needed: the {family.name} base has no built-in identities "
+        raise MissingInputError("images", None, f"needed: the {family.name} base has no built-in identities "
                          "(give one sub-folder of photos per shadow identity)")
     return replace(config, first_identity=start)
 

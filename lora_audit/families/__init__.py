@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lora_audit.errors import InputError
+from lora_audit.errors import InputError, MissingInputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,6 +41,7 @@ class Family(ABC):
 
     name: str  # as the weights reader names the base ("toy", "sd1", ...)
     pipeline_classes: tuple[str, ...] = ()  # model_index.json ``_class_name``s this family loads itself
+    detect_faces: bool = True  # the owner's photos are searched for a face (False: they are face crops already)
 
     def default_base(self) -> str | None:
         """The base pipeline directory used when none is given (None: one must be given)."""
@@ -84,7 +85,7 @@ class Family(ABC):
 
     def identity_photos(self, identity: int, count: int, size: int) -> "np.ndarray":
         """``count`` photos [N, size, size, 3] in [0, 1] of built-in identity ``identity``."""
-        raise InputError("images", None, f"needed: the {self.name} base has no built-in identities "
+        raise MissingInputError("images", None, f"needed: the {self.name} base has no built-in identities "
                          "(give one sub-folder of photos per shadow identity)")
 
 

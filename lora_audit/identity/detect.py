@@ -6,8 +6,10 @@ OpenCV's frontal-face LBP cascade as bundled by scikit-image (a 24x24 window, so
 wins; it is widened by ``margin`` times its side on every side (0.2, about davidsandberg/facenet's
 44 px margin at 160 px) and cut from the full-resolution photo as a square.
 
-Photos whose shorter side is under :data:`MIN_DETECT_SIDE` pixels (the toy world's 16-32 px renders,
-thumbnails) are too small to search: they are taken to be face crops already and used whole.
+Every photo is searched: one whose shorter side is under :data:`MIN_DETECT_SIDE` pixels (the
+cascade's window) is too small to hold a findable face and is reported, never taken as a face.
+Families whose photos are face crops by construction (the toy world's renders) skip detection
+altogether (:attr:`lora_audit.families.Family.detect_faces`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from skimage.feature import Cascade
 from skimage.transform import rescale, resize
 
 MARGIN = 0.2
-MIN_DETECT_SIDE = 64
+MIN_DETECT_SIDE = 24  # the LBP cascade's window
 DETECT_SIDE = 512
 NO_FACE = "no frontal face found"
 
@@ -77,22 +79,21 @@ class FaceCrop:
     """One photo's face crop."""
 
     name: str
-    image: np.ndarray  # [S, S, 3] float32 in [0, 1] ([H, W, 3], the whole photo, if square is None and no size)
-    square: tuple[int, int, int] | None  # (top, left, side) cut from the photo; None: too small, used whole
+    image: np.ndarray  # [S, S, 3] float32 in [0, 1]
+    square: tuple[int, int, int]  # (top, left, side) cut from the photo
 
 
-def _crop(image: np.ndarray, margin: float, size: int | None
-          ) -> tuple[np.ndarray, tuple[int, int, int] | None] | None:
-    """(crop, its square in the photo, or None for a small photo used whole), or None when no face is found."""
+def _crop(image: np.ndarray, margin: float, size: int | None) -> tuple[np.ndarray, tuple[int, int, int]] | str:
+    """(crop, its square in the photo), or why there is none."""
     image = _as_float(image)
-    square = None
-    if min(image.shape[:2]) >= MIN_DETECT_SIDE:
-        box = face_box(image)
-        if box is None:
-            return None
-        square = square_around(box, image.shape, margin)
-        top, left, side = square
-        image = image[top:top + side, left:left + side]
+    if min(image.shape[:2]) < MIN_DETECT_SIDE:
+        return f"too small to find a face in ({image.shape[0]}x{image.shape[1]} px; at least {MIN_DETECT_SIDE})"
+    box = face_box(image)
+    if box is None:
+        return NO_FACE
+    square = square_around(box, image.shape, margin)
+    top, left, side = square
+    image = image[top:top + side, left:left + side]
     if size is not None and image.shape[:2] != (size, size):
         image = resize(image, (size, size), anti_aliasing=True).astype(np.float32)
     return image, square
@@ -101,16 +102,16 @@ def _crop(image: np.ndarray, margin: float, size: int | None
 def crop_face(image: np.ndarray, margin: float = MARGIN, size: int | None = None) -> np.ndarray | None:
     """The largest face of ``image`` [H, W, 3] (uint8, or float in [0, 1]) as a square float32 crop.
 
-    Resized to ``size`` x ``size`` when given. None when no face is found; a photo under
-    :data:`MIN_DETECT_SIDE` px is returned whole (resized to ``size`` if given), without a search.
+    Resized to ``size`` x ``size`` when given. None when no face is found (a photo under
+    :data:`MIN_DETECT_SIDE` px holds none that can be found).
     """
     found = _crop(image, margin, size)
-    return None if found is None else found[0]
+    return None if isinstance(found, str) else found[0]
 
 
 def crop_faces(images: Sequence[np.ndarray], names: Sequence[str], margin: float = MARGIN,
                size: int | None = None) -> tuple[list[FaceCrop], list[tuple[str, str]]]:
-    """Face crops of many photos, and ``(name, reason)`` for each photo left out because it has no face.
+    """Face crops of many photos, and ``(name, reason)`` for each photo left out (no face found, too small).
 
     Pass ``size`` to get crops that stack into one [N, size, size, 3] batch.
     """
@@ -119,8 +120,8 @@ def crop_faces(images: Sequence[np.ndarray], names: Sequence[str], margin: float
     crops, problems = [], []
     for image, name in zip(images, names):
         found = _crop(image, margin, size)
-        if found is None:
-            problems.append((name, NO_FACE))
+        if isinstance(found, str):
+            problems.append((name, found))
         else:
             crops.append(FaceCrop(name, *found))
     return crops, problems

@@ -35,6 +35,17 @@ class FaceEmbedder(ABC):
     def _embed_batch(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, image_size, image_size] floats in [0, 1] on :attr:`device` -> [B, dim] (any norm)."""
 
+    def fingerprint(self) -> str:
+        """Which network this is: its class and a hash of its weights (``self.model``'s state dict), so that
+        figures cached with one embedder are never reused with another."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return f"{type(self).__name__}:{digest.hexdigest()[:16]}"
+
     def embed(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """(N, H, W, 3) float images in [0, 1] (numpy or torch) -> (N, dim) float32, each row of norm 1."""
         images = torch.as_tensor(images, dtype=torch.float32)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lora_audit.errors import InputError
+from lora_audit.errors import InputError, MissingInputError
 from lora_audit.identity.embedder import FaceEmbedder
 
 VGGFACE2_FILE = "20180402-114759-vggface2.pt"
@@ -215,7 +215,7 @@ class FaceNetEmbedder(FaceEmbedder):
         if weights is None:
             path = default_weights_path()
             if not path.is_file():
-                raise InputError("face_weights", None, f"no FaceNet weights ({path} not found): give "
+                raise MissingInputError("face_weights", None, f"no FaceNet weights ({path} not found): give "
                                  f"facenet-pytorch's {VGGFACE2_FILE} or {CASIA_WEBFACE_FILE}")
         else:
             path = Path(weights)

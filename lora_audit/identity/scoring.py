@@ -17,7 +17,7 @@ import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.transform import resize
 
-from lora_audit.errors import InputError, InvalidFileError
+from lora_audit.errors import InputError, InvalidFileError, UsageError
 from lora_audit.identity import metrics
 from lora_audit.identity.detect import crop_faces
 from lora_audit.images import image_files, load_image
@@ -148,24 +148,46 @@ def score_leak(reconstructions: np.ndarray, references: np.ndarray, embedder: Fa
                      source=impostors.source)
 
 
-def reference_photos(folder: str, size: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
-    """The owner's photos in ``folder`` as face crops [N, size, size, 3] float32 in [0, 1], and the
-    ``(name, reason)`` of each photo left out (unreadable, no face). A usage error when none is usable.
-    """
-    crops, problems = [], []
-    for path in image_files(folder):
+@dataclass
+class ReferencePhotos:
+    """The owner's photos as decoded, with the ``(name, reason)`` of each that could not be read."""
+
+    folder: str
+    photos: list[tuple[str, np.ndarray]]  # (file name, [H, W, 3] float32 in [0, 1])
+    unreadable: list[tuple[str, str]]
+
+
+def load_references(folder: str) -> ReferencePhotos:
+    """Decode every photo in ``folder`` once; an :class:`InputError` when the folder has none that decodes."""
+    try:
+        files = image_files(folder)
+    except UsageError as e:
+        raise InputError("references", folder, str(e).removeprefix(f"{folder} ")) from None
+    photos, unreadable = [], []
+    for path in files:
         try:
-            image = load_image(path)  # [H, W, 3]
+            photos.append((path.name, load_image(path)))  # [H, W, 3]
         except InvalidFileError as e:
-            problems.append((path.name, e.reason))
-            continue
-        found, missed = crop_faces([image], [path.name], size=size)
-        crops += [c.image for c in found]
-        problems += missed
-    if not crops:
-        raise InputError("references", folder, f"holds no usable photo of the owner's face "
-                         f"({describe_unused(problems)})")
-    return np.stack(crops).astype(np.float32, copy=False), problems
+            unreadable.append((path.name, e.reason))
+    if not photos:
+        raise InputError("references", folder, f"holds no readable photo ({describe_unused(unreadable)})")
+    return ReferencePhotos(folder, photos, unreadable)
+
+
+def reference_crops(references: ReferencePhotos, size: int, detect: bool = True
+                    ) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
+    """The owner's faces as [N, size, size, 3] float32 in [0, 1] (None when no photo is usable), and the
+    ``(name, reason)`` of each photo left out. ``detect=False``: the photos are face crops already."""
+    names = [name for name, _ in references.photos]
+    images = [image for _, image in references.photos]
+    if detect:
+        found, missed = crop_faces(images, names, size=size)
+        crops = [c.image for c in found]
+    else:
+        crops = [resize(image, (size, size), anti_aliasing=True).astype(np.float32) for image in images]
+        missed = []
+    problems = references.unreadable + missed
+    return (np.stack(crops).astype(np.float32, copy=False) if crops else None), problems
 
 
 def describe_unused(problems: list[tuple[str, str]], shown: int = 3) -> str:

@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from lora_audit.errors import InvalidFileError
+from lora_audit.errors import AttackFailedError, InvalidFileError, UsageError
 from lora_audit.policy import Policy
 from lora_audit.results import FileResult, ScanResult, Severity
 from lora_audit.rules import make_finding
@@ -51,8 +51,12 @@ def scan_file(path: str, options: ScanOptions | None = None, identity: Check | N
         result.size_bytes = os.path.getsize(path) if os.path.isfile(path) else None
         _scan_into(path, options, result, identity)
     except InvalidFileError as e:
+        if e.path != path:  # an attack model or a reference photo, not this file: the inputs are broken
+            raise
         result.error = e.reason
         result.findings.append(make_finding("LA001", e.reason))
+    except UsageError:  # a bad input stops the scan with one line
+        raise
     except Exception as e:  # a bug must not stop a batch of thousands of files
         log.debug("internal error scanning %s", path, exc_info=True)
         result.error = f"internal error ({type(e).__name__}: {e}); please report it"
@@ -77,7 +81,7 @@ def scan_files(files: list[str], options: ScanOptions | None = None, jobs: int =
         if identity is not None and _attackable(result):
             start = time.perf_counter()
             with LoraFile(result.path) as lora:
-                found = identity.run(Subject(result.path, lora, result.stats))
+                found = _identity_findings(identity, Subject(result.path, lora, result.stats), result)
             result.findings.extend(options.policy.apply(found))
             result.seconds += time.perf_counter() - start
         yield result
@@ -128,4 +132,13 @@ def _scan_into(path: str, options: ScanOptions, result: FileResult, identity: Ch
             result.findings.extend(check.run(subject))
         result.stats = subject.stats = weight_stats(lora, per_module=options.weights)
         if identity is not None and _attackable(result):
-            result.findings.extend(identity.run(subject))
+            result.findings.extend(_identity_findings(identity, subject, result))
+
+
+def _identity_findings(identity: Check, subject: Subject, result: FileResult) -> list:
+    """The identity check's findings; an attack that failed on the file is an error record of it (LA307)."""
+    try:
+        return identity.run(subject)
+    except AttackFailedError as e:
+        result.error = str(e)
+        return [make_finding("LA307", str(e))]

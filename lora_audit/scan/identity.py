@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lora_audit.attack.resolve import AttackPlan, AttackSources
-from lora_audit.errors import InputError, LoraAuditError
+from lora_audit.errors import AttackFailedError, MissingInputError, NotAttackableError
 from lora_audit.families import get_family
 from lora_audit.identity.metrics import consistency
 from lora_audit.results import Finding
@@ -58,85 +58,106 @@ class LoadedAttack:
 
 def generic_consistency(base, embedder, prompt: str, k: int, groups: int = GENERIC_GROUPS,
                         sampling_steps: int = 25) -> dict:
-    """The consistency of K generic faces (``prompt``, K seeds) over ``groups`` groups: mean, std, values."""
+    """The consistency of K generic faces (``prompt``, K seeds) over ``groups`` groups: mean, std, values,
+    and the ``embedder`` (its fingerprint) that measured them."""
     embeds = base.encode_prompt([prompt]).detach().expand(k, -1, -1)
     values = [consistency(embedder.embed(base.generate(embeds, seed=10_000 + g, steps=sampling_steps)))
               for g in range(groups)]
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values, "k": k,
-            "prompt": prompt, "sampling_steps": sampling_steps}
+            "prompt": prompt, "sampling_steps": sampling_steps, "embedder": embedder.fingerprint()}
 
 
 class IdentityCheck(Check):
-    """Runs the attack on LoRAs of every family it has the inputs for; loads each family's models once."""
+    """Runs the attack on LoRAs of every family it has the inputs for; loads each family's models once.
 
-    rule_ids = ("LA301", "LA302", "LA303", "LA304", "LA305", "LA306")
+    Outcomes: LA303 when an input is missing (the attack did not run); :class:`~lora_audit.errors.AttackFailedError` when the
+    attack broke on a file (the scan records an error); bad inputs (a corrupt attack model, a base of
+    another family) raise and stop the scan with one line; everything else is LA301-LA307.
+    """
+
+    rule_ids = ("LA301", "LA302", "LA303", "LA304", "LA305", "LA306", "LA307")
 
     def __init__(self, options: IdentityOptions):
-        if options.references is not None and not Path(options.references).is_dir():
-            raise InputError("references", options.references, "is not a directory of the owner's photos")
+        from lora_audit.identity.scoring import load_references
+
         self.options = options
         self.sources = AttackSources(options.attack_model, options.base)
-        self._loaded: dict[str, LoadedAttack] = {}
-        self._references: dict[str, tuple] = {}
+        self.references = load_references(options.references) if options.references is not None else None
+        self._loaded: dict[str, LoadedAttack | MissingInputError] = {}
+        self._owners: dict[str, tuple] = {}
 
     def run(self, subject: Subject) -> list[Finding]:
-        """LA301/LA302 (+ LA304/LA305/LA306 with references), or LA303 saying why the attack did not run."""
-        family = subject.stats.base_model
+        """LA301/LA302 (+ LA304/LA305/LA306/LA307 with references), or LA303 saying why the attack did not run."""
+        plan = self.sources.plan(subject.stats.base_model)
+        if plan.missing:
+            return [_unavailable(plan)]
+        loaded = self._load(plan)
+        if isinstance(loaded, MissingInputError):
+            return [make_finding("LA303", f"the weight-to-image attack could not run: {loaded}",
+                                 {"missing": loaded.input})]
         try:
-            plan = self.sources.plan(family)
-            if plan.missing:
-                return [_unavailable(plan)]
-            return self._audit(subject, plan)
-        except LoraAuditError as e:
-            return [make_finding("LA303", f"the weight-to-image attack could not run: {e}")]
-        except Exception as e:  # a bug or out of memory must not cost the batch its report
+            return self._audit(subject, plan, loaded)
+        except NotAttackableError as e:
+            return [make_finding("LA303", f"the weight-to-image attack does not apply to this file: {e}")]
+        except Exception as e:  # a bug, out of memory, a LoRA the base cannot take: this file's audit failed
             log.debug("attack failed on %s", subject.path, exc_info=True)
-            return [make_finding("LA303", f"the weight-to-image attack failed: {type(e).__name__}: {e}")]
+            raise AttackFailedError(f"the weight-to-image attack failed: {type(e).__name__}: {e}") from None
 
-    def _audit(self, subject: Subject, plan: AttackPlan) -> list[Finding]:
+    def _audit(self, subject: Subject, plan: AttackPlan, loaded: LoadedAttack) -> list[Finding]:
         from lora_audit.attack.reconstruct import reconstruct, save_reconstruction
         from lora_audit.identity.scoring import score_leak
 
         o = self.options
-        loaded = self._load(plan)
         result = reconstruct(loaded.attack, loaded.base, subject.lora, latents=o.latents, seeds=o.seeds,
                              sampling_steps=o.sampling_steps)
         name = f"{Path(subject.path).stem}-{hashlib.sha1(subject.path.encode()).hexdigest()[:6]}"
         grid = save_reconstruction(result, o.out_dir, name)[-1]
         findings = [_consistency(consistency(loaded.embedder.embed(result.images)), loaded.generic, result, grid)]
-        if o.references is not None:
-            references, impostors, unused = self._owner(plan.family, loaded)
-            findings.append(verdict_finding(score_leak(result.images, references, loaded.embedder, impostors)))
-            if unused:
-                findings.append(_unused_photos(unused, len(references)))
+        if self.references is not None:
+            faces, impostors, unused = self._owner(plan.family, loaded)
+            if faces is None:
+                findings.append(make_finding(
+                    "LA307", f"no verdict on the owner's face: none of the {len(unused)} photos in "
+                    f"{self.references.folder} is usable for a {plan.family} LoRA", dict(unused)))
+            else:
+                findings.append(verdict_finding(score_leak(result.images, faces, loaded.embedder, impostors)))
+                if unused:
+                    findings.append(_unused_photos(unused, len(faces)))
         return findings
 
-    def _load(self, plan: AttackPlan) -> LoadedAttack:
+    def _load(self, plan: AttackPlan) -> LoadedAttack | MissingInputError:
+        """The family's models, loaded once; a missing input (e.g. face-embedder weights) is kept as such."""
         if plan.family not in self._loaded:
             from lora_audit.attack.reconstruct import load_attack
 
             o = self.options
             attack, base = load_attack(plan)
-            embedder = get_family(base.family).face_embedder(base.device, o.face_weights)
+            try:
+                embedder = get_family(base.family).face_embedder(base.device, o.face_weights)
+            except MissingInputError as e:
+                self._loaded[plan.family] = e
+                return e
             k = o.latents * o.seeds
-            generic = attack.config.evaluation.get("generic_consistency")
-            if not generic or generic.get("k") != k or generic.get("sampling_steps") != o.sampling_steps:
+            generic = attack.config.evaluation.get("generic_consistency") or {}
+            wanted = {"k": k, "sampling_steps": o.sampling_steps, "embedder": embedder.fingerprint()}
+            if any(generic.get(key) != value for key, value in wanted.items()):
                 generic = generic_consistency(base, embedder, attack.config.class_prompt, k,
                                               sampling_steps=o.sampling_steps)
             self._loaded[plan.family] = LoadedAttack(attack, base, embedder, generic)
         return self._loaded[plan.family]
 
     def _owner(self, family: str, loaded: LoadedAttack) -> tuple:
-        """The owner's photos at the base's resolution, the family's impostor reference for its
-        embedder, and the ``(name, reason)`` of each photo left out; once per family."""
-        if family not in self._references:
-            from lora_audit.identity.scoring import reference_photos
+        """The owner's faces at the base's resolution (None when none is usable), the family's impostor
+        reference for its embedder, and the ``(name, reason)`` of each photo left out; once per family."""
+        if family not in self._owners:
+            from lora_audit.identity.scoring import reference_crops
 
             size = loaded.base.image_size
-            photos, unused = reference_photos(self.options.references, size)
-            impostors = get_family(family).impostor_reference(loaded.embedder, size)
-            self._references[family] = (photos, impostors, unused)
-        return self._references[family]
+            registered = get_family(family)
+            faces, unused = reference_crops(self.references, size, detect=registered.detect_faces)
+            impostors = registered.impostor_reference(loaded.embedder, size) if faces is not None else None
+            self._owners[family] = (faces, impostors, unused)
+        return self._owners[family]
 
 
 def _unavailable(plan: AttackPlan) -> Finding:

@@ -20,6 +20,7 @@ class ToyFamily(Family):
 
     name = "toy"
     pipeline_classes = (PIPELINE_CLASS,)
+    detect_faces = False  # toy renders are face crops by construction (one centred face per image)
 
     def default_base(self) -> str:
         return toy_base_path()
