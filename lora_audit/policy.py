@@ -49,16 +49,15 @@ def load_policy(path: str | None = None, directory: str = ".") -> Policy:
     if path is not None:
         if not os.path.isfile(path):
             raise PolicyError(f"policy file {path} does not exist")
-        table = _read_toml(path)
         if os.path.basename(path) == "pyproject.toml":
-            table = table.get("tool", {}).get("lora-audit", {})
-        return _parse(table, path)
+            return _parse(_tool_table(path) or {}, path)
+        return _parse(_read_toml(path), path)
     own = os.path.join(directory, "lora-audit.toml")
     if os.path.isfile(own):
         return _parse(_read_toml(own), own)
     pyproject = os.path.join(directory, "pyproject.toml")
     if os.path.isfile(pyproject):
-        table = _read_toml(pyproject).get("tool", {}).get("lora-audit")
+        table = _tool_table(pyproject)
         if table is not None:
             return _parse(table, f"{pyproject} [tool.lora-audit]")
     return Policy()
@@ -70,14 +69,28 @@ def _read_toml(path: str) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(f"policy file {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise PolicyError(f"policy file {path} is not valid TOML: not UTF-8 text") from None
     except OSError as e:
         raise PolicyError(f"policy file {path} cannot be read: {e.strerror}") from None
+
+
+def _tool_table(pyproject: str) -> dict | None:
+    """The [tool.lora-audit] table of ``pyproject``, None when it has none."""
+    tool = _read_toml(pyproject).get("tool", {})
+    if not isinstance(tool, dict):
+        raise PolicyError(f"{pyproject}: 'tool' must be a table")
+    table = tool.get("lora-audit")
+    if table is not None and not isinstance(table, dict):
+        raise PolicyError(f"{pyproject}: [tool.lora-audit] must be a table")
+    return table
 
 
 def _parse(table: dict, source: str) -> Policy:
     unknown = set(table) - _KEYS
     if unknown:
-        raise PolicyError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(_KEYS))}")
+        raise PolicyError(f"{source}: unknown key(s) {', '.join(map(repr, sorted(unknown)))}; "
+                          f"expected {', '.join(sorted(_KEYS))}")
     policy = Policy(source=source)
     if "fail_on" in table:
         policy.fail_on = _severity(table["fail_on"], source)

@@ -3,20 +3,48 @@ which turns errors into one line on stderr and an exit code."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from lora_audit import __version__
 from lora_audit.cli import attack, evaluate, finetune, scan, toy
-from lora_audit.cli.options import error_message
+from lora_audit.cli.options import error_message, printable
 from lora_audit.errors import LoraAuditError
 
 log = logging.getLogger("lora_audit")
 
+PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``scan ... | head -1``): point stdout at /dev/null so that
+    nothing more fails on it (the interpreter flushes it at exit), and return :data:`PIPE_CLOSED`."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: not a real file (tests capture it)
+        fd = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return PIPE_CLOSED
+
+
+class _RootGroup(TyperGroup):
+    """The root command. click would turn a broken pipe on stdout into exit code 1, which means
+    "findings": this ends the command quietly with :data:`PIPE_CLOSED` instead."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise typer.Exit(_stdout_closed()) from None
+
+
 app = typer.Typer(
+    cls=_RootGroup,
     name="lora-audit",
     help="Privacy-risk audit of LoRA weights for text-to-image diffusion models.\n\n" + scan.EXIT_CODES,
     no_args_is_help=True,
@@ -48,11 +76,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         code = app(args=argv, prog_name="lora-audit", standalone_mode=False)
+        sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
+    except BrokenPipeError:
+        return _stdout_closed()
     except click_usage_error as e:
         e.show()
         return 4
     except LoraAuditError as e:
-        typer.echo(f"lora-audit: error: {error_message(e)}", err=True)
+        typer.echo(f"lora-audit: error: {printable(error_message(e))}", err=True)
         return e.exit_code
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("lora-audit: interrupted", err=True)

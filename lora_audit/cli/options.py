@@ -31,6 +31,14 @@ def error_message(error: LoraAuditError) -> str:
     return str(error)
 
 
+def printable(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped (``\\x1b``, ``\\n``), so that
+    a value quoted in a message (a policy key, a file name) cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def int_list(text: str, flag: str) -> tuple[int, ...]:
     """Comma-separated integers (``"1,5,10"``), or a usage error naming ``flag``."""
     try:

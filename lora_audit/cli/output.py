@@ -7,13 +7,15 @@ import os
 import sys
 from typing import Iterator, TextIO
 
-from lora_audit.errors import UsageError
+from lora_audit.errors import InputError, LoraAuditError, UsageError
 
 
 def check_report_path(path: str, files: list[str]) -> None:
-    """Refuse a report path that could overwrite a scanned file, or that is a directory."""
+    """Refuse a report path that is empty, could overwrite a scanned file, or is a directory."""
     from lora_audit.scan.collect import SCANNED_SUFFIXES
 
+    if not path:
+        raise InputError("output", None, "is empty; give the path of the report file")
     if path.lower().endswith(SCANNED_SUFFIXES):
         raise UsageError(f"--output {path} has the suffix of a file lora-audit scans; choose e.g. report.json")
     if os.path.isdir(path):
@@ -41,7 +43,9 @@ def open_output(path: str | None) -> Iterator[TextIO]:
             yield stream
         if not direct:
             os.replace(tmp, path)
-    except BaseException:
-        if not direct:
+    except BaseException as e:
+        if not direct and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp, path):  # a write, the close or the rename
+            raise LoraAuditError(f"cannot write report to {path}: {e.strerror}") from None
         raise

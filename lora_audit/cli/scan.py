@@ -14,7 +14,7 @@ from lora_audit.cli.progress import scan_progress
 from lora_audit.errors import UsageError
 
 EXIT_CODES = """Exit codes: 0 no finding at or above --fail-on; 1 findings at or above it;
-2 a file could not be scanned; 3 nothing was scanned; 4 usage error."""
+2 a file could not be scanned; 3 nothing was scanned; 4 usage error; 141 stdout was closed early (| head)."""
 
 commands = typer.Typer()
 
@@ -54,7 +54,7 @@ def scan(
     from lora_audit.scan.engine import ScanOptions, scan_batch
 
     rules = load_policy(policy)
-    threshold = Severity.parse(fail_on) if fail_on else rules.fail_on or Severity.HIGH
+    threshold = Severity.parse(fail_on) if fail_on is not None else rules.fail_on or Severity.HIGH
     options = ScanOptions(redact=redact or bool(rules.redact), policy=rules, weights=not skip_weights)
     files = collect_files(paths)
     if output is not None:
@@ -85,7 +85,15 @@ def scan(
     return result.exit_code
 
 
-@commands.command(epilog="Exit codes: 0 written; 2 the input could not be read; 4 usage error.")
+STRIP_HELP = (
+    "Write a copy without privacy-sensitive metadata; tensors stay byte-identical.\n\n"
+    "Only regular files are replaced, never a device or a FIFO. A symbolic link (as in a Hugging Face cache, "
+    "snapshots/REV/x.safetensors -> ../../blobs/HASH) given to --in-place, or to --output with --force, is "
+    "written through: the file it points to is replaced and the link is kept."
+)
+
+
+@commands.command(help=STRIP_HELP, epilog="Exit codes: 0 written; 2 the input could not be read; 4 usage error.")
 def strip(
     source: str = typer.Argument(..., help="LoRA file to clean.", show_default=False),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Where to write the cleaned copy."),
@@ -100,11 +108,12 @@ def strip(
     if in_place == (output is not None):
         raise UsageError("give exactly one of --output FILE or --in-place")
     destination = source if in_place else output
-    if not in_place and os.path.abspath(destination) == os.path.abspath(source):
+    if not in_place and os.path.realpath(destination) == os.path.realpath(source):
         raise UsageError("--output is the input file; use --in-place to replace it")
     done = strip_metadata(source, destination, overwrite=force or in_place,
                           extra_keys=tuple(remove), keep_keys=tuple(keep))
-    typer.echo(f"wrote {done.destination}: removed {len(done.removed)} metadata key(s)"
+    through = f" (through the link {destination})" if done.destination != destination else ""
+    typer.echo(f"wrote {done.destination}{through}: removed {len(done.removed)} metadata key(s)"
                + (f" ({', '.join(done.removed)})" if done.removed else "") + f", kept {len(done.kept)}")
     return 0
 

@@ -27,17 +27,26 @@ SEVERITY_STYLES = {
 }
 TOP_MODULES = 20
 FILE_WIDTH = 120  # width for logs and files, rather than rich's 80 columns (COLUMNS overrides it)
+MIN_WIDTH = 80  # narrower (COLUMNS=0 or 1) and rich would drop or fold away the report
 INDENT = 2
+
+
+class _Console(Console):
+    """rich's console, except that a closed pipe is an error for the caller: rich would exit 1 ("findings")."""
+
+    def on_broken_pipe(self) -> None:
+        raise  # the BrokenPipeError being handled (rich calls this in its except clause)
 
 
 def write_console(result: ScanResult, stream: TextIO, *, color: bool | None = None,
                   verbose: bool = False) -> None:
     """Write the report; ``color`` None colours only a terminal, ``verbose`` adds module tables."""
-    console = Console(file=stream, force_terminal=True if color else None,
-                      color_system=None if color is False else ("standard" if color else "auto"),
-                      markup=False, emoji=False, highlight=False)
+    console = _Console(file=stream, force_terminal=True if color else None,
+                       color_system=None if color is False else ("standard" if color else "auto"),
+                       markup=False, emoji=False, highlight=False)
     if not console.is_terminal and not os.environ.get("COLUMNS"):
         console.width = FILE_WIDTH
+    console.width = max(console.width, MIN_WIDTH)
     if result.files:
         console.print(_summary_table(result))
     for file in result.files:

@@ -4,7 +4,9 @@
 line per file, then one ``{"type": "summary", ...}`` line, so a consumer can read results while a
 long scan runs: ``scan`` streams file lines as files finish (input order with one job, completion
 order with ``--jobs`` above 1); :func:`write_jsonl` writes them in the result's order. Non-finite floats (a NaN weight norm, say) become ``null``: the
-output is always strict JSON.
+output is always strict JSON. The undecodable bytes of a file name (which Python holds as lone
+surrogates) are written as backslash escapes (``\\xff``), so the output is valid UTF-8 and decodes
+to valid Unicode.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from lora_audit.results import SCHEMA_VERSION, FileResult, ScanResult
 
 def write_json(result: ScanResult, stream: TextIO) -> None:
     """Write the whole scan as one indented JSON document."""
-    json.dump(_strict(result.to_dict()), stream, indent=2, allow_nan=False)
+    json.dump(json_ready(result.to_dict()), stream, indent=2, allow_nan=False)
     stream.write("\n")
 
 
@@ -42,15 +44,32 @@ def jsonl_summary_line(result: ScanResult) -> str:
 
 
 def _line(record: dict[str, Any]) -> str:
-    return json.dumps(_strict(record), allow_nan=False)
+    return json.dumps(json_ready(record), allow_nan=False)
 
 
-def _strict(obj: Any) -> Any:
-    """``obj`` with NaN and infinities replaced by None (JSON has no such numbers)."""
+def json_ready(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by None (JSON has no such numbers) and every string
+    made valid Unicode (:func:`unicode_text`)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        return unicode_text(obj)
     if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
+        return {json_ready(k): json_ready(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_strict(v) for v in obj]
+        return [json_ready(v) for v in obj]
     return obj
+
+
+def unicode_text(text: str) -> str:
+    """``text`` if it encodes as UTF-8; else the bytes of a file name that did not decode as
+    ``\\xff`` escapes (the bytes SARIF percent-encodes), other lone surrogates as ``\\udXXX``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to (e.g. a "\\ud800" in JSON metadata)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")

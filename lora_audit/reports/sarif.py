@@ -4,8 +4,8 @@ One run; one rule (reportingDescriptor) per rule id that produced a result; one 
 A file that could not be scanned has its LA001 finding (unless a policy disabled the rule), and
 every such error is also a tool execution notification. Paths are the ones given, with forward
 slashes, percent-encoded as URI references (undecodable bytes of a filename kept as bytes) and
-never made absolute. Weight files have no lines, so each
-result points at line 1 (GitHub requires a region).
+never made absolute; in message text such bytes are written ``\\xff``, as in the JSON report.
+Weight files have no lines, so each result points at line 1 (GitHub requires a region).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 from typing import Any, TextIO
 from urllib.parse import quote
 
+from lora_audit.reports.json_report import json_ready
 from lora_audit.results import FileResult, Finding, ScanResult, Severity
 from lora_audit.rules import RULES
 
@@ -41,7 +42,7 @@ SECURITY_SEVERITY = {
 
 def write_sarif(result: ScanResult, stream: TextIO) -> None:
     """Write ``result`` as an indented SARIF 2.1.0 log."""
-    json.dump(to_sarif(result), stream, indent=2, allow_nan=False)
+    json.dump(json_ready(to_sarif(result)), stream, indent=2, allow_nan=False)
     stream.write("\n")
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from lora_audit.results import Finding
 from lora_audit.rules import make_finding
-from lora_audit.scan.check import Check, Subject
+from lora_audit.scan.check import MAX_LISTED, Check, Subject
 from lora_audit.weights.json_text import parse_json
 
 TAG_FREQUENCY_KEYS = ("ss_tag_frequency",)
@@ -244,7 +244,8 @@ def _trigger_phrases(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
 
 
 def _embedded_images(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
-    """LA106: cover images and thumbnails, with the text chunks their PNGs carry."""
+    """LA106: cover images and thumbnails, with the text chunks their PNGs carry (the first
+    :data:`~lora_audit.scan.check.MAX_LISTED` of each key, then one "+N more" entry)."""
     hits, n_images, n_chunks = [], 0, 0
     for key in IMAGE_KEYS:
         if not _present(md, key):
@@ -263,7 +264,9 @@ def _embedded_images(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
             where = f"{key}[{i}]" if key == "ssmd_cover_images" else key
             chunks += [_Hit(key, text, f"{where} {keyword}") for keyword, text in png_text_chunks(data or b"").items()]
         if summaries:
-            hits += [_Hit(key, "; ".join(summaries)), *chunks]
+            hits += [_Hit(key, "; ".join(summaries)), *chunks[:MAX_LISTED]]
+            if len(chunks) > MAX_LISTED:
+                hits.append(_Hit(key, "PNG text chunk(s) not listed", f"{key} +{len(chunks) - MAX_LISTED} more"))
             n_images += len(summaries)
             n_chunks += len(chunks)
     if not hits:

@@ -18,7 +18,7 @@ from lora_audit.weights.safetensors_file import SafetensorsFile
 @dataclass
 class StripResult:
     source: str
-    destination: str
+    destination: str  # the file written: the target when the destination given is a link
     removed: list[str]  # metadata keys removed
     kept: list[str]
 
@@ -28,13 +28,22 @@ def strip_metadata(source: str, destination: str, *, overwrite: bool = False,
     """Copy ``source`` to ``destination`` minus sensitive metadata keys (plus ``extra_keys``, minus ``keep_keys``).
 
     The tensor table and data are copied byte for byte and the file mode is kept. Refuses to replace
-    an existing file unless ``overwrite``; writes through a temporary file so a failure never leaves a
+    an existing file unless ``overwrite``, and never replaces anything but a regular file (no device,
+    no FIFO). A symbolic link is written through: the file it points to is replaced and the link kept
+    (a Hugging Face cache's ``snapshots/<rev>/x.safetensors -> ../../blobs/<hash>``); the result's
+    ``destination`` is that file. Writes through a temporary file so a failure never leaves a
     half-written output.
     """
+    if not destination:
+        raise InputError("output", None, "is empty; give the path of the file to write")
     if os.path.isdir(destination):
         raise InputError("output", destination, "is a directory; give the path of the file to write")
-    if os.path.exists(destination) and not overwrite:
+    if os.path.lexists(destination) and not overwrite:
         raise InputError("output", destination, "exists", fix=("force", "to replace it"))
+    # a link's target is the file to change: replacing the link would leave the leaky file in place
+    target = os.path.realpath(destination) if os.path.islink(destination) else destination
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise InputError("output", destination, "is not a regular file; strip replaces only regular files")
     with SafetensorsFile(source) as st:  # validates the input
         header_len, header, metadata = st.header_length, dict(st.header), st.metadata
     mode = stat.S_IMODE(os.stat(source).st_mode)
@@ -44,9 +53,8 @@ def strip_metadata(source: str, destination: str, *, overwrite: bool = False,
         header = {"__metadata__": {k: metadata[k] for k in kept}, **header}
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
-    directory = os.path.dirname(os.path.abspath(destination))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".lora-audit-strip-", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=".lora-audit-strip-", dir=os.path.dirname(os.path.abspath(target)))
     except OSError as e:
         raise InputError("output", destination, f"cannot be written: {e.strerror}") from None
     try:
@@ -57,9 +65,9 @@ def strip_metadata(source: str, destination: str, *, overwrite: bool = False,
             shutil.copyfileobj(src, out, 1 << 20)
         SafetensorsFile(tmp).close()  # the output must read back
         os.chmod(tmp, mode)  # mkstemp made it 0600; keep the source's mode
-        os.replace(tmp, destination)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return StripResult(source, destination, removed, kept)
+    return StripResult(source, target, removed, kept)
