@@ -20,7 +20,7 @@ from lora_audit.errors import PolicyError
 from lora_audit.results import Finding, Severity
 from lora_audit.rules import RULE_NAMES, RULES
 
-_KEYS = {"fail_on", "disable", "severity", "redact", "jobs"}
+_KEYS = {"fail_on", "disable", "severity", "redact", "jobs", "owner_far"}
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Policy:
     severities: dict[str, Severity] = field(default_factory=dict)  # rule id -> severity
     redact: bool | None = None
     jobs: int | None = None
+    owner_far: float | None = None  # the owner verdict's target FAR (LA304 at or below it)
     source: str | None = None  # the file it came from
 
     def apply(self, findings: list[Finding]) -> list[Finding]:
@@ -109,6 +110,11 @@ def _parse(table: dict, source: str) -> Policy:
         if not isinstance(table["jobs"], int) or table["jobs"] < 1:
             raise PolicyError(f"{source}: 'jobs' must be a positive integer")
         policy.jobs = table["jobs"]
+    if "owner_far" in table:
+        value = table["owner_far"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise PolicyError(f"{source}: 'owner_far' must be a number in (0, 1], e.g. 0.01")
+        policy.owner_far = float(value)
     return policy
 
 

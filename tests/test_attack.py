@@ -304,7 +304,7 @@ def test_references_with_facenet_use_its_published_threshold_and_name_unused_pho
         def face_embedder(self, device, face_weights=None):
             return embedder
 
-        impostor_reference = StableDiffusion.impostor_reference
+        owner_null = StableDiffusion.owner_null
 
     families.registered()
     monkeypatch.setitem(families._REGISTRY, "toy", FaceNetToy())
@@ -317,7 +317,8 @@ def test_references_with_facenet_use_its_published_threshold_and_name_unused_pho
     findings = {f.rule_id: f for f in identity_findings(IdentityCheck(options), world["lora"])}
     (verdict,) = [findings[r] for r in ("LA304", "LA305") if r in findings]
     assert verdict.evidence["threshold"].startswith("0.459 (deepface's published Facenet512 threshold")
-    assert verdict.evidence["impostor FAR"] == "not measured (fixed threshold)"
+    assert verdict.evidence["impostor FAR"].startswith("not measured (no gallery")
+    assert verdict.evidence["generic faces null"].endswith("groups of the base model's generic faces score as high against the owner's photos")
     assert "1 reference photos" in verdict.evidence["images"]
     assert findings["LA306"].message.startswith("1 of 2 reference photos not used: grey.png: ")
     assert set(findings["LA306"].evidence) == {"grey.png"}
@@ -451,7 +452,8 @@ def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path
     assert main(args + ["--references", str(photos)]) == 1
     verdicts = [f for f in json.loads(report.read_text())["files"][0]["findings"] if f["rule_id"] in ("LA304", "LA305")]
     assert len(verdicts) == 1 and "owner similarity" in verdicts[0]["evidence"]
-    assert "toy world: 19 identities x 10 views" in verdicts[0]["evidence"]["threshold"]
+    assert "toy world: 200 identities x 2 photos" in verdicts[0]["evidence"]["threshold"]
+    assert verdicts[0]["evidence"]["owner rank"].endswith("of 201 photo sets (the owner's and 200 others)")
     assert main(args + ["--references", str(tmp_path / "nowhere")]) == 4
     (other,) = [f for f in files[str(sd1)]["findings"] if f["rule_id"].startswith("LA3")]
     assert other["rule_id"] == "LA303"  # the given attack model is for the toy family, not sd1
@@ -459,6 +461,28 @@ def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path
     plain = json.loads((tmp_path / "plain.json").read_text())["files"][0]["findings"]
     assert not [f for f in plain if f["rule_id"].startswith("LA3")]
     assert main(["scan", str(sd1), "--attack-model", str(tmp_path)]) == 4
+
+
+def test_the_owner_far_comes_from_the_policy(world, tmp_path, monkeypatch):
+    from PIL import Image
+
+    _toy_embedder(monkeypatch)
+    photos = tmp_path / "owner"
+    photos.mkdir()
+    for k, image in enumerate(world["trajectories"][-1].images):
+        Image.fromarray(image).save(photos / f"me_{k}.png")
+    args = ["scan", str(world["lora"]), "-f", "json", "-o", str(tmp_path / "r.json"), "--attack-model",
+            str(world["root"] / "attack"), "--base", str(world["root"] / "base"), "--references", str(photos),
+            "--fail-on", "critical"]
+    for far, rule in (("1.0", "LA304"), ("1e-9", "LA305")):  # every FAR is <= 1; none is <= 1e-9 but 0
+        (tmp_path / "policy.toml").write_text(f"owner_far = {far}\n")
+        assert main(args + ["--policy", str(tmp_path / "policy.toml")]) == 0
+        (verdict,) = [f for f in json.loads((tmp_path / "r.json").read_text())["files"][0]["findings"]
+                      if f["rule_id"] in ("LA304", "LA305")]
+        assert verdict["rule_id"] == rule and f"at FAR {float(far):g}" in verdict["evidence"]["threshold"]
+    for bad in ("0", "1.5", "true", '"0.01"'):
+        (tmp_path / "policy.toml").write_text(f"owner_far = {bad}\n")
+        assert main(args + ["--policy", str(tmp_path / "policy.toml")]) == 4, bad
 
 
 def test_sd1_scan_stays_static_and_says_what_is_missing(tmp_path, capsys):

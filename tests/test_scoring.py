@@ -14,8 +14,8 @@ from lora_audit.identity.embedder import FaceEmbedder
 from lora_audit.results import Severity
 from lora_audit.rules import RULES
 from lora_audit.identity.scoring import (
-    ImpostorReference,
-    impostor_reference_from_embeddings,
+    ImpostorGallery,
+    OperatingPoint,
     load_references,
     reference_crops,
     score_leak,
@@ -55,7 +55,7 @@ def _noise(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(size=(SIDE, SIDE, 3)).astype(np.float32)
 
 
-FIXED = ImpostorReference(source="test: fixed threshold", threshold=0.5)
+FIXED = OperatingPoint(0.5, "test: fixed threshold", "one pair of photos")
 
 
 def test_identical_images_score_one(embedder):
@@ -89,66 +89,75 @@ def test_reference_is_resized_to_the_reconstruction(embedder):
     assert score.ssim > 0.9 and 20 < score.psnr < np.inf
 
 
-def test_far_and_threshold_on_a_constructed_sample():
-    values = np.linspace(0, 1, 1000)
-    impostors = ImpostorReference(source="test", similarities=np.random.default_rng(0).permutation(values))
-    threshold = impostors.threshold_at_far(0.01)
-    assert threshold == np.nextafter(values[989], np.inf)  # just above the 11th highest: 10 of 1000 reach it
-    assert impostors.far_at(threshold) == 0.01 and impostors.far_at(values[990]) == 0.01
-    assert impostors.far_at(np.nextafter(values[990], np.inf)) == 0.009
-    assert impostors.far_at(values[989]) == 0.011
-    assert impostors.percentile_of(threshold) == 99.0
-    assert impostors.threshold_at_far(1e-3) == np.nextafter(values[998], np.inf)  # only 1.0 reaches it
-    assert impostors.threshold_at_far(1e-4) > 1.0 and impostors.far_at(impostors.threshold_at_far(1e-4)) == 0
-    assert impostors.far_at(-1) == 1 and impostors.far_at(2) == 0
-    hundred = ImpostorReference(source="test", similarities=np.linspace(0, 1, 100))
-    assert hundred.far_at(hundred.threshold_at_far(0.29)) == 0.29  # 0.29 * 100 is 28.999...
+def _gallery(centres) -> ImpostorGallery:
+    return ImpostorGallery(np.asarray(centres, dtype=np.float64), f"test: {len(centres)} identities")
 
 
-def test_tied_impostors_never_exceed_the_far():
-    impostors = ImpostorReference(source="test", similarities=[0.1, 0.5, 0.5, 0.5, 0.9])
-    assert impostors.threshold_at_far(0.4) == np.nextafter(0.5, np.inf)  # just above the ties: 0.7 is accepted
-    assert impostors.far_at(0.5) == 0.8 and impostors.far_at(impostors.threshold_at_far(0.4)) == 0.2
+def test_the_null_is_the_same_statistic_against_other_peoples_photo_sets(embedder):
+    """FAR = share of other identities' photo-set centres the reconstructions score at least as high against."""
+    recon, owner = np.stack([_noise(2), _noise(3)]), np.stack([_noise(2), _noise(4)])
+    others = np.stack([np.stack([_noise(10 + 2 * i), _noise(11 + 2 * i)]) for i in range(50)])  # [50, 2, S, S, 3]
+    gallery = ImpostorGallery.from_photos(embedder, others, "test: 50 noise identities")
+    assert gallery.centres.shape == (50, embedder.dim)
+    score = score_leak(recon, owner, embedder, gallery, far=0.01)
+    # By hand: the same statistic (mean cosine of the reconstructions to a photo set's centre) per identity.
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    r = unit(embedder.embed(recon))  # [2, D]
+    by_hand = [float((r @ unit(unit(embedder.embed(o)).mean(0))).mean()) for o in others]  # [50]
+    own = float((r @ unit(unit(embedder.embed(owner)).mean(0))).mean())
+    assert score.similarity == pytest.approx(own, abs=1e-6)
+    assert score.far == np.mean(np.array(by_hand) >= score.similarity) and score.impostors == 50
+    assert score.rank == 1 + int((np.array(by_hand) > score.similarity).sum())
+    assert score.leaks == (score.far <= 0.01) and score.target_far == 0.01
 
 
-def test_fixed_threshold_without_a_sample():
-    assert FIXED.far_at(0.9) is None and FIXED.percentile_of(0.9) is None
-    assert FIXED.threshold_at_far(1e-3) == 0.5
-    with pytest.raises(ValueError):
-        ImpostorReference(source="nothing")
-
-
-def test_impostor_pairs_from_embeddings():
-    embeddings = np.array([[2.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 3.0]])
-    impostors = impostor_reference_from_embeddings(embeddings, np.array([0, 0, 1, 2]), "test")
-    # Pairs of different labels: (0,2) (0,3) (1,2) (1,3) (2,3); cosines of unit rows.
-    assert impostors.pairs == 5
-    assert impostors.similarities == pytest.approx(np.sort([2 ** -0.5, 0, 2 ** -0.5, 0, 2 ** -0.5]))
-
-
-def test_verdict_flips_exactly_at_the_threshold(embedder):
+def test_the_verdict_flips_exactly_at_the_target_far(embedder):
     recon, refs = np.stack([_noise(2), _noise(3)]), np.stack([_noise(2), _noise(4)])
     similarity = score_leak(recon, refs, embedder, FIXED).similarity
-    at = ImpostorReference(source="test", threshold=similarity)
-    above = ImpostorReference(source="test", threshold=float(np.nextafter(similarity, np.inf)))
-    assert score_leak(recon, refs, embedder, at).leaks
-    assert not score_leak(recon, refs, embedder, above).leaks
-    sample = ImpostorReference(source="test", similarities=np.r_[np.linspace(-0.5, 0.1, 99), similarity])
-    score = score_leak(recon, refs, embedder, sample, far=0.01)  # one impostor may reach it: it is ours
-    assert score.threshold == np.nextafter(0.1, np.inf) and score.leaks and score.far == 0.01
-    score = score_leak(recon, refs, embedder, sample, far=0.0)  # none may: just above the similarity
-    assert score.threshold == np.nextafter(similarity, np.inf) and not score.leaks and score.far == 0.01
+    m = embedder.embed(recon).astype(np.float64).mean(0)  # a centre c scores m . c (unit embeddings)
+    along = m / np.linalg.norm(m)
+    across = np.eye(embedder.dim)[0] - along[0] * along
+    across /= np.linalg.norm(across)
+
+    def centre(score):  # the unit centre the reconstructions score exactly ``score`` against
+        a = score / np.linalg.norm(m)
+        return a * along + np.sqrt(1 - a ** 2) * across
+
+    below = [centre(t) for t in np.linspace(-0.2, similarity - 0.05, 99)]
+    for last, far, leaks in ((similarity, 0.01, True), (similarity, 0.0, False),
+                             (similarity + 0.01, 0.01, True), (similarity + 0.01, 0.005, False)):
+        score = score_leak(recon, refs, embedder, _gallery([*below, centre(last)]), far=far)
+        assert score.far == pytest.approx(0.01) and score.leaks == leaks, (last, far)
+    assert score.rank == 2  # one impostor above the owner
+
+
+def test_an_operating_point_says_what_it_was_made_for_and_a_generic_null_is_measured(embedder):
+    recon, refs = np.stack([_noise(2), _noise(3)]), np.stack([_noise(2), _noise(4)])
+    similarity = score_leak(recon, refs, embedder, FIXED).similarity
+    at = OperatingPoint(similarity, "test", "one pair of photos")
+    above = OperatingPoint(float(np.nextafter(similarity, np.inf)), "test", "one pair of photos")
+    assert score_leak(recon, refs, embedder, at).leaks and not score_leak(recon, refs, embedder, above).leaks
+    generic = np.stack([embedder.embed(np.stack([_noise(40 + g), _noise(60 + g)])) for g in range(8)])  # [8, 2, D]
+    generic[0] = embedder.embed(recon)  # one group exactly as close to the owner as the reconstructions
+    score = score_leak(recon, refs, embedder, at, generic=generic)
+    assert score.far is None and score.rank is None and score.generic_null == (1, 8)
+    evidence = score.to_evidence()
+    assert evidence["impostor FAR"].startswith("not measured")
+    assert "one pair of photos" in evidence["statistic"] and evidence["generic faces null"].startswith("1 of 8 groups")
 
 
 def test_findings_and_the_rules_to_add(embedder):
     face = _noise(5)
-    sample = ImpostorReference(source="test: 100 pairs", similarities=np.linspace(-0.3, 0.3, 100))
-    leak = verdict_finding(score_leak(face[None], face[None], embedder, sample))
-    clean = verdict_finding(score_leak(_ramp(0)[None], _ramp(1)[None], embedder, sample))
+    gallery = _gallery(np.eye(embedder.dim)[1:101])  # 100 near-orthogonal identities
+    leak = verdict_finding(score_leak(face[None], face[None], embedder, gallery), consistent=True)
+    clean = verdict_finding(score_leak(_ramp(0)[None], _ramp(1)[None], embedder, gallery), consistent=False)
     assert (leak.rule_id, leak.severity) == ("LA304", Severity.HIGH)
     assert (clean.rule_id, clean.severity) == ("LA305", Severity.INFO)
     assert "similarity 1.000" in leak.message and "paper score 1.000" in leak.message
-    assert "none of 100 impostor pairs" in leak.message and "test: 100 pairs" in leak.evidence["threshold"]
+    assert "rank 1 of 101 photo sets" in leak.message and "none of 100 other people's photo sets" in leak.message
+    assert leak.message.endswith("the weights decode to one consistent identity (LA301), and it is the owner's")
+    assert clean.message.endswith("the reconstructions show no consistent identity either (LA302)")
+    assert "test: 100 identities" in leak.evidence["threshold"] and leak.evidence["owner rank"].startswith("1 of 101")
     assert all(isinstance(v, str) for v in leak.evidence.values())
     for finding in (leak, clean):
         rule = RULES[finding.rule_id]

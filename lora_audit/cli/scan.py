@@ -42,7 +42,7 @@ def scan(
     attack_model: AttackModelOption = None,
     base: BaseOption = None,
     face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint for non-toy families \\[default: the torch hub cache]."),
-    references: Optional[str] = typer.Option(None, "--references", help="Folder of the owner's photos: score the reconstructions against them (similarity, SSIM/PSNR; toy: impostor FAR, FaceNet: a fixed published threshold) and add a verdict (LA304/LA305; unusable photos: LA306)."),
+    references: Optional[str] = typer.Option(None, "--references", help="Folder of the owner's photos: score the reconstructions against them and against other people's photo sets of as many photos (toy: 200 identities; the FAR, policy key owner_far, default 0.01), or FaceNet's published operating point with the base's generic faces as a measured null; a verdict LA304/LA305 (unusable photos: LA306, none usable: LA307)."),
     reconstructions: Optional[str] = typer.Option(None, "--reconstructions", help="Directory for the reconstruction PNGs and grids \\[default: next to --output, else ./lora-audit-reconstructions]."),
 ) -> int:
     """Audit LoRA files: metadata leaks, unsafe formats, broken weights, and the identity the weights reveal."""
@@ -67,7 +67,8 @@ def scan(
 
         where = reconstructions or (f"{os.path.splitext(output)[0]}_reconstructions" if output else "lora-audit-reconstructions")
         identity = IdentityCheck(IdentityOptions(attack_model=attack_model, base=base, face_weights=face_weights,
-                                                 references=references, out_dir=Path(where)))
+                                                 references=references, out_dir=Path(where),
+                                                 **({"owner_far": rules.owner_far} if rules.owner_far else {})))
     with open_output(output) as stream, scan_progress(len(files), quiet) as advance:
         def on_result(file_result) -> None:
             advance()

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from lora_audit.diffusion.base import DiffusionBase
     from lora_audit.identity.embedder import FaceEmbedder
-    from lora_audit.identity.scoring import ImpostorReference
+    from lora_audit.identity.scoring import ImpostorGallery, OperatingPoint
 
 DEFAULT_FAMILY = "toy"  # the base used when no --base is given: the toy world ships one
 _BUILTIN = ("lora_audit.toyworld.family", "lora_audit.families.stable_diffusion")
@@ -67,9 +67,10 @@ class Family(ABC):
         """The face embedder that scores this family's faces (``face_weights``: a user-given checkpoint)."""
 
     @abstractmethod
-    def impostor_reference(self, embedder: "FaceEmbedder", image_size: int) -> "ImpostorReference":
-        """What the owner's verdict compares with: similarities between different people, or a
-        published operating point, for ``embedder``."""
+    def owner_null(self, embedder: "FaceEmbedder", image_size: int, photos: int
+                   ) -> "ImpostorGallery | OperatingPoint":
+        """What the owner's verdict compares with, for ``embedder``: other people's photo sets of
+        ``photos`` photos each (a gallery), or a published operating point."""
 
     @abstractmethod
     def face_prompts(self, count: int, seed: int = 0) -> list[str]:

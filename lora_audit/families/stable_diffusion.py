@@ -39,11 +39,12 @@ class StableDiffusion(Family):
 
         return FaceNetEmbedder.load(face_weights, device=device)
 
-    def impostor_reference(self, embedder, image_size: int):
-        from lora_audit.identity.scoring import ImpostorReference
+    def owner_null(self, embedder, image_size: int, photos: int):
+        """FaceNet's published operating point (no gallery of people ships for real faces)."""
+        from lora_audit.identity.scoring import OperatingPoint
 
         threshold, source = embedder.verification_threshold()
-        return ImpostorReference(source=source, threshold=threshold)
+        return OperatingPoint(threshold, source, "one pair of photos (face verification)")
 
     def face_prompts(self, count: int, seed: int = 0) -> list[str]:
         combos = [f"a photo of a {age} {who} with {hair} hair {extra}".strip()

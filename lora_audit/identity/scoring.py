@@ -1,16 +1,22 @@
 """How much of the owner's identity the reconstructions show, scored against the owner's photos.
 
-The measure is the paper's: the mean cosine similarity of each reconstruction's face embedding to
-the owner's identity (the L2-normalised mean embedding of the reference photos), also reported as
-``0.5 * similarity + 0.5``. A cosine means nothing without the embedder's spread between different
-people, so the verdict compares it with an :class:`ImpostorReference`: a sample of similarities
-between different people for the same embedder (the threshold then accepts at most a target share
-of them, the false accept rate), or a fixed threshold with the source that justifies it.
+The statistic is the paper's: the mean cosine similarity of the K reconstructions' face embeddings
+to the owner's identity centre (the L2-normalised mean embedding of the owner's N photos), also
+reported as ``0.5 * similarity + 0.5``. A cosine means nothing without its null distribution, and
+the null must be the same statistic: the same reconstructions scored against the photo sets of
+other people, N photos each (an :class:`ImpostorGallery`). The false accept rate is the share of
+those impostor identities that score at least as high as the owner, and the verdict says "leaks"
+when it is at most the target (``DEFAULT_OWNER_FAR``, policy key ``owner_far``).
+
+A family without a gallery of people has only a published operating point (an
+:class:`OperatingPoint`): its source and the statistic it was made for are stated, and the base
+model's own generic faces, scored against the owner's photos the same way, are a measured null
+beside it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,94 +31,80 @@ from lora_audit.images import image_files, load_image
 if TYPE_CHECKING:
     from lora_audit.identity.embedder import FaceEmbedder
 
-@dataclass(kw_only=True)
-class ImpostorReference:
-    """Cosine similarities between different people for one embedder, and/or a fixed threshold.
+DEFAULT_OWNER_FAR = 0.01  # at most 1 in 100 other people's photo sets may score as high as the owner's
 
-    ``source`` says where they come from, e.g. "toy world: 190 impostor pairs of 20 identities".
-    """
 
+@dataclass
+class ImpostorGallery:
+    """Other people's identity centres, each from as many photos as the owner gave: the verdict's null."""
+
+    centres: np.ndarray  # [M, D] unit rows, one per impostor identity
+    source: str  # e.g. "toy world: 200 identities x 5 photos (ids 305000-305199)"
+
+    @classmethod
+    def from_photos(cls, embedder: FaceEmbedder, photos: np.ndarray, source: str) -> "ImpostorGallery":
+        """The gallery of photo sets [M, N, S, S, 3] (M identities, N photos each)."""
+        m, n = photos.shape[:2]
+        embeds = embedder.embed(photos.reshape(m * n, *photos.shape[2:]))  # [M * N, D]
+        return cls(metrics.centres(embeds, np.repeat(np.arange(m), n)), source)
+
+
+@dataclass
+class OperatingPoint:
+    """A published similarity threshold, where it comes from, and the statistic it was made for."""
+
+    threshold: float
     source: str
-    similarities: np.ndarray = field(default_factory=lambda: np.empty(0))  # [P] sorted ascending
-    threshold: float | None = None
-
-    def __post_init__(self):
-        self.similarities = np.sort(np.asarray(self.similarities, dtype=np.float64).ravel())  # [P]
-        if not len(self.similarities) and self.threshold is None:
-            raise ValueError("an impostor reference needs impostor similarities or a fixed threshold")
-
-    @property
-    def pairs(self) -> int:
-        """Number of impostor similarities in the sample."""
-        return len(self.similarities)
-
-    def far_at(self, similarity: float) -> float | None:
-        """Share of impostor similarities >= ``similarity`` (:func:`metrics.far_at`); None without a sample."""
-        return metrics.far_at(self.similarities, similarity) if self.pairs else None
-
-    def percentile_of(self, similarity: float) -> float | None:
-        """Percentage (0-100) of impostor similarities below ``similarity``; None without a sample."""
-        if not self.pairs:
-            return None
-        reached = round(metrics.far_at(self.similarities, similarity) * self.pairs)  # impostors >= it
-        return 100.0 * (self.pairs - reached) / self.pairs
-
-    def threshold_at_far(self, far: float) -> float:
-        """The lowest similarity threshold whose FAR on the sample is at most ``far``
-        (:func:`metrics.threshold_at_far`: ``s >= threshold  <=>  far_at(s) <= far``); without a
-        sample, the fixed threshold.
-
-        With P impostor pairs a FAR under 1/P cannot be resolved: the threshold is then just above the
-        highest impostor similarity.
-        """
-        if not self.pairs:
-            return float(self.threshold)
-        return metrics.threshold_at_far(self.similarities, far)
-
-
-def impostor_reference_from_embeddings(embeddings: np.ndarray, labels: np.ndarray, source: str
-                                       ) -> ImpostorReference:
-    """The cosine similarities of every unordered pair of ``embeddings`` [N, D] whose ``labels`` [N] differ."""
-    _, impostors = metrics.pair_scores(embeddings, labels)  # [P]
-    return ImpostorReference(source=source, similarities=impostors)
+    statistic: str  # what the threshold was measured on, e.g. "one photo pair (verification)"
 
 
 @dataclass
 class LeakScore:
-    """How much of the owner's identity the reconstructions show, and the verdict."""
+    """How much of the owner's identity the reconstructions show, against its null, and the verdict."""
 
-    similarity: float  # mean cosine of each reconstruction to the owner's mean embedding
+    similarity: float  # mean cosine of the reconstructions to the owner's centre
     paper_score: float  # 0.5 * similarity + 0.5
     best_pair_similarity: float  # max cosine over reconstruction x reference pairs
-    far: float | None  # share of impostor pairs at or above ``similarity``; None without a sample
-    threshold: float
-    leaks: bool  # similarity >= threshold
     ssim: float  # of the best-matching pair by embedding
     psnr: float  # dB, of the same pair; inf when identical
     references: int
     reconstructions: int
-    target_far: float | None  # the FAR the threshold was chosen for; None for a fixed threshold
-    impostor_pairs: int  # size of the impostor sample (0: fixed threshold)
-    source: str  # where the impostor sample or fixed threshold comes from
+    leaks: bool
+    threshold: float  # the lowest similarity that leaks (gallery: at the target FAR)
+    source: str  # where the null or the operating point comes from
+    impostors: int = 0  # gallery size (0: an operating point)
+    far: float | None = None  # share of impostor identities scoring >= the owner; None without a gallery
+    rank: int | None = None  # the owner's rank among owner + impostors (1: the reconstructions are the owner's)
+    target_far: float | None = None
+    statistic: str = "mean cosine of the reconstructions to the photo set's identity centre"
+    generic_null: tuple[int, int] | None = None  # (groups of generic faces scoring >= the owner, groups)
 
     def far_text(self) -> str:
-        """The FAR at the similarity, with the sample size that limits its resolution."""
+        """The FAR at the owner's score, with the gallery size that limits its resolution."""
         if self.far is None:
-            return "not measured (fixed threshold)"
-        reached = round(self.far * self.impostor_pairs)
+            return "not measured (no gallery of other people for this family; see the operating point)"
+        reached = round(self.far * self.impostors)
         if reached == 0:
-            return f"< {1 / self.impostor_pairs:.2g} (none of {self.impostor_pairs} impostor pairs reaches it)"
-        return f"{self.far:.3g} ({reached} of {self.impostor_pairs} impostor pairs reach it)"
+            return f"< {1 / self.impostors:.2g} (none of {self.impostors} other people's photo sets scores as high)"
+        return f"{self.far:.3g} ({reached} of {self.impostors} other people's photo sets score as high)"
 
     def to_evidence(self) -> dict[str, str]:
         """Formatted values for a finding's evidence."""
+        evidence = {"owner similarity": f"{self.similarity:.3f} (paper score {self.paper_score:.3f})"}
+        if self.rank is not None:
+            evidence["owner rank"] = f"{self.rank} of {self.impostors + 1} photo sets (the owner's and {self.impostors} others)"
         at = f" at FAR {self.target_far:g}" if self.target_far is not None else ""
-        return {"owner similarity": f"{self.similarity:.3f} (paper score {self.paper_score:.3f})",
-                "best pair similarity": f"{self.best_pair_similarity:.3f}",
-                "threshold": f"{self.threshold:.3f}{at} ({self.source})",
-                "impostor FAR": self.far_text(),
-                "best pair SSIM / PSNR": f"{self.ssim:.3f} / {self.psnr:.1f} dB",
-                "images": f"{self.reconstructions} reconstructions, {self.references} reference photos"}
+        evidence["threshold"] = f"{self.threshold:.3f}{at} ({self.source})"
+        evidence["impostor FAR"] = self.far_text()
+        evidence["statistic"] = self.statistic
+        if self.generic_null is not None:
+            reached, groups = self.generic_null
+            evidence["generic faces null"] = (f"{reached} of {groups} groups of the base model's generic faces "
+                                              "score as high against the owner's photos")
+        evidence["best pair similarity"] = f"{self.best_pair_similarity:.3f}"
+        evidence["best pair SSIM / PSNR"] = f"{self.ssim:.3f} / {self.psnr:.1f} dB"
+        evidence["images"] = f"{self.reconstructions} reconstructions, {self.references} reference photos"
+        return evidence
 
 
 def _pair_quality(reconstruction: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
@@ -128,8 +120,14 @@ def _pair_quality(reconstruction: np.ndarray, reference: np.ndarray) -> tuple[fl
 
 
 def score_leak(reconstructions: np.ndarray, references: np.ndarray, embedder: FaceEmbedder,
-               impostors: ImpostorReference, far: float = 1e-3) -> LeakScore:
-    """Score reconstructions [K, H, W, 3] against the owner's photos [N, S, S, 3] (floats in [0, 1])."""
+               null: ImpostorGallery | OperatingPoint, *, far: float = DEFAULT_OWNER_FAR,
+               generic: np.ndarray | None = None) -> LeakScore:
+    """Score reconstructions [K, H, W, 3] against the owner's photos [N, S, S, 3] (floats in [0, 1]).
+
+    With a gallery the verdict is its FAR at the owner's score (<= ``far`` leaks); with an operating
+    point, its threshold. ``generic`` [G, K', D]: embeddings of groups of generic faces, scored against
+    the owner's photos as a measured null beside an operating point.
+    """
     if not len(reconstructions) or not len(references):
         raise ValueError(f"need reconstructions and references, got {len(reconstructions)} and {len(references)}")
     recon = metrics.unit_rows(embedder.embed(reconstructions))  # [K, D]
@@ -139,13 +137,22 @@ def score_leak(reconstructions: np.ndarray, references: np.ndarray, embedder: Fa
     pairs = recon @ refs.T  # [K, N]
     k, n = np.unravel_index(int(np.argmax(pairs)), pairs.shape)
     ssim, psnr = _pair_quality(reconstructions[k], references[n])
-    threshold = impostors.threshold_at_far(far)
-    return LeakScore(similarity=similarity, paper_score=0.5 * similarity + 0.5,
-                     best_pair_similarity=float(pairs[k, n]), far=impostors.far_at(similarity),
-                     threshold=threshold, leaks=similarity >= threshold, ssim=ssim, psnr=psnr,
-                     references=len(references), reconstructions=len(reconstructions),
-                     target_far=far if impostors.pairs else None, impostor_pairs=impostors.pairs,
-                     source=impostors.source)
+    shared = dict(similarity=similarity, paper_score=0.5 * similarity + 0.5, best_pair_similarity=float(pairs[k, n]),
+                  ssim=ssim, psnr=psnr, references=len(references), reconstructions=len(reconstructions),
+                  source=null.source)
+    if generic is not None:
+        groups = np.stack([metrics.set_scores(g, owner)[0] for g in generic])  # [G]
+        shared["generic_null"] = (int((groups >= similarity).sum()), len(groups))
+    if isinstance(null, OperatingPoint):
+        return LeakScore(**shared, leaks=similarity >= null.threshold, threshold=null.threshold,
+                         statistic=f"the operating point is for {null.statistic}; applied here to the mean "
+                                   "cosine of the reconstructions to the owner's photo centre")
+    impostor = metrics.set_scores(recon, null.centres)  # [M]
+    rate = metrics.far_at(impostor, similarity)
+    return LeakScore(**shared, leaks=rate <= far, threshold=metrics.threshold_at_far(impostor, far),
+                     impostors=len(impostor), far=rate, rank=metrics.rank_of(np.append(impostor, similarity),
+                                                                             len(impostor)),
+                     target_far=far)
 
 
 @dataclass

@@ -24,6 +24,8 @@ from lora_audit.attack.resolve import AttackPlan, AttackSources
 from lora_audit.errors import AttackFailedError, MissingInputError, NotAttackableError
 from lora_audit.families import get_family
 from lora_audit.identity.metrics import consistency
+from lora_audit.identity.scoring import (DEFAULT_OWNER_FAR, LeakScore, OperatingPoint, describe_unused,
+                                         load_references, reference_crops, score_leak)
 from lora_audit.results import Finding
 from lora_audit.rules import make_finding
 from lora_audit.scan.check import Check, Subject
@@ -44,6 +46,7 @@ class IdentityOptions:
     latents: int = 4
     seeds: int = 2
     sampling_steps: int = 25
+    owner_far: float = DEFAULT_OWNER_FAR  # the verdict's target FAR against other people's photo sets
 
 
 @dataclass
@@ -53,16 +56,23 @@ class LoadedAttack:
     attack: object  # AttackModel
     base: object  # DiffusionBase
     embedder: object  # FaceEmbedder
-    generic: dict  # the generic faces' consistency: mean, std, values, k, sampling_steps
+    generic: dict  # the generic faces' consistency: mean, std, values, k, sampling_steps, embedder
+    generic_faces: np.ndarray | None = None  # [G, K, D] their embeddings, made when a verdict needs them
+
+
+def generic_faces(base, embedder, prompt: str, k: int, groups: int = GENERIC_GROUPS,
+                  sampling_steps: int = 25) -> np.ndarray:
+    """Embeddings [G, K, D] of ``groups`` groups of K generic faces (``prompt``, K sampler seeds each)."""
+    embeds = base.encode_prompt([prompt]).detach().expand(k, -1, -1)
+    return np.stack([embedder.embed(base.generate(embeds, seed=10_000 + g, steps=sampling_steps))
+                     for g in range(groups)])
 
 
 def generic_consistency(base, embedder, prompt: str, k: int, groups: int = GENERIC_GROUPS,
                         sampling_steps: int = 25) -> dict:
     """The consistency of K generic faces (``prompt``, K seeds) over ``groups`` groups: mean, std, values,
     and the ``embedder`` (its fingerprint) that measured them."""
-    embeds = base.encode_prompt([prompt]).detach().expand(k, -1, -1)
-    values = [consistency(embedder.embed(base.generate(embeds, seed=10_000 + g, steps=sampling_steps)))
-              for g in range(groups)]
+    values = [consistency(group) for group in generic_faces(base, embedder, prompt, k, groups, sampling_steps)]
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values, "k": k,
             "prompt": prompt, "sampling_steps": sampling_steps, "embedder": embedder.fingerprint()}
 
@@ -78,8 +88,6 @@ class IdentityCheck(Check):
     rule_ids = ("LA301", "LA302", "LA303", "LA304", "LA305", "LA306", "LA307")
 
     def __init__(self, options: IdentityOptions):
-        from lora_audit.identity.scoring import load_references
-
         self.options = options
         self.sources = AttackSources(options.attack_model, options.base)
         self.references = load_references(options.references) if options.references is not None else None
@@ -105,25 +113,35 @@ class IdentityCheck(Check):
 
     def _audit(self, subject: Subject, plan: AttackPlan, loaded: LoadedAttack) -> list[Finding]:
         from lora_audit.attack.reconstruct import reconstruct, save_reconstruction
-        from lora_audit.identity.scoring import score_leak
 
         o = self.options
         result = reconstruct(loaded.attack, loaded.base, subject.lora, latents=o.latents, seeds=o.seeds,
                              sampling_steps=o.sampling_steps)
         name = f"{Path(subject.path).stem}-{hashlib.sha1(subject.path.encode()).hexdigest()[:6]}"
         grid = save_reconstruction(result, o.out_dir, name)[-1]
-        findings = [_consistency(consistency(loaded.embedder.embed(result.images)), loaded.generic, result, grid)]
+        weights = _consistency(consistency(loaded.embedder.embed(result.images)), loaded.generic, result, grid)
+        findings = [weights]
         if self.references is not None:
-            faces, impostors, unused = self._owner(plan.family, loaded)
+            faces, null, unused = self._owner(plan.family, loaded)
             if faces is None:
                 findings.append(make_finding(
                     "LA307", f"no verdict on the owner's face: none of the {len(unused)} photos in "
                     f"{self.references.folder} is usable for a {plan.family} LoRA", dict(unused)))
             else:
-                findings.append(verdict_finding(score_leak(result.images, faces, loaded.embedder, impostors)))
+                generic = self._generic_faces(loaded) if isinstance(null, OperatingPoint) else None
+                score = score_leak(result.images, faces, loaded.embedder, null, far=o.owner_far, generic=generic)
+                findings.append(verdict_finding(score, consistent=weights.rule_id == "LA301"))
                 if unused:
                     findings.append(_unused_photos(unused, len(faces)))
         return findings
+
+    def _generic_faces(self, loaded: LoadedAttack) -> np.ndarray:
+        """The generic faces' embeddings [G, K, D] (the measured null beside an operating point), once."""
+        if loaded.generic_faces is None:
+            o = self.options
+            loaded.generic_faces = generic_faces(loaded.base, loaded.embedder, loaded.attack.config.class_prompt,
+                                                 o.latents * o.seeds, sampling_steps=o.sampling_steps)
+        return loaded.generic_faces
 
     def _load(self, plan: AttackPlan) -> LoadedAttack | MissingInputError:
         """The family's models, loaded once; a missing input (e.g. face-embedder weights) is kept as such."""
@@ -147,16 +165,15 @@ class IdentityCheck(Check):
         return self._loaded[plan.family]
 
     def _owner(self, family: str, loaded: LoadedAttack) -> tuple:
-        """The owner's faces at the base's resolution (None when none is usable), the family's impostor
-        reference for its embedder, and the ``(name, reason)`` of each photo left out; once per family."""
+        """The owner's faces at the base's resolution (None when none is usable), the family's null for
+        the verdict (other people's photo sets of as many photos, or an operating point), and the
+        ``(name, reason)`` of each photo left out; once per family."""
         if family not in self._owners:
-            from lora_audit.identity.scoring import reference_crops
-
             size = loaded.base.image_size
             registered = get_family(family)
             faces, unused = reference_crops(self.references, size, detect=registered.detect_faces)
-            impostors = registered.impostor_reference(loaded.embedder, size) if faces is not None else None
-            self._owners[family] = (faces, impostors, unused)
+            null = registered.owner_null(loaded.embedder, size, len(faces)) if faces is not None else None
+            self._owners[family] = (faces, null, unused)
         return self._owners[family]
 
 
@@ -184,23 +201,35 @@ def _consistency(value: float, generic: dict, result, grid: Path) -> Finding:
                         f"vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std)", evidence)
 
 
-def verdict_finding(score) -> Finding:
-    """LA304 when the reconstructions match the owner's photos, else LA305, with the score as evidence."""
-    if score.leaks:
-        rule_id, says = "LA304", "match"
-        relation = ">="
+def verdict_finding(score: LeakScore, consistent: bool | None = None) -> Finding:
+    """LA304 when the reconstructions match the owner's photos, else LA305, with the score as evidence.
+
+    ``consistent``: whether the same scan found the reconstructions consistent (LA301) or not (LA302);
+    the message then says how the two findings fit together.
+    """
+    rule_id, says = ("LA304", "match") if score.leaks else ("LA305", "do not match")
+    if score.far is not None:
+        against = (f"rank {score.rank} of {score.impostors + 1} photo sets, impostor FAR {score.far_text()}, "
+                   f"{'within' if score.leaks else 'above'} the {score.target_far:g} allowed")
     else:
-        rule_id, says = "LA305", "do not match"
-        relation = "<"
+        against = (f"{'>=' if score.leaks else '<'} the operating point {score.threshold:.3f} "
+                   f"({score.source})")
     message = (f"the reconstructions {says} the owner's photos: similarity {score.similarity:.3f} "
-               f"(paper score {score.paper_score:.3f}) {relation} threshold {score.threshold:.3f}, "
-               f"impostor FAR {score.far_text()}")
+               f"(paper score {score.paper_score:.3f}), {against}")
+    if consistent is not None:
+        message += "; " + _STORIES[score.leaks, consistent]
     return make_finding(rule_id, message, score.to_evidence())
+
+
+_STORIES = {  # (leaks, consistent) -> how the verdict and LA301/LA302 fit together
+    (True, True): "the weights decode to one consistent identity (LA301), and it is the owner's",
+    (True, False): "the reconstructions vary (LA302), yet together they resemble the owner",
+    (False, True): "the weights decode to one consistent identity (LA301), but not one these photos match",
+    (False, False): "the reconstructions show no consistent identity either (LA302)",
+}
 
 
 def _unused_photos(unused: list[tuple[str, str]], used: int) -> Finding:
     """LA306 listing the owner's photos that could not be used, with the reason for each."""
-    from lora_audit.identity.scoring import describe_unused
-
     return make_finding("LA306", f"{len(unused)} of {len(unused) + used} reference photos not used: "
                         + describe_unused(unused), dict(unused))

@@ -8,8 +8,8 @@ import numpy as np
 
 from lora_audit.families import Family, register
 from lora_audit.toyworld.assets import asset_path, toy_base_path, toy_embedder_path
-from lora_audit.toyworld.identities import DISTRACTORS, PUBLIC, SHADOW_START
-from lora_audit.toyworld.photos import REFERENCE_INDICES, identity_photos, reference_views
+from lora_audit.toyworld.identities import IMPOSTORS, PUBLIC, SHADOW_START
+from lora_audit.toyworld.photos import identity_photos
 
 TOY_METADATA = {"lora_audit.base_model": "toy", "modelspec.architecture": "lora-audit-toy/lora"}
 PIPELINE_CLASS = "ToyFacePipeline"
@@ -38,15 +38,14 @@ class ToyFamily(Family):
 
         return ToyFaceEmbedder.load(toy_embedder_path(), device=device)
 
-    def impostor_reference(self, embedder, image_size: int):
-        """Similarities between the reference views of 19 distractor identities nobody trains on."""
-        from lora_audit.identity.scoring import impostor_reference_from_embeddings
+    def owner_null(self, embedder, image_size: int, photos: int):
+        """The photo sets of 200 identities nobody trains on, ``photos`` views each (views 0, 1, ...,
+        as a victim's own photos are)."""
+        from lora_audit.identity.scoring import ImpostorGallery
 
-        views = len(REFERENCE_INDICES)
-        labels = np.repeat(np.arange(len(DISTRACTORS)), views)
-        return impostor_reference_from_embeddings(
-            embedder.embed(reference_views(DISTRACTORS, image_size)), labels,
-            f"toy world: {len(DISTRACTORS)} identities x {views} views")
+        sets = np.stack([identity_photos(i, photos, image_size) for i in IMPOSTORS])  # [M, N, S, S, 3]
+        return ImpostorGallery.from_photos(embedder, sets, f"toy world: {len(IMPOSTORS)} identities x {photos} "
+                                           f"photos (ids {IMPOSTORS.start}-{IMPOSTORS.stop - 1})")
 
     def face_prompts(self, count: int, seed: int = 0) -> list[str]:
         """Captions of PUBLIC identities in the toy caption language."""

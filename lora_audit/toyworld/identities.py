@@ -32,4 +32,5 @@ def split_of(identity_id: int) -> str:
 
 
 DISTRACTORS = [PRIVATE.start + 100 + i for i in range(19)]  # identities no LoRA in the toy world uses
+IMPOSTORS = range(PRIVATE.start + 5000, PRIVATE.start + 5200)  # the owner verdict's gallery: 200 other people
 SHADOW_START = SHADOW.start + 1000  # shadow fine-tunes start here, clear of the SHADOW ids the build judges models on
