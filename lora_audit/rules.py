@@ -50,8 +50,9 @@ _RULES = [
          "The training diverged or the file is damaged; retrain or re-export."),
     Rule("LA202", "orphaned-tensor", Severity.MEDIUM, "LoRA tensors without their partner",
          "A down/up (A/B) pair is incomplete; the module cannot be applied. Re-export the LoRA."),
-    Rule("LA203", "shape-mismatch", Severity.MEDIUM, "LoRA pair with incompatible shapes",
-         "The down and up matrices do not share a rank; the module cannot be applied. Re-export the LoRA."),
+    Rule("LA203", "shape-mismatch", Severity.MEDIUM, "LoRA module that cannot be applied as stored",
+         "Its down and up matrices do not share a rank, its alpha is not a usable number, or two layouts "
+         "claim the same module (the message says which); loaders disagree on such a module. Re-export the LoRA."),
     # Identity leakage from the weights (the weight-to-image attack).
     Rule("LA301", "identity-reconstruction", Severity.HIGH, "The weights alone reconstruct one identity",
          "Anyone holding the file can render the person it was trained on. Do not publish a LoRA of a "

@@ -1,5 +1,6 @@
-"""Weight checks: non-finite values (LA201), incomplete (LA202) or mismatched (LA203) LoRA pairs, and
-files with no LoRA tensor at all (LA003)."""
+"""Weight checks: non-finite values (LA201), incomplete (LA202) or mismatched (LA203) LoRA pairs (LA203
+also covers a module given in two layouts and an unusable alpha), and files with no LoRA tensor at
+all (LA003)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,18 @@ class WeightCheck(Check):
             findings.append(make_finding(
                 "LA203", f"{len(lora.problems.mismatched)} module(s) have incompatible shapes",
                 dict(list(lora.problems.mismatched.items())[:MAX_LISTED])))
-        if not lora.modules and not lora.problems.orphaned and not lora.problems.mismatched:
+        if lora.problems.conflicting:  # LA203 semantics: the parts of the module do not belong together
+            findings.append(make_finding(
+                "LA203", f"{len(lora.problems.conflicting)} module(s) hold tensors of two layouts or kinds for one "
+                "module (e.g. a kohya and a PEFT pair, or LoRA and LoHa factors); they were not merged and not "
+                "audited (LA203: parts that do not fit together)", dict(list(lora.problems.conflicting.items())[:MAX_LISTED])))
+        if lora.problems.bad_alpha:  # LA203 semantics: a part of the module (its alpha) is unusable
+            findings.append(make_finding(
+                "LA203", f"{len(lora.problems.bad_alpha)} module(s) have an unusable alpha (not a finite number "
+                "or unreadable); their weights were audited with alpha = rank (LA203: a part that does not "
+                "fit)", dict(list(lora.problems.bad_alpha.items())[:MAX_LISTED])))
+        problems = lora.problems
+        if not lora.modules and not (problems.orphaned or problems.mismatched or problems.conflicting):
             findings.append(make_finding("LA003", f"none of the {len(lora.tensors)} tensors belong to a known LoRA layout",
                                          {"tensors": listing(lora.problems.unrecognised)}))
         return findings

@@ -19,6 +19,7 @@ from lora_audit.weights.keys import parse_key
 from lora_audit.weights.safetensors_file import FLOAT_DTYPES, TensorInfo
 
 Reader = Callable[[str], np.ndarray]
+_KINDS = ("hada_", "lokr_")  # role prefixes of LoHa and LoKr factors; a module has one kind of factors
 
 
 @dataclass
@@ -40,6 +41,8 @@ class ModuleProblems:
     orphaned: dict[str, list[str]] = field(default_factory=dict)  # module -> roles present
     mismatched: dict[str, str] = field(default_factory=dict)  # module -> shapes description
     unrecognised: list[str] = field(default_factory=list)  # tensor names of no known layout
+    conflicting: dict[str, str] = field(default_factory=dict)  # module -> its layouts and roles (not merged)
+    bad_alpha: dict[str, str] = field(default_factory=dict)  # module -> why its alpha was unusable
 
 
 def group_modules(tensors: dict[str, TensorInfo], metadata: dict[str, str],
@@ -47,18 +50,29 @@ def group_modules(tensors: dict[str, TensorInfo], metadata: dict[str, str],
     """Group tensors by canonical module; ``read`` loads a tensor (used for kohya alpha scalars)."""
     roles: dict[str, dict[str, str]] = defaultdict(dict)
     layouts: dict[str, set[str]] = defaultdict(set)
+    by_layout: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))  # module -> layout -> roles
+    clashes: set[str] = set()  # modules with one role given by two tensors
     problems = ModuleProblems()
     for key in tensors:
         parsed = parse_key(key)
         if parsed is None:
             problems.unrecognised.append(key)
             continue
+        if parsed.role in roles[parsed.module]:
+            clashes.add(parsed.module)
         roles[parsed.module][parsed.role] = key
+        by_layout[parsed.module][parsed.layout].add(parsed.role)
         if parsed.role != "alpha":
             layouts[parsed.module].add(parsed.layout)
     peft_config = _PeftAlphas(metadata)
     modules = []
     for name, keys in roles.items():
+        pairs = {layout for layout, found in by_layout[name].items() if found & {"down", "up"}}
+        kinds = {"pair" if r in ("down", "up") else r[:5] for r in keys if r in ("down", "up") or r[:5] in _KINDS}
+        if name in clashes or len(pairs) > 1 or len(kinds) > 1:  # e.g. a kohya and a PEFT pair: never merged
+            problems.conflicting[name] = "; ".join(
+                f"{layout}: {', '.join(sorted(r))}" for layout, r in sorted(by_layout[name].items()))
+            continue
         found = layouts[name]
         layout = "lycoris" if "lycoris" in found else min(found, default="kohya")
         module = _build_module(name, keys, layout, tensors, read, peft_config, problems)
@@ -99,10 +113,12 @@ def _build_module(name, keys, layout, tensors, read, peft_config, problems) -> L
         return None
     rank = down[0]
     if layout == "peft" and (peft_config.present or "alpha" not in keys):
-        alpha, scale = peft_config.alpha_and_scale(name, rank)
+        alpha, scale, bad = peft_config.alpha_and_scale(name, rank)
     else:  # kohya, or diffusers' network_alphas (PEFT names with .alpha tensors)
-        alpha = _read_alpha(keys, read, rank)
+        alpha, bad = _read_alpha(keys, read, rank)
         scale = alpha / rank
+    if bad:
+        problems.bad_alpha[name] = bad
     shape = (up[0], down[1], *(mid or down)[2:])
     kind = "dora" if "dora_scale" in keys else "locon" if len(shape) == 4 else "lora"
     return LoraModule(name, kind, layout, keys, rank, alpha, scale, shape)
@@ -130,7 +146,7 @@ def _build_loha(name, keys, tensors, read, problems) -> LoraModule | None:
         return None
     rank = w1b[0]
     shape = (w1a[1], w1b[1], *t1[2:]) if tucker else (w1a[0], *w1b[1:])
-    alpha = _read_alpha(keys, read, rank)
+    alpha = _alpha_of(name, keys, read, rank, problems)
     return LoraModule(name, "loha", "lycoris", keys, rank, alpha, alpha / rank, shape)
 
 
@@ -147,7 +163,7 @@ def _build_lokr(name, keys, tensors, read, problems) -> LoraModule | None:
         return None
     factor = keys.get("lokr_w2_b") or keys.get("lokr_w1_b")
     rank = tensors[factor].shape[0] if factor else 0
-    alpha = _read_alpha(keys, read, rank) if rank else 0.0
+    alpha = _alpha_of(name, keys, read, rank, problems) if rank else 0.0
     shape = (w1[0] * w2[0], w1[1] * w2[1], *w2[2:])
     return LoraModule(name, "lokr", "lycoris", keys, rank, alpha, alpha / rank if rank else 1.0, shape)
 
@@ -170,15 +186,25 @@ def _ones(dims: tuple[int, ...]) -> bool:
     return all(d == 1 for d in dims)
 
 
-def _read_alpha(keys: dict[str, str], read: Reader, rank: int) -> float:
-    """kohya alpha: a scalar tensor; missing or 0 means alpha = rank (scale 1)."""
+def _read_alpha(keys: dict[str, str], read: Reader, rank: int) -> tuple[float, str | None]:
+    """kohya alpha: a scalar tensor; missing or 0 means alpha = rank (scale 1). An unreadable or
+    non-finite one also gives alpha = rank, with the reason as second value (a module problem)."""
     if "alpha" not in keys:
-        return float(rank)
+        return float(rank), None
     try:
         value = float(np.asarray(read(keys["alpha"]), dtype=np.float64).reshape(-1)[0])
     except (ValueError, IndexError):
-        return float(rank)
-    return value if value and math.isfinite(value) else float(rank)
+        return float(rank), f"alpha tensor is unreadable; alpha = rank ({rank}) used"
+    if not math.isfinite(value):
+        return float(rank), f"alpha tensor is {value}; alpha = rank ({rank}) used"
+    return (value if value else float(rank)), None
+
+
+def _alpha_of(name: str, keys: dict[str, str], read: Reader, rank: int, problems: ModuleProblems) -> float:
+    alpha, bad = _read_alpha(keys, read, rank)
+    if bad:
+        problems.bad_alpha[name] = bad
+    return alpha
 
 
 def _shapes(keys: dict[str, str], tensors: dict[str, TensorInfo]) -> str:
@@ -196,19 +222,38 @@ class _PeftAlphas:
     def _get(self, component: str, key: str):
         return self.config.get(f"{component}.{key}", self.config.get(key))
 
-    def alpha_and_scale(self, module: str, rank: int) -> tuple[float, float]:
+    def alpha_and_scale(self, module: str, rank: int) -> tuple[float, float, str | None]:
+        """(alpha, scale, problem): an alpha that is not a finite number (NaN, 10**400, a list, ...)
+        falls back to alpha = rank, and the third value says why (a module problem)."""
         component, _, path = module.partition(".")
         alpha = self._get(component, "lora_alpha")
         pattern = self._get(component, "alpha_pattern") or {}
         for key, value in pattern.items() if isinstance(pattern, dict) else ():
             if path == key or path.endswith("." + key):  # PEFT matches module-path suffixes
                 alpha = value
-        try:
-            alpha = float(alpha) if alpha is not None else float(rank)
-        except (TypeError, ValueError):
+        bad = None
+        if alpha is None:
             alpha = float(rank)
+        else:
+            try:
+                value = float(alpha)
+            except (TypeError, ValueError, OverflowError):  # OverflowError: ints past float range
+                value = math.nan
+            if not math.isfinite(value):
+                bad = f"lora_alpha {_short(alpha)} is not a finite number; alpha = rank ({rank}) used"
+                value = float(rank)
+            alpha = value
         root = math.sqrt(rank) if self._get(component, "use_rslora") is True else rank
-        return alpha, alpha / root
+        return alpha, alpha / root, bad
+
+
+def _short(value) -> str:
+    """A metadata value for a message: at most 40 characters (10**400 has 401 digits)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past sys.get_int_max_str_digits()
+        text = type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def delta_weight(module: LoraModule, read: Reader) -> np.ndarray:
