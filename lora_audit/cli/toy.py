@@ -32,3 +32,24 @@ def build(
         metrics = run(config, tuple(stage) or STAGES, report)
     typer.echo(f"toy world built in {out}: stages {', '.join(metrics)}")
     return 0
+
+
+@commands.command("photos")
+def photos(
+    identity: int = typer.Argument(..., min=0, help="Toy identity id (see docs/toyworld.md for the ranges).", show_default=False),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for photo_<view>.png."),
+    count: int = typer.Option(5, "--count", "-n", min=1, help="Photos to draw."),
+    first_view: int = typer.Option(0, "--first-view", min=0, help="View index of the first photo (views differ in pose, light, background; a victim's LoRA trains on views 0-4)."),
+    seed: int = typer.Option(0, "--seed", help="Renderer seed (the toy victims use 0)."),
+    size: int = typer.Option(32, "--size", min=8, help="Side in pixels (the toy base's resolution is 32)."),
+    force: bool = typer.Option(False, "--force", help="Replace photos already in OUT."),
+) -> int:
+    """Photos of any toy identity: try `finetune` and `scan --references` on identities of your choosing."""
+    from pathlib import Path
+
+    from lora_audit.toyworld.photos import save_identity_photos
+
+    paths = save_identity_photos(identity, count, Path(out), first_view=first_view, seed=seed, size=size,
+                                 overwrite=force)
+    typer.echo(f"wrote {len(paths)} photos of toy identity {identity} to {out}")
+    return 0

@@ -106,9 +106,9 @@ def utility_check(base: DiffusionBase, result: FinetuneResult, spec: VictimSpec,
     if spec.identity_id not in candidates:
         candidates[-1] = spec.identity_id
     k = config.samples_per_check
-    trigger = base.encode_prompt([result.instance_prompt]).detach().expand(k, -1, -1)
     generic = base.encode_prompt([result.config.class_prompt]).detach().expand(k, -1, -1)
-    with base.patched(result.deltas()):
+    with base.patched(result.deltas()):  # the trigger is encoded inside: the text-encoder LoRA applies to it
+        trigger = base.encode_prompt([result.instance_prompt]).detach().expand(k, -1, -1)
         with_lora = base.generate(trigger, seed=config.seed, steps=config.sampling_steps)
     without = base.generate(generic, seed=config.seed, steps=config.sampling_steps)
     return {"lora_with_trigger": identity_ranking(embedder, with_lora, spec.identity_id, candidates, config.image_size),
