@@ -7,10 +7,13 @@ The phases of ``lora-audit scan`` on one toy-world LoRA with the shipped attack:
   sketch+encode dW sketches of every module and the encoder's q(c | dW, r)
   decode        K = latents x seeds images from the LoRA-patched base (DPM-Solver, 25 steps)
   embed+score   face embeddings of the K images and their consistency
-and, for comparison, the whole ``lora-audit scan FILE`` command as a subprocess. Peak memory is the
-process's peak resident set size after each phase (it only grows); on a GPU, torch's peak allocation.
+and, for comparison, the whole ``lora-audit scan FILE`` command as a subprocess, alone and with the
+owner's check (``--references``: the owner's photos scored against 200 other identities' photo sets,
+made once per run), interleaved ``--whole`` times each, with the ratio of their medians. Peak memory
+is the process's peak resident set size after each phase (it only grows); on a GPU, torch's peak
+allocation.
 
-    python benchmarks/bench_scan.py --repeats 3
+    python benchmarks/bench_scan.py --repeats 3 --whole 3
 """
 
 from __future__ import annotations
@@ -37,7 +40,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="warm repeats of the attack phases")
     parser.add_argument("--latents", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--references", default=None,
+                        help="the owner's photos [default: the sample's <name>_photos folder next to it]")
+    parser.add_argument("--whole", type=int, default=3, help="runs of each whole command, interleaved")
     args = parser.parse_args()
+    references = args.references or os.path.splitext(args.lora)[0] + "_photos"
     rows = []
 
     def phase(name: str, fn):
@@ -85,13 +92,16 @@ def main() -> None:
     for name, values in timings.items():
         rows.append((f"{name} (median of {len(values)})", statistics.median(values), peak_rss_mib()))
 
+    whole = {"scan FILE": [], "scan FILE --references": []}
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "lora_audit", "scan", args.lora, "-q", "-f", "json",
-                               "-o", os.path.join(tmp, "r.json")], capture_output=True, text=True)
-        whole = time.perf_counter() - start
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"scan failed ({proc.returncode}): {proc.stderr.strip()}")
+        for _ in range(args.whole):
+            for name, extra in (("scan FILE", []), ("scan FILE --references", ["--references", references])):
+                start = time.perf_counter()
+                proc = subprocess.run([sys.executable, "-m", "lora_audit", "scan", args.lora, "-q", "-f", "json",
+                                       "-o", os.path.join(tmp, "r.json"), *extra], capture_output=True, text=True)
+                whole[name].append(time.perf_counter() - start)
+                if proc.returncode not in (0, 1):
+                    raise SystemExit(f"{name} failed ({proc.returncode}): {proc.stderr.strip()}")
 
     k = args.latents * args.seeds
     print(f"toy scan of {os.path.basename(args.lora)}, K = {k} reconstructions, device {base.device}, "
@@ -101,7 +111,11 @@ def main() -> None:
         print(f"{name:<30} {seconds:>9.3f} {rss:>13.0f}")
     if torch.cuda.is_available():
         print(f"GPU peak allocation: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
-    print(f"{'whole `lora-audit scan FILE`':<30} {whole:>9.3f}   (subprocess, cold start included)")
+    for name, values in whole.items():
+        print(f"{'whole `' + name + '`':<30} {statistics.median(values):>9.3f}   "
+              f"(median of {len(values)} subprocesses, cold start included)")
+    ratio = statistics.median(whole["scan FILE --references"]) / statistics.median(whole["scan FILE"])
+    print(f"owner's check / plain scan: {ratio:.2f}x (target <= 1.5x)")
 
 
 if __name__ == "__main__":
