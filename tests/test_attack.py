@@ -534,3 +534,25 @@ def test_cli_evaluate_writes_results(world, tmp_path, capsys):
     assert (tmp_path / "docs" / "img" / "results_grid.png").is_file()
     assert (tmp_path / "docs" / "img" / "results_plot.png").is_file()
     assert len(list((tmp_path / "work" / "loras").glob("*.safetensors"))) == 3
+
+
+def test_evaluate_reports_the_verdict_row_and_the_steps_curve(world, tmp_path, capsys):
+    root = world["root"]
+    assert main(["evaluate", str(root / "shadows"), "--attack-model", str(root / "attack"), "--base", str(root / "base"),
+                 "-o", str(tmp_path / "work"), "--docs", str(tmp_path / "docs"), "--latents", "1", "--seeds", "1",
+                 "--sampling-steps", "2", "--owner-far", "1.0", "--steps-curve"]) == 0
+    assert "owner verdict TPR 100%, FPR 100%" in capsys.readouterr().out  # every FAR is <= 1: always "leaks"
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    verdict = results["verdict"]
+    assert (verdict["n"], verdict["impostors"], verdict["owner_far"]) == (3, 200, 1.0)
+    assert verdict["tpr"] == verdict["fpr"] == 1.0 and verdict["tpr_ci"][1] == 1.0 and verdict["tpr_ci"][0] < 1
+    assert sorted(results["steps"]) == ["2", "3"] and all(s["n"] == 3 for s in results["steps"].values())
+    vae = results["summary"]["vae"]
+    ranks = [1 + sum(x > row[v] for x in row) for v, row in enumerate(results["scores"]["vae"])]
+    assert vae["rank1"] == round(np.mean([r == 1 for r in ranks]), 3)
+    assert vae["rank1_ci"][0] <= vae["rank1"] <= vae["rank1_ci"][1]
+    assert vae["mean_similarity_ci"][0] <= vae["mean_similarity"] <= vae["mean_similarity_ci"][1]
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert "true-positive rate 100% [" in text and "| step r | rank-1 | mean similarity |" in text
+    assert len(list((tmp_path / "work" / "loras").glob("*_step_*.safetensors"))) == 6
+    assert main(["evaluate", str(root / "shadows"), "--owner-far", "2"]) == 4

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lora_audit.identity.metrics import (
+    bootstrap_interval,
     centres,
     consistency,
     far_at,
@@ -20,6 +21,7 @@ from lora_audit.identity.metrics import (
     tar_at_far,
     threshold_at_far,
     unit_rows,
+    wilson_interval,
 )
 
 UP = np.inf
@@ -181,7 +183,31 @@ def test_score_matrix_summary_by_hand():
                        [0.0, 0.1, 0.6]])
     # impostors 0.1 0.2 0.3 0.5 0.0 0.1; FAR 1/6: only 0.5 may reach the threshold -> just above 0.3
     s = score_matrix_summary(scores, far=1 / 6)
+    intervals = {k: s.pop(k) for k in ("rank1_ci", "tar_ci", "mean_similarity_ci")}
     assert s == {"mean_similarity": round((0.9 + 0.4 + 0.6) / 3, 4), "mean_best_impostor": round((0.2 + 0.5 + 0.1) / 3, 4),
                  "rank1": 0.667, "mean_rank": 1.33, "n": 3, "tar": 1.0, "threshold": 0.3}
+    assert intervals["rank1_ci"] == [round(x, 3) for x in wilson_interval(2, 3)]
+    assert intervals["tar_ci"] == [round(x, 3) for x in wilson_interval(3, 3)]
+    assert 0.4 <= intervals["mean_similarity_ci"][0] < 0.6333 < intervals["mean_similarity_ci"][1] <= 0.9
     assert score_matrix_summary(scores, far=0.0)["tar"] == round(2 / 3, 3)  # above 0.5: 0.4 is rejected
     assert score_matrix_summary(scores, far=1.0)["threshold"] == -np.inf
+
+
+def test_wilson_interval_against_a_published_value_and_the_edges():
+    low, high = wilson_interval(19, 20)  # p = 0.95, n = 20: (0.7639, 0.9911) (Newcombe 1998's method 3)
+    assert low == pytest.approx(0.7639, abs=1e-4) and high == pytest.approx(0.9911, abs=1e-4)
+    assert wilson_interval(0, 50)[0] == 0 and 0 < wilson_interval(0, 50)[1] < 0.08
+    assert wilson_interval(50, 50)[1] == 1 and 0.92 < wilson_interval(50, 50)[0] < 1
+    with pytest.raises(ValueError):
+        wilson_interval(0, 0)
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(3)
+    small, large = rng.normal(0.4, 0.1, 20), rng.normal(0.4, 0.1, 500)
+    for values in (small, large):
+        low, high = bootstrap_interval(values)
+        assert low < values.mean() < high
+    assert np.diff(bootstrap_interval(large)) < np.diff(bootstrap_interval(small)) / 3  # ~ 1 / sqrt(n)
+    assert bootstrap_interval(small) == bootstrap_interval(small)  # a fixed seed
+    assert bootstrap_interval(np.full(10, 0.3)) == (pytest.approx(0.3), pytest.approx(0.3))

@@ -64,3 +64,20 @@ def test_results_markdown_fills_every_placeholder():
     assert "K = 8 images" in text and "chance rank-1 25%" in text and "TAR @ FAR 0.05 |" in text
     assert "share of the 12 (victim, other identity)" in text
     assert "oracle similarity: 0.40" in text and "keeps 0.80 of the oracle" in text and "reaches 0.50 of what" in text
+
+
+def test_results_markdown_shows_intervals_the_verdict_and_the_steps_curve():
+    row = {"mean_similarity": 0.5, "rank1": 0.75, "mean_rank": 1.25, "tar": 0.5,
+           "mean_similarity_ci": [0.41, 0.58], "rank1_ci": [0.3, 0.95], "tar_ci": [0.15, 0.85]}
+    summary = {"oracle": row, "latent_ceiling": row, "base": row, "vae": row}
+    verdict = {"owner_far": 0.01, "photos": 5, "impostors": 200, "n": 4, "tpr": 0.75, "tpr_ci": [0.3, 0.95],
+               "fpr": 0.0, "fpr_ci": [0.0, 0.49]}
+    steps = {50: {"rank1": 0.25, "rank1_ci": [0.05, 0.7], "mean_similarity": 0.1, "n": 4},
+             500: {"rank1": 0.75, "rank1_ci": [0.3, 0.95], "mean_similarity": 0.5, "n": 4}}
+    result = {"victims": [1, 2, 3, 4], "k": 8, "far": 0.05, "summary": summary, "verdict": verdict, "steps": steps}
+    text = results_markdown(result, "lora-audit evaluate v")
+    assert "| VAE attack (weights only) | 0.500 [0.410, 0.580] | 75% [30%, 95%] | 1.25 | 50% [15%, 85%] |" in text
+    assert "true-positive rate 75% [30%, 95%], false-positive rate 0% [0%, 49%] (n = 4" in text
+    assert "at most 0.01 of 200 other identities' photo sets" in text and "views 100-104" in text
+    assert "| 50 | 25% [5%, 70%] | 0.100 |" in text and "| 500 | 75% [30%, 95%] | 0.500 |" in text
+    assert "one\nvictim moves rank-1 by 25%" in text

@@ -25,6 +25,8 @@ def evaluate(
     latents: LatentsOption = EvaluationConfig.latents,
     seeds: SeedsOption = EvaluationConfig.seeds,
     sampling_steps: SamplingStepsOption = EvaluationConfig.sampling_steps,
+    owner_far: float = typer.Option(EvaluationConfig.owner_far, "--owner-far", min=0.0, max=1.0, help="Target FAR of the scan verdict's row (the owner_far policy key)."),
+    steps_curve: bool = typer.Option(False, "--steps-curve", help="Also attack every snapshot of each victim: accuracy against the fine-tuning step r."),
 ) -> int:
     """Toy world: the attack against the oracle, latent-ceiling, class-prompt, base and final-only baselines on held-out victims."""
     import shlex
@@ -32,16 +34,20 @@ def evaluate(
 
     from lora_audit.toyworld.lab.evaluate import run_evaluation
 
-    config = EvaluationConfig(latents=latents, seeds=seeds, sampling_steps=sampling_steps, far=far)
+    config = EvaluationConfig(latents=latents, seeds=seeds, sampling_steps=sampling_steps, far=far,
+                              owner_far=owner_far, steps_curve=steps_curve)
     given = [("--attack-model", attack_model), ("--ablation-model", ablation_model), ("--base", base), ("-o", out),
              ("--docs", docs), ("--far", far), ("--latents", latents), ("--seeds", seeds),
-             ("--sampling-steps", sampling_steps)]
-    command = shlex.join(["lora-audit", "evaluate", victims, *[str(x) for flag, v in given if v is not None for x in (flag, v)]])
+             ("--sampling-steps", sampling_steps), ("--owner-far", owner_far)]
+    command = shlex.join(["lora-audit", "evaluate", victims, *[str(x) for flag, v in given if v is not None for x in (flag, v)],
+                          *(["--steps-curve"] if steps_curve else [])])
     with stage_progress() as report:
         result = run_evaluation(Path(victims), Path(attack_model) if attack_model else None,
                                 Path(ablation_model) if ablation_model else None, base, Path(out), Path(docs),
                                 config, command, progress=lambda d, t, m: report("evaluate", d, t, m))
     vae = result["summary"]["vae"]
+    verdict = result["verdict"]
     typer.echo(f"wrote {result['results_path']}: VAE rank-1 {vae['rank1']:.0%}, mean similarity {vae['mean_similarity']:.3f} "
-               f"(oracle {result['summary']['oracle']['mean_similarity']:.3f})")
+               f"(oracle {result['summary']['oracle']['mean_similarity']:.3f}); owner verdict TPR {verdict['tpr']:.0%}, "
+               f"FPR {verdict['fpr']:.0%}")
     return 0

@@ -181,13 +181,40 @@ def ranking_summary(rankings: list[dict]) -> dict:
     return summary
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``successes / n`` (95% for z = 1.96); sound at 0 and n."""
+    if n <= 0:
+        raise ValueError("a proportion needs at least one trial")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def bootstrap_interval(values: np.ndarray, resamples: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` [N] (``level`` coverage, a fixed seed)."""
+    values = np.asarray(values, dtype=np.float64)  # [N]
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(len(values), size=(resamples, len(values)))].mean(axis=1)  # [resamples]
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def score_matrix_summary(scores: np.ndarray, far: float) -> dict:
     """:func:`ranking_summary` of scores [victims, candidates] (victim v's true identity: candidate v),
     plus "tar" (share of victims whose true score reaches the threshold at ``far``) and that
-    "threshold", both from the off-diagonal scores as impostors [V (C - 1)]."""
+    "threshold", both from the off-diagonal scores as impostors [V (C - 1)], and 95% intervals:
+    Wilson for the proportions (rank-1, TAR: the TAR's with the threshold held fixed), a bootstrap
+    over victims for the mean similarity."""
     scores = np.asarray(scores, dtype=np.float64)  # [V, C]
     genuine = np.diag(scores)  # [V]
     impostors = scores[~np.eye(*scores.shape, dtype=bool)]  # [V (C - 1)]
     threshold = threshold_at_far(impostors, far)
-    return {**ranking_summary([ranking(row, v) for v, row in enumerate(scores)]),
-            "tar": round(float(np.mean(genuine >= threshold)), 3), "threshold": round(float(threshold), 4)}
+    rankings = [ranking(row, v) for v, row in enumerate(scores)]
+    hits, accepted, n = sum(r["rank"] == 1 for r in rankings), int(np.sum(genuine >= threshold)), len(genuine)
+    return {**ranking_summary(rankings),
+            "tar": round(accepted / n, 3), "threshold": round(float(threshold), 4),
+            "rank1_ci": [round(x, 3) for x in wilson_interval(hits, n)],
+            "tar_ci": [round(x, 3) for x in wilson_interval(accepted, n)],
+            "mean_similarity_ci": [round(x, 4) for x in bootstrap_interval(genuine)]}

@@ -39,6 +39,9 @@ class EvaluationConfig:
     seeds: int = 2
     sampling_steps: int = 25
     far: float = 0.05  # n victims x (n - 1) impostor scores resolve a FAR of 1 / (n (n - 1)) at best
+    owner_far: float = 0.01  # the scan verdict's target FAR (its default, DEFAULT_OWNER_FAR)
+    owner_photos: int = 5  # photos per owner and per impostor identity in the verdict row
+    steps_curve: bool = False  # also attack each victim's snapshots: accuracy against the fine-tuning step r
 
 
 def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, base_path: str | None, out: Path,
@@ -52,10 +55,14 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     from lora_audit.families import load_base
     from lora_audit.toyworld.assets import asset_path, toy_embedder_path
     from lora_audit.toyworld.family import TOY_METADATA
-    from lora_audit.identity.metrics import set_scores
+    from lora_audit.identity.metrics import rank_of, set_scores, wilson_interval
     from lora_audit.toyworld.lab.victims import identity_centres
     from lora_audit.weights import open_lora
     from lora_audit.weights.writer import save_lora
+
+    from lora_audit.families import get_family
+    from lora_audit.identity.scoring import score_leak
+    from lora_audit.toyworld.photos import identity_photos
 
     trajectories = load_trajectories(victims)
     base = load_base(base_path)
@@ -67,6 +74,9 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     k = config.latents * config.seeds
     scores = {m: np.zeros((len(ids), len(ids))) for m in METHODS if m != "vae_final_only" or ablation}
     samples, seconds = {}, {"vae": [], "vae_final_only": []}
+    gallery = get_family("toy").owner_null(embedder, base.image_size, config.owner_photos)
+    verdicts = {"own": [], "other": []}  # does the scan verdict say "leaks" for the owner's / someone else's photos
+    by_step: dict[int, list[np.ndarray]] = {}  # r -> the VAE's candidate scores of each victim's LoRA at step r
     (out / "loras").mkdir(parents=True, exist_ok=True)
     for n, t in enumerate(trajectories):
         final = t.steps[-1]
@@ -93,6 +103,16 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
             seconds[method].append(time.perf_counter() - start)
         for method, batch in images.items():
             scores[method][n] = set_scores(embedder.embed(batch), centres)  # [n candidates]
+        for whose, identity in (("own", ids[n]), ("other", ids[(n + 1) % len(ids)])):  # photos no LoRA saw
+            photos = identity_photos(identity, config.owner_photos, base.image_size, first_view=100)
+            verdicts[whose].append(score_leak(images["vae"], photos, embedder, gallery, far=config.owner_far).leaks)
+        for step in t.steps if config.steps_curve else ():
+            snapshot = out / "loras" / f"victim_{t.identity}_step_{step}.safetensors"
+            save_lora(str(snapshot), t.states[step], rank=t.rank, alpha=t.alpha, metadata=TOY_METADATA)
+            with open_lora(str(snapshot)) as lora_file:
+                batch = reconstruct(attack, base, lora_file, latents=config.latents, seeds=config.seeds,
+                                    sampling_steps=config.sampling_steps).images
+            by_step.setdefault(step, []).append(set_scores(embedder.embed(batch), centres))
         samples[t.identity] = {"photo": t.images[0].astype(np.float32) / 255, **{m: b[0] for m, b in images.items()}}
         if progress:
             progress(n + 1, len(trajectories), {"victim": t.identity})
@@ -102,7 +122,17 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
             model = attack if method == "vae" else ablation
             summary[method]["training_seconds"] = model.config.training.get("seconds")
             summary[method]["seconds_per_lora"] = round(float(np.mean(seconds[method])), 2)
-    return {"victims": ids, "k": k, "far": config.far, "summary": summary,
+    own, other = (int(sum(verdicts[w])) for w in ("own", "other"))
+    verdict = {"owner_far": config.owner_far, "photos": config.owner_photos, "impostors": len(gallery.centres),
+               "n": len(ids), "tpr": round(own / len(ids), 3), "tpr_ci": [round(x, 3) for x in wilson_interval(own, len(ids))],
+               "fpr": round(other / len(ids), 3), "fpr_ci": [round(x, 3) for x in wilson_interval(other, len(ids))]}
+    steps = {}
+    for step, rows in sorted(by_step.items()):
+        matrix = np.stack(rows)  # [n victims, n candidates]
+        hits = int(sum(rank_of(row, v) == 1 for v, row in enumerate(matrix)))
+        steps[step] = {"rank1": round(hits / len(rows), 3), "rank1_ci": [round(x, 3) for x in wilson_interval(hits, len(rows))],
+                       "mean_similarity": round(float(np.diag(matrix).mean()), 4), "n": len(rows)}
+    return {"victims": ids, "k": k, "far": config.far, "summary": summary, "verdict": verdict, "steps": steps,
             "scores": {m: s.round(4).tolist() for m, s in scores.items()}, "samples": samples,
             "attack": str(attack_dir or "shipped toy attack"), "ablation": str(ablation_dir) if ablation_dir else None}
 
@@ -147,9 +177,24 @@ def results_markdown(result: dict, command: str) -> str:
               "base": "base model alone (chance level)", "vae_final_only": "VAE, final weights only, no step embedding",
               "vae": "VAE attack (weights only)"}
     rows = "\n".join(
-        f"| {labels[m]} | {v['mean_similarity']:.3f} | {v['rank1']:.0%} | {v['mean_rank']} | {v['tar']:.0%} "
+        f"| {labels[m]} | {v['mean_similarity']:.3f}{_interval(v.get('mean_similarity_ci'), '.3f')} "
+        f"| {v['rank1']:.0%}{_interval(v.get('rank1_ci'), '.0%')} | {v['mean_rank']} "
+        f"| {v['tar']:.0%}{_interval(v.get('tar_ci'), '.0%')} "
         f"| {v.get('training_seconds') or '-'} | {v.get('seconds_per_lora') or '-'} |"
         for m, v in s.items())
+    verdict = result.get("verdict")
+    verdict_text = "" if verdict is None else (
+        f"The scan's owner verdict (`scan --references`, LA304 when at most {verdict['owner_far']:g} of "
+        f"{verdict['impostors']} other identities' photo sets score as high as the owner's), on the VAE's "
+        f"reconstructions of each victim, with {verdict['photos']} photos the LoRA never saw (views 100-"
+        f"{99 + verdict['photos']}) of the victim, and of another victim: true-positive rate "
+        f"{verdict['tpr']:.0%}{_interval(verdict['tpr_ci'], '.0%')}, false-positive rate "
+        f"{verdict['fpr']:.0%}{_interval(verdict['fpr_ci'], '.0%')} (n = {verdict['n']}; 95% Wilson intervals).")
+    step_rows = "\n".join(f"| {r} | {v['rank1']:.0%}{_interval(v['rank1_ci'], '.0%')} | {v['mean_similarity']:.3f} |"
+                           for r, v in result.get("steps", {}).items())
+    steps_text = "" if not step_rows else (
+        "The VAE on each victim's LoRA saved at fine-tuning step r (r estimated from the weights, as a scan does):\n\n"
+        "| step r | rank-1 | mean similarity |\n|---|---|---|\n" + step_rows)
     oracle = s["oracle"]["mean_similarity"]
     ratio = s["vae"]["mean_similarity"] / oracle if oracle > 0 else float("nan")
     reachable = s["latent_ceiling"]["mean_similarity"]
@@ -158,7 +203,13 @@ def results_markdown(result: dict, command: str) -> str:
     template = Template((files(__package__) / "templates" / "results.md").read_text())
     return template.substitute(command=command, n=n, k=result["k"], chance=f"{1 / n:.0%}", far=f"{result['far']:g}",
                                impostors=n * (n - 1), rows=rows, ratio=f"{ratio:.2f}", vae_rank1=f"{s['vae']['rank1']:.0%}",
-                               ceiling=f"{ceiling:.2f}", of_ceiling=f"{of_ceiling:.2f}")
+                               ceiling=f"{ceiling:.2f}", of_ceiling=f"{of_ceiling:.2f}", verdict=verdict_text,
+                               steps=steps_text)
+
+
+def _interval(bounds, spec: str) -> str:
+    """" [low, high]" of a 95% interval, "" when there is none."""
+    return "" if not bounds else f" [{bounds[0]:{spec}}, {bounds[1]:{spec}}]"
 
 
 def _grid(result: dict, path: Path, rows: int = 6, scale: int = 3) -> None:
@@ -178,12 +229,19 @@ def _plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     methods = list(result["summary"])
+    summary = result["summary"]
+
+    def errors(key: str, value: str) -> np.ndarray:  # [2, M] distances from each bar to its interval's ends
+        return np.array([[summary[m][value] - summary[m].get(key, [summary[m][value]] * 2)[0],
+                          summary[m].get(key, [summary[m][value]] * 2)[1] - summary[m][value]] for m in methods]).T
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
-    left.bar(methods, [result["summary"][m]["rank1"] for m in methods])
+    left.bar(methods, [summary[m]["rank1"] for m in methods], yerr=errors("rank1_ci", "rank1"), capsize=3)
     left.axhline(1 / len(result["victims"]), color="grey", linestyle="--", label="chance")
-    left.set_ylabel("rank-1")
+    left.set_ylabel("rank-1 (95% interval)")
     left.legend()
-    right.bar(methods, [result["summary"][m]["mean_similarity"] for m in methods], color="tab:orange")
+    right.bar(methods, [summary[m]["mean_similarity"] for m in methods], color="tab:orange",
+              yerr=errors("mean_similarity_ci", "mean_similarity"), capsize=3)
     right.set_ylabel("mean similarity to the true identity")
     for axis in (left, right):
         axis.tick_params(axis="x", rotation=30)
