@@ -84,6 +84,8 @@ _PATH_PATTERNS = [
 # the search linear on long runs of letters.
 _WORDS = re.compile(r"(?<![^\W\d_])[^\W\d_]{2,}\s+[^\W\d_]{2,}")
 _MAX_SCANNED_CHARS = 65536  # of each string the text rules search; longer ones are cut
+MAX_PNG_TEXT = 1 << 20  # characters of PNG text read per embedded image ...
+MAX_PNG_TEXT_PER_FILE = 4 << 20  # ... and per file, all images together
 
 
 @dataclass
@@ -128,16 +130,20 @@ def sensitive_keys(metadata: dict[str, str]) -> set[str]:
     return keys
 
 
-def png_text_chunks(png_bytes: bytes) -> dict[str, str]:
-    """Text of the tEXt, zTXt and iTXt chunks of a PNG; what could be parsed, never an exception."""
+def png_text_chunks(png_bytes: bytes, max_text: int = MAX_PNG_TEXT) -> dict[str, str]:
+    """Text of the tEXt, zTXt and iTXt chunks of a PNG; what could be parsed, never an exception.
+
+    At most ``max_text`` characters of text are read (inflated) in all: the chunks after that are
+    left unread, so a few KB of compressed chunks cannot grow into gigabytes.
+    """
     if not isinstance(png_bytes, (bytes, bytearray, memoryview)):
         return {}
     data = bytes(png_bytes)
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         return {}
     chunks: dict[str, str] = {}
-    pos = 8
-    while pos + 8 <= len(data):
+    pos, left = 8, max_text
+    while pos + 8 <= len(data) and left > 0:
         length, kind = struct.unpack_from(">I4s", data, pos)
         body = data[pos + 8:pos + 8 + length]
         if len(body) < length or kind == b"IEND":
@@ -145,13 +151,14 @@ def png_text_chunks(png_bytes: bytes) -> dict[str, str]:
         pos += 12 + length  # length, type, body, CRC
         parser = _TEXT_CHUNKS.get(kind)
         keyword, sep, rest = body.partition(b"\0")
-        if parser is None or not sep or not keyword:
+        if parser is None or not sep or not keyword or keyword.decode("latin-1") in chunks:
             continue
         try:
-            text = parser(rest)
+            text = parser(rest, left)
         except (zlib.error, IndexError):
             continue
-        chunks.setdefault(keyword.decode("latin-1"), text)
+        chunks[keyword.decode("latin-1")] = text
+        left -= len(text) + len(keyword)
     return chunks
 
 
@@ -246,7 +253,7 @@ def _trigger_phrases(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
 def _embedded_images(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
     """LA106: cover images and thumbnails, with the text chunks their PNGs carry (the first
     :data:`~lora_audit.scan.check.MAX_LISTED` of each key, then one "+N more" entry)."""
-    hits, n_images, n_chunks = [], 0, 0
+    hits, n_images, n_chunks, text_left = [], 0, 0, MAX_PNG_TEXT_PER_FILE
     for key in IMAGE_KEYS:
         if not _present(md, key):
             continue
@@ -262,7 +269,9 @@ def _embedded_images(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
             data = _decode_image(image)
             summaries.append(_describe_image(data))
             where = f"{key}[{i}]" if key == "ssmd_cover_images" else key
-            chunks += [_Hit(key, text, f"{where} {keyword}") for keyword, text in png_text_chunks(data or b"").items()]
+            found = png_text_chunks(data or b"", min(MAX_PNG_TEXT, text_left)) if text_left > 0 else {}
+            text_left -= sum(len(k) + len(t) for k, t in found.items())
+            chunks += [_Hit(key, text, f"{where} {keyword}") for keyword, text in found.items()]
         if summaries:
             hits += [_Hit(key, "; ".join(summaries)), *chunks[:MAX_LISTED]]
             if len(chunks) > MAX_LISTED:
@@ -282,11 +291,14 @@ def _trainer_configs(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
         if not _present(md, key):
             continue
         parsed = parse_json(md[key])
-        leaves = list(_leaves(parsed)) if parsed is not None else [("", md[key])]
-        telling = [f"{where}={text}" if where else text for where, text in leaves
-                   if _find_paths(text) or _WORDS.search(text[:_MAX_SCANNED_CHARS])]
+        leaves = _leaves(parsed) if parsed is not None else [((), md[key])]
+        telling = [(where, text) for where, text in leaves
+                   if _find_paths(text[:_MAX_SCANNED_CHARS]) or _WORDS.search(text[:_MAX_SCANNED_CHARS])]
         if telling:
-            hits.append(_Hit(key, "; ".join(telling)))
+            shown = [f"{_path(where)}={text[:_MAX_SCANNED_CHARS]}" if where else text[:_MAX_SCANNED_CHARS]
+                     for where, text in telling[:MAX_LISTED]]
+            more = [f"+{len(telling) - MAX_LISTED} more"] if len(telling) > MAX_LISTED else []
+            hits.append(_Hit(key, "; ".join(shown + more)))
         elif not only_text:
             hits.append(_Hit(key, md[key]))
     if not hits:
@@ -335,19 +347,36 @@ def _show(value: str, redact: bool, max_chars: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _leaves(obj: Any) -> Iterator[tuple[str, str]]:
-    """(JSON path, string) for every string in a parsed JSON value, dict keys included."""
-    stack = [("", obj)]
+def _leaves(obj: Any) -> Iterator[tuple[tuple, str]]:
+    """(JSON path as a tuple of keys and indices, string) for every string in a parsed JSON value,
+    dict keys included. Paths share their parts (no string per level), so a deep value costs
+    memory linear in its size; :func:`_path` words one, bounded."""
+    stack = [((), obj)]
     while stack:
         where, node = stack.pop()
         if isinstance(node, dict):
             for k, v in reversed(list(node.items())):
                 yield where, str(k)
-                stack.append((f"{where}.{k}" if where else str(k), v))
+                stack.append(((*where, str(k)), v))
         elif isinstance(node, list):
-            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(node))))
+            stack.extend(((*where, i), v) for i, v in reversed(list(enumerate(node))))
         elif isinstance(node, str):
             yield where, node
+
+
+def _path(parts: tuple, limit: int = 120) -> str:
+    """A JSON path ``a.b[0].c`` of at most about ``limit`` characters: the first part, "…", the last parts."""
+    words = [f"[{p}]" if isinstance(p, int) else f".{p[:limit]}" for p in parts]
+    text = "".join(words).lstrip(".")
+    if len(text) <= limit:
+        return text
+    tail, size = [], 0
+    for word in reversed(words[1:]):
+        if size + len(word) > limit // 2:
+            break
+        tail.insert(0, word)
+        size += len(word)
+    return words[0].lstrip(".")[:limit // 2] + ".…" + "".join(tail)
 
 
 def _strings(value: str) -> list[str]:
@@ -418,22 +447,20 @@ def _describe_image(data: bytes | None) -> str:
     return f"unknown image format, {len(data)} bytes"
 
 
-_MAX_INFLATED = 1 << 20  # a text chunk is small; refuse to inflate a zip bomb
+def _inflate(data: bytes, limit: int) -> bytes:
+    """At most ``limit`` bytes of a zlib stream (a zip bomb stops there)."""
+    return zlib.decompressobj().decompress(data, max(1, limit))
 
 
-def _inflate(data: bytes) -> bytes:
-    return zlib.decompressobj().decompress(data, _MAX_INFLATED)
-
-
-def _itxt(rest: bytes) -> str:
+def _itxt(rest: bytes, limit: int) -> str:
     compressed, _method, rest = rest[0], rest[1], rest[2:]
     _language, _, rest = rest.partition(b"\0")
     _translated, _, text = rest.partition(b"\0")
-    return (_inflate(text) if compressed else text).decode("utf-8", "replace")
+    return (_inflate(text, limit) if compressed else text[:limit]).decode("utf-8", "replace")
 
 
-_TEXT_CHUNKS: dict[bytes, Callable[[bytes], str]] = {
-    b"tEXt": lambda rest: rest.decode("latin-1"),
-    b"zTXt": lambda rest: _inflate(rest[1:]).decode("latin-1"),  # compression method byte, then zlib
+_TEXT_CHUNKS: dict[bytes, Callable[[bytes, int], str]] = {  # (chunk body after the keyword, bytes left) -> text
+    b"tEXt": lambda rest, limit: rest[:limit].decode("latin-1"),
+    b"zTXt": lambda rest, limit: _inflate(rest[1:], limit).decode("latin-1"),  # compression method byte, then zlib
     b"iTXt": _itxt,
 }
