@@ -9,12 +9,13 @@ from typing import List, Optional
 import typer
 
 from lora_audit.cli.options import AttackModelOption, BaseOption
-from lora_audit.cli.output import check_report_path, open_output
+from lora_audit.cli.output import Interrupted, check_report_path, interrupts_held, open_output
 from lora_audit.cli.progress import scan_progress
 from lora_audit.errors import UsageError
 
 EXIT_CODES = """Exit codes: 0 no finding at or above --fail-on; 1 findings at or above it;
-2 a file could not be scanned; 3 nothing was scanned; 4 usage error; 141 stdout was closed early (| head)."""
+2 a file could not be scanned; 3 nothing was scanned; 4 usage error; 130 interrupted (SIGINT);
+141 stdout was closed early (| head); 143 terminated (SIGTERM)."""
 
 commands = typer.Typer()
 
@@ -41,14 +42,14 @@ def scan(
     attack: bool = typer.Option(True, "--attack/--no-attack", help="Run the weight-to-image attack where an attack model for the file's base family is available (the toy one ships)."),
     attack_model: AttackModelOption = None,
     base: BaseOption = None,
-    face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint for non-toy families \\[default: the torch hub cache]."),
+    face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint: score real families' faces with FaceNet \\[default: dlib's ResNet descriptor, installed with lora-audit\\[faces]]."),
     references: Optional[str] = typer.Option(None, "--references", help="Folder of the owner's photos: score the reconstructions against them and against other people's photo sets of as many photos (toy: 200 identities; the FAR, policy key owner_far, default 0.01), or FaceNet's published operating point with the base's generic faces as a measured null; a verdict LA304/LA305 (unusable photos: LA306, none usable: LA307)."),
     reconstructions: Optional[str] = typer.Option(None, "--reconstructions", help="Directory for the reconstruction PNGs and grids \\[default: next to --output, else ./lora-audit-reconstructions]."),
 ) -> int:
     """Audit LoRA files: metadata leaks, unsafe formats, broken weights, and the identity the weights reveal."""
     from lora_audit.policy import load_policy
     from lora_audit.reports import write_report
-    from lora_audit.reports.json_report import jsonl_file_line, jsonl_summary_line
+    from lora_audit.reports.json_report import jsonl_file_line, jsonl_incomplete_line, jsonl_summary_line
     from lora_audit.results import Severity
     from lora_audit.scan.collect import collect_files
     from lora_audit.scan.engine import ScanOptions, scan_batch
@@ -69,15 +70,27 @@ def scan(
         identity = IdentityCheck(IdentityOptions(attack_model=attack_model, base=base, face_weights=face_weights,
                                                  references=references, out_dir=Path(where),
                                                  **({"owner_far": rules.owner_far} if rules.owner_far else {})))
-    with open_output(output) as stream, scan_progress(len(files), quiet) as advance:
+    streamed = 0
+    with open_output(output, keep_partial=format is Format.jsonl) as stream, \
+            scan_progress(len(files), quiet) as advance:
         def on_result(file_result) -> None:
+            nonlocal streamed
             advance()
             if format is Format.jsonl:
-                stream.write(jsonl_file_line(file_result) + "\n")
-                stream.flush()
+                line = jsonl_file_line(file_result) + "\n"
+                with interrupts_held():
+                    stream.write(line)
+                    stream.flush()
+                    streamed += 1
 
-        result = scan_batch(files, options, fail_on=threshold, jobs=jobs or rules.jobs or 1, identity=identity,
-                            on_result=on_result)
+        try:
+            result = scan_batch(files, options, fail_on=threshold, jobs=jobs or rules.jobs or 1,
+                                identity=identity, on_result=on_result)
+        except (Interrupted, KeyboardInterrupt) as e:  # the lines streamed so far stay, marked incomplete
+            if format is Format.jsonl:
+                reason = e.word if isinstance(e, Interrupted) else "interrupted"
+                stream.write(jsonl_incomplete_line(reason, streamed, len(files)) + "\n")
+            raise
         if format is Format.jsonl:
             stream.write(jsonl_summary_line(result) + "\n")
         else:

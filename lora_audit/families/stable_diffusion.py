@@ -1,6 +1,7 @@
 """The Stable Diffusion families: SD 1.x (CLIP ViT-L, cross-attention 768), SD 2.x (OpenCLIP ViT-H,
 1024) and SDXL (two text encoders). Their bases are local diffusers pipeline directories; faces are
-scored with FaceNet (``--face-weights``) against its published operating point; no attack model ships.
+scored with dlib's face recognition (installed with ``lora-audit[faces]``), or with FaceNet when
+``--face-weights`` names a checkpoint, each against its published operating point; no attack model ships.
 """
 
 from __future__ import annotations
@@ -29,18 +30,31 @@ class StableDiffusion(Family):
     def claims_pipeline(self, index: dict, components: dict[str, dict]) -> bool:
         if "unet" not in components:
             return False
-        if self.two_text_encoders:
-            return "text_encoder_2" in index
-        return "text_encoder_2" not in index and \
-            components["unet"].get("cross_attention_dim") == self.cross_attention_dim
+        cross = components["unet"].get("cross_attention_dim")
+        if self.two_text_encoders:  # SDXL base: both encoders, 768 + 1280 wide (the refiner has only the second)
+            return "text_encoder" in components and "text_encoder_2" in components and cross in (None, 2048)
+        return "text_encoder_2" not in index and cross == self.cross_attention_dim
+
+    def load_pipeline(self, path: str):
+        """The pipeline at ``path`` from local files only (SD 1.x/2.x without their safety checker)."""
+        from diffusers import DiffusionPipeline
+
+        extra = {} if self.two_text_encoders else {"safety_checker": None}
+        return DiffusionPipeline.from_pretrained(path, local_files_only=True, **extra)
 
     def face_embedder(self, device, face_weights: str | None = None):
-        from lora_audit.identity.facenet import FaceNetEmbedder
+        """FaceNet with the checkpoint ``face_weights``; without one, dlib's (a MissingInputError, so LA303,
+        when ``lora-audit[faces]`` is not installed)."""
+        if face_weights is not None:
+            from lora_audit.identity.facenet import FaceNetEmbedder
 
-        return FaceNetEmbedder.load(face_weights, device=device)
+            return FaceNetEmbedder.load(face_weights, device=device)
+        from lora_audit.identity.dlib_embedder import DlibFaceEmbedder
+
+        return DlibFaceEmbedder(device)
 
     def owner_null(self, embedder, image_size: int, photos: int):
-        """FaceNet's published operating point (no gallery of people ships for real faces)."""
+        """The embedder's published operating point (no gallery of people ships for real faces)."""
         from lora_audit.identity.scoring import OperatingPoint
 
         threshold, source = embedder.verification_threshold()

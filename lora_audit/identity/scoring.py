@@ -181,14 +181,16 @@ def load_references(folder: str) -> ReferencePhotos:
     return ReferencePhotos(folder, photos, unreadable)
 
 
-def reference_crops(references: ReferencePhotos, size: int, detect: bool = True
-                    ) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
+def reference_crops(references: ReferencePhotos, size: int, detect: bool = True,
+                    embedder: FaceEmbedder | None = None) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
     """The owner's faces as [N, size, size, 3] float32 in [0, 1] (None when no photo is usable), and the
-    ``(name, reason)`` of each photo left out. ``detect=False``: the photos are face crops already."""
+    ``(name, reason)`` of each photo left out. ``detect=False``: the photos are face crops already.
+    An ``embedder`` with its own face finder (``face_crops``, as dlib's has) searches the photos with
+    it; otherwise scikit-image's cascade does (:func:`~lora_audit.identity.detect.crop_faces`)."""
     names = [name for name, _ in references.photos]
     images = [image for _, image in references.photos]
     if detect:
-        found, missed = crop_faces(images, names, size=size)
+        found, missed = getattr(embedder, "face_crops", crop_faces)(images, names, size=size)
         crops = [c.image for c in found]
     else:
         crops = [resize(image, (size, size), anti_aliasing=True).astype(np.float32) for image in images]

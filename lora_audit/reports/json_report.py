@@ -1,7 +1,8 @@
 """JSON and JSON Lines reports.
 
 ``json`` is ``ScanResult.to_dict()`` as one document. ``jsonl`` has one ``{"type": "file", ...}``
-line per file, then one ``{"type": "summary", ...}`` line, so a consumer can read results while a
+line per file, then one ``{"type": "summary", ...}`` line (or, for a scan that was stopped, one
+``{"type": "incomplete", ...}`` line instead), so a consumer can read results while a
 long scan runs: ``scan`` streams file lines as files finish (input order with one job, completion
 order with ``--jobs`` above 1); :func:`write_jsonl` writes them in the result's order. Non-finite floats (a NaN weight norm, say) become ``null``: the
 output is always strict JSON. The undecodable bytes of a file name (which Python holds as lone
@@ -41,6 +42,13 @@ def jsonl_summary_line(result: ScanResult) -> str:
     d = result.to_dict()
     return _line({"type": "summary", "schema_version": d["schema_version"], "tool": d["tool"],
                   **d["summary"]})
+
+
+def jsonl_incomplete_line(reason: str, files_done: int, files_total: int) -> str:
+    """The last JSON Lines record of a scan that stopped early (``reason``: "interrupted", "terminated"):
+    the file lines before it are all there is; no summary follows."""
+    return _line({"type": "incomplete", "schema_version": SCHEMA_VERSION, "reason": reason,
+                  "files_scanned": files_done, "files_total": files_total})
 
 
 def _line(record: dict[str, Any]) -> str:

@@ -4,12 +4,18 @@ Per file: the safetensors header is validated, pickle checkpoints get the pickle
 never loaded, and a LoRA is opened once for every check (metadata, weights, then identity). The
 static checks run in ``jobs`` worker processes; the identity check, which holds models, runs in
 this process (on the file opened once when ``jobs`` is 1, reopened here otherwise).
+
+Workers ignore SIGINT and die with this process (SIGTERM on Linux when it dies). When the scan
+stops early (an interrupt, an error, a consumer that stops reading), queued work is cancelled and
+the workers are terminated, not waited for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -77,14 +83,15 @@ def scan_files(files: list[str], options: ScanOptions | None = None, jobs: int =
         for path in files:
             yield scan_file(path, options, identity)
         return
-    for result in _parallel_static(files, options, jobs):
-        if identity is not None and _attackable(result):
-            start = time.perf_counter()
-            with LoraFile(result.path) as lora:
-                found = _identity_findings(identity, Subject(result.path, lora, result.stats), result)
-            result.findings.extend(options.policy.apply(found))
-            result.seconds += time.perf_counter() - start
-        yield result
+    with contextlib.closing(_parallel_static(files, options, jobs)) as results:  # closed: the workers stop now
+        for result in results:
+            if identity is not None and _attackable(result):
+                start = time.perf_counter()
+                with LoraFile(result.path) as lora:
+                    found = _identity_findings(identity, Subject(result.path, lora, result.stats), result)
+                result.findings.extend(options.policy.apply(found))
+                result.seconds += time.perf_counter() - start
+            yield result
 
 
 def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, jobs: int = 1,
@@ -93,10 +100,11 @@ def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, job
     input order; ``on_result`` sees each file's result as soon as it is done (streaming, progress)."""
     order = {path: i for i, path in enumerate(files)}
     results = []
-    for file_result in scan_files(files, options, jobs, identity):
-        results.append(file_result)
-        if on_result is not None:
-            on_result(file_result)
+    with contextlib.closing(scan_files(files, options, jobs, identity)) as scanned:  # an interrupt stops the workers now
+        for file_result in scanned:
+            results.append(file_result)
+            if on_result is not None:
+                on_result(file_result)
     results.sort(key=lambda r: order[r.path])
     return ScanResult(results, fail_on=fail_on)
 
@@ -108,10 +116,46 @@ def _attackable(result: FileResult) -> bool:
 def _parallel_static(files: list[str], options: ScanOptions, jobs: int) -> Iterator[FileResult]:
     size = max(1, min(64, len(files) // (jobs * 4)))
     chunks = [files[i : i + size] for i in range(0, len(files), size)]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker)
+    try:
         futures = [pool.submit(_scan_chunk, chunk, options) for chunk in chunks]
         for future in as_completed(futures):
             yield from future.result()
+        pool.shutdown()
+    except BaseException:  # an interrupt, an error, or the consumer stopped early: stop now
+        _stop_pool(pool)
+        raise
+
+
+def _init_worker() -> None:
+    """In each worker: leave SIGINT to the parent, die on SIGTERM, and (Linux) get SIGTERM when the parent dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued work, terminate the workers (their running chunks are not waited for) and
+    wait, briefly, until the pool's own thread has noticed."""
+    # not public: the workers, the pool's thread and the pipe their results come back on
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager, results = getattr(pool, "_executor_manager_thread", None), getattr(pool, "_result_queue", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(1)
+    # A worker killed while sending a result leaves the pool's thread waiting for the rest of it;
+    # closing this process's copy of the pipe's write end ends that wait (EOF), and the thread exits.
+    with contextlib.suppress(Exception):
+        results._writer.close()
+    if manager is not None:
+        manager.join(1)
 
 
 def _scan_chunk(paths: list[str], options: ScanOptions) -> list[FileResult]:

@@ -171,7 +171,8 @@ class IdentityCheck(Check):
         if family not in self._owners:
             size = loaded.base.image_size
             registered = get_family(family)
-            faces, unused = reference_crops(self.references, size, detect=registered.detect_faces)
+            faces, unused = reference_crops(self.references, size, detect=registered.detect_faces,
+                                            embedder=loaded.embedder)
             null = registered.owner_null(loaded.embedder, size, len(faces)) if faces is not None else None
             self._owners[family] = (faces, null, unused)
         return self._owners[family]
@@ -190,6 +191,7 @@ def _consistency(value: float, generic: dict, result, grid: Path) -> Finding:
     sigmas = (value - generic["mean"]) / max(generic["std"], 1e-6)
     evidence = {"identity consistency": f"{value:.3f}",
                 "generic faces": f"{generic['mean']:.3f} +/- {generic['std']:.3f} (threshold {threshold:.3f})",
+                "embedder": generic.get("embedder", "not recorded"),  # its fingerprint: class and weights hash
                 "fine-tuning step r": f"{result.step:.0f} ({result.step_source})",
                 "reconstructions": f"{result.latents} z samples x {result.seeds} seeds",
                 "grid": str(grid)}

@@ -8,14 +8,24 @@ from lora_audit.scan.check import listing
 from lora_audit.weights.pickle_file import pickle_imports
 
 NOT_LOADED = "pickle checkpoint: not loaded (unsafe format); convert it to safetensors to audit it"
+FORMATS = {"zip": "pickle (torch.save zip archive)", "raw": "pickle (raw stream)"}
 
 
 def pickle_finding(path: str) -> Finding:
-    """LA002 for the pickle checkpoint at ``path``, naming the imports outside torch/numpy it would run."""
-    imports, unsafe = pickle_imports(path)
-    evidence = {"format": "pickle (torch.save / zip archive)" if imports else "pickle extension"}
-    if unsafe:
-        evidence["imports outside torch/numpy"] = listing(unsafe)
-    message = ("pickle checkpoint; unpickling it would import " + listing(unsafe)
-               if unsafe else "pickle checkpoint; lora-audit never unpickles files")
+    """LA002 for the pickle checkpoint at ``path``: every import it would run, those outside the
+    allow-list of torch.save checkpoints named in the message."""
+    found = pickle_imports(path)
+    evidence = {"format": FORMATS[found.kind] if found.opcodes else "pickle extension (no readable pickle stream)"}
+    if found.imports:
+        evidence["imports"] = listing(found.imports)
+    if found.unsafe:
+        evidence["imports outside the allow-list"] = listing(found.unsafe)
+    if found.truncated:
+        evidence["truncated"] = f"{found.truncated}; imports further on are not listed"
+    if found.unsafe:
+        message = "pickle checkpoint; unpickling it would import " + listing(found.unsafe)
+    elif found.truncated:
+        message = "pickle checkpoint, only partly read; lora-audit never unpickles files"
+    else:
+        message = "pickle checkpoint; lora-audit never unpickles files"
     return make_finding("LA002", message, evidence)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -13,6 +14,10 @@ from dataclasses import dataclass
 from lora_audit.errors import InputError
 from lora_audit.scan.metadata import sensitive_keys
 from lora_audit.weights.safetensors_file import SafetensorsFile
+
+
+TEMP_PREFIX = ".lora-audit-strip-"  # then the writer's pid: ".lora-audit-strip-<pid>-<random>"
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-")
 
 
 @dataclass
@@ -32,7 +37,8 @@ def strip_metadata(source: str, destination: str, *, overwrite: bool = False,
     no FIFO). A symbolic link is written through: the file it points to is replaced and the link kept
     (a Hugging Face cache's ``snapshots/<rev>/x.safetensors -> ../../blobs/<hash>``); the result's
     ``destination`` is that file. Writes through a temporary file so a failure never leaves a
-    half-written output.
+    half-written output; those left by a strip that was killed are removed by the next strip into
+    the same folder (:func:`remove_stale_temp_files`).
     """
     if not destination:
         raise InputError("output", None, "is empty; give the path of the file to write")
@@ -53,8 +59,10 @@ def strip_metadata(source: str, destination: str, *, overwrite: bool = False,
         header = {"__metadata__": {k: metadata[k] for k in kept}, **header}
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
+    folder = os.path.dirname(os.path.abspath(target))
+    remove_stale_temp_files(folder)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".lora-audit-strip-", dir=os.path.dirname(os.path.abspath(target)))
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=folder)
     except OSError as e:
         raise InputError("output", destination, f"cannot be written: {e.strerror}") from None
     try:
@@ -71,3 +79,35 @@ def strip_metadata(source: str, destination: str, *, overwrite: bool = False,
             os.unlink(tmp)
         raise
     return StripResult(source, target, removed, kept)
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+    """Remove the temporary files of strips into ``folder`` whose process is gone (killed before it
+    could clean up); return their paths. A file whose pid is alive, or not ours to signal, stays."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False) or _alive(int(match.group(1))):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(entry.path)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # on Windows, os.kill would end the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process, or a pid that cannot be asked about
+        return True
+    return True
