@@ -217,8 +217,8 @@ def _local_paths(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
     """LA103: absolute, home-relative, Windows or UNC paths anywhere, inside JSON values too."""
     hits = []
     for key, value in md.items():
-        if key in IMAGE_KEYS:
-            continue  # base64 images: LA106 reports them
+        if key in IMAGE_KEYS and (key != "modelspec.thumbnail" or value.strip().lower().startswith("data:")):
+            continue  # base64 images: LA106 reports them (a thumbnail that names a file is a path)
         paths = [p for text in _strings(value) for p in _find_paths(text)]
         if paths:
             hits.append(_Hit(key, ", ".join(dict.fromkeys(paths))))
