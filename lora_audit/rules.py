@@ -29,6 +29,8 @@ _RULES = [
          "(e.g. safetensors.torch.save_file(torch.load(path, weights_only=True), 'out.safetensors')) and scan that."),
     Rule("LA003", "no-lora-tensors", Severity.LOW, "No LoRA tensors recognised",
          "Check that this is a LoRA file; lora-audit recognises kohya, LyCORIS and diffusers/PEFT layouts."),
+    Rule("LA004", "link-not-followed", Severity.INFO, "A symbolic link out of the scanned folder was not followed",
+         "Scan the folder it points into, or pass --follow-links to read such links where they point."),
     # Metadata leaks.
     Rule("LA101", "caption-tags", Severity.HIGH, "Training captions and tags are stored in the metadata",
          "Remove ss_tag_frequency (lora-audit strip, or train with --no_metadata)."),

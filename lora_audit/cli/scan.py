@@ -38,6 +38,7 @@ def scan(
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy file (default: ./lora-audit.toml, or the \\[tool.lora-audit] table of ./pyproject.toml)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-module weight statistics in the console report."),
+    follow_links: bool = typer.Option(False, "--follow-links", help="Also read symbolic links under a scanned folder that point out of it (otherwise: LA004, not read)."),
     skip_weights: bool = typer.Option(False, "--skip-weights", help="Read headers only: metadata, layout, base model and tensor pairing; no NaN/Inf check, no dW statistics, no attack (fast triage)."),
     attack: bool = typer.Option(True, "--attack/--no-attack", help="Run the weight-to-image attack where an attack model for the file's base family is available (the toy one ships)."),
     attack_model: AttackModelOption = None,
@@ -57,7 +58,8 @@ def scan(
     rules = load_policy(policy)
     threshold = Severity.parse(fail_on) if fail_on is not None else rules.fail_on or Severity.HIGH
     options = ScanOptions(redact=redact or bool(rules.redact), policy=rules, weights=not skip_weights)
-    files = collect_files(paths)
+    collected = collect_files(paths, follow_links=follow_links)
+    files = collected.files
     if output is not None:
         check_report_path(output, files)
     identity = None
@@ -72,7 +74,7 @@ def scan(
                                                  **({"owner_far": rules.owner_far} if rules.owner_far else {})))
     streamed = 0
     with open_output(output, keep_partial=format is Format.jsonl) as stream, \
-            scan_progress(len(files), quiet) as advance:
+            scan_progress(len(files) + len(collected.not_followed), quiet) as advance:
         def on_result(file_result) -> None:
             nonlocal streamed
             advance()
@@ -85,7 +87,7 @@ def scan(
 
         try:
             result = scan_batch(files, options, fail_on=threshold, jobs=jobs or rules.jobs or 1,
-                                identity=identity, on_result=on_result)
+                                identity=identity, on_result=on_result, not_followed=collected.not_followed)
         except (Interrupted, KeyboardInterrupt) as e:  # the lines streamed so far stay, marked incomplete
             if format is Format.jsonl:
                 reason = e.word if isinstance(e, Interrupted) else "interrupted"

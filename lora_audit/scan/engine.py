@@ -95,11 +95,20 @@ def scan_files(files: list[str], options: ScanOptions | None = None, jobs: int =
 
 
 def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, jobs: int = 1,
-               identity: Check | None = None, on_result: Callable[[FileResult], None] | None = None) -> ScanResult:
+               identity: Check | None = None, on_result: Callable[[FileResult], None] | None = None,
+               not_followed: list[str] = ()) -> ScanResult:
     """Scan ``files`` (from :func:`~lora_audit.scan.collect.collect_files`) and return the whole scan in
-    input order; ``on_result`` sees each file's result as soon as it is done (streaming, progress)."""
-    order = {path: i for i, path in enumerate(files)}
+    input order; ``on_result`` sees each file's result as soon as it is done (streaming, progress).
+    ``not_followed``: links out of the scanned tree, reported (LA004) and never read."""
+    order = {path: i for i, path in enumerate([*files, *not_followed])}
     results = []
+    for path in not_followed:
+        result = FileResult(path=path, findings=options.policy.apply([make_finding(
+            "LA004", "a symbolic link out of the scanned folder: not followed (pass --follow-links to scan it)",
+            {"target": os.path.realpath(path)})]))
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
     with contextlib.closing(scan_files(files, options, jobs, identity)) as scanned:  # an interrupt stops the workers now
         for file_result in scanned:
             results.append(file_result)
