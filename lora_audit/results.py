@@ -10,7 +10,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: sha256, autov2, mtime, same_as and hub per file
 
 
 class Severity(enum.IntEnum):
@@ -101,10 +101,30 @@ class FileResult:
     error: str | None = None  # set when the file could not be scanned
     size_bytes: int | None = None
     seconds: float = 0.0
+    sha256: str | None = None  # of the file's bytes; None when it could not be read
+    mtime: float | None = None  # modification time (seconds since the epoch), for --resume
+    same_as: str | None = None  # the path whose scan this one reuses (identical content)
+    hub: dict[str, Any] | None = None  # Hugging Face cache: repo_id, revision, refs, blob
 
     @property
     def max_severity(self) -> Severity | None:
         return max((f.severity for f in self.findings), default=None)
+
+    @property
+    def autov2(self) -> str | None:
+        """The AutoV2 hash model sites and the Stable Diffusion web UI show: the first ten hex digits of
+        the SHA-256, upper case."""
+        return self.sha256[:10].upper() if self.sha256 else None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FileResult":
+        """A result read back from a report (``--resume``): findings and identity, not the statistics."""
+        findings = [Finding(rule_id=f["rule_id"], severity=Severity.parse(f["severity"]), title=f["title"],
+                            message=f["message"], evidence=dict(f.get("evidence") or {}),
+                            remediation=f.get("remediation", "")) for f in data.get("findings", [])]
+        return cls(path=data["path"], findings=findings, error=data.get("error"), size_bytes=data.get("size_bytes"),
+                   seconds=data.get("seconds") or 0.0, sha256=data.get("sha256"), mtime=data.get("mtime"),
+                   same_as=data.get("same_as"), hub=data.get("hub"))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +132,11 @@ class FileResult:
             "error": self.error,
             "size_bytes": self.size_bytes,
             "seconds": round(self.seconds, 4),
+            "sha256": self.sha256,
+            "autov2": self.autov2,
+            "mtime": self.mtime,
+            "same_as": self.same_as,
+            "hub": self.hub,
             "max_severity": self.max_severity.label if self.max_severity is not None else None,
             "findings": [f.to_dict() for f in self.findings],
             "stats": self.stats.to_dict() if self.stats is not None else None,

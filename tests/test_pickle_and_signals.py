@@ -220,12 +220,13 @@ def test_huge_string_is_not_read_and_truncation_is_reported(tmp_path):
 
 @pytest.fixture(scope="module")
 def many_loras(tmp_path_factory):
-    """A folder of 600 small LoRA files (hard links of one file): a -j 2 scan of it takes seconds."""
+    """A folder of 600 small LoRA files, each of its own content (identical bytes would be scanned once):
+    a -j 2 scan of it takes seconds."""
     folder = tmp_path_factory.mktemp("many")
-    one = S.save_synthetic(folder / "one.safetensors.src", S.as_kohya(S.make_lora("sd15", rank=4)))
+    tensors = S.as_kohya(S.make_lora("sd15", rank=4, max_modules=12))
     (folder / "loras").mkdir()
     for i in range(600):
-        os.link(one, folder / "loras" / f"lora{i:03d}.safetensors")
+        S.save_synthetic(folder / "loras" / f"lora{i:03d}.safetensors", tensors, {"copy": str(i)})
     return folder / "loras"
 
 

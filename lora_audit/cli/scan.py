@@ -25,6 +25,7 @@ class Format(str, Enum):
     json = "json"
     jsonl = "jsonl"
     sarif = "sarif"
+    html = "html"
 
 
 @commands.command(epilog=EXIT_CODES)
@@ -38,6 +39,8 @@ def scan(
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy file (default: ./lora-audit.toml, or the \\[tool.lora-audit] table of ./pyproject.toml)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-module weight statistics in the console report."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: scan only the i-th of n deterministic shards of the batch (by a hash of each path; the shards' union is the batch exactly once)."),
+    resume: bool = typer.Option(False, "--resume", help="With -f jsonl -o FILE: skip the files FILE already records (same path, size and mtime) and append the rest."),
     follow_links: bool = typer.Option(False, "--follow-links", help="Also read symbolic links under a scanned folder that point out of it (otherwise: LA004, not read)."),
     skip_weights: bool = typer.Option(False, "--skip-weights", help="Read headers only: metadata, layout, base model and tensor pairing; no NaN/Inf check, no dW statistics, no attack (fast triage)."),
     attack: bool = typer.Option(True, "--attack/--no-attack", help="Run the weight-to-image attack where an attack model for the file's base family is available (the toy one ships)."),
@@ -59,6 +62,16 @@ def scan(
     threshold = Severity.parse(fail_on) if fail_on is not None else rules.fail_on or Severity.HIGH
     options = ScanOptions(redact=redact or bool(rules.redact), policy=rules, weights=not skip_weights)
     collected = collect_files(paths, follow_links=follow_links)
+    if shard is not None:
+        collected = collected.shard(*_shard(shard))
+    earlier = []
+    if resume:
+        if format is not Format.jsonl or output is None:
+            raise UsageError("--resume needs -f jsonl -o FILE (the report it resumes)")
+        from lora_audit.scan.resume import recorded, still_to_scan
+
+        earlier = recorded(output)
+        collected = still_to_scan(collected, earlier)
     files = collected.files
     if output is not None:
         check_report_path(output, files)
@@ -73,7 +86,7 @@ def scan(
                                                  references=references, out_dir=Path(where),
                                                  **({"owner_far": rules.owner_far} if rules.owner_far else {})))
     streamed = 0
-    with open_output(output, keep_partial=format is Format.jsonl) as stream, \
+    with open_output(output, keep_partial=format is Format.jsonl, append=resume) as stream, \
             scan_progress(len(files) + len(collected.not_followed), quiet) as advance:
         def on_result(file_result) -> None:
             nonlocal streamed
@@ -87,7 +100,8 @@ def scan(
 
         try:
             result = scan_batch(files, options, fail_on=threshold, jobs=jobs or rules.jobs or 1,
-                                identity=identity, on_result=on_result, not_followed=collected.not_followed)
+                                identity=identity, on_result=on_result, not_followed=collected.not_followed,
+                                hub=collected.hub, earlier=earlier)
         except (Interrupted, KeyboardInterrupt) as e:  # the lines streamed so far stay, marked incomplete
             if format is Format.jsonl:
                 reason = e.word if isinstance(e, Interrupted) else "interrupted"
@@ -142,3 +156,11 @@ def rules() -> int:
     for rule in RULES.values():
         typer.echo(f"{rule.id}  {rule.name:<20} {rule.severity.label:<8} {rule.title}")
     return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``"2/8"`` -> (2, 8), or a usage error."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit()) or not 1 <= int(index) <= int(count):
+        raise UsageError(f"--shard must be i/n with 1 <= i <= n, got {text!r}")
+    return int(index), int(count)

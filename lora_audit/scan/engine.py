@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 from lora_audit.errors import AttackFailedError, InvalidFileError, UsageError
@@ -26,6 +26,7 @@ from lora_audit.policy import Policy
 from lora_audit.results import FileResult, ScanResult, Severity
 from lora_audit.rules import make_finding
 from lora_audit.scan.check import Check, Subject
+from lora_audit.scan.content import file_sha256
 from lora_audit.scan.metadata import MetadataCheck
 from lora_audit.scan.pickle import NOT_LOADED, pickle_finding
 from lora_audit.scan.weights import WeightCheck
@@ -96,26 +97,58 @@ def scan_files(files: list[str], options: ScanOptions | None = None, jobs: int =
 
 def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, jobs: int = 1,
                identity: Check | None = None, on_result: Callable[[FileResult], None] | None = None,
-               not_followed: list[str] = ()) -> ScanResult:
+               not_followed: list[str] = (), hub: dict[str, dict] | None = None,
+               earlier: list[FileResult] = ()) -> ScanResult:
     """Scan ``files`` (from :func:`~lora_audit.scan.collect.collect_files`) and return the whole scan in
     input order; ``on_result`` sees each file's result as soon as it is done (streaming, progress).
-    ``not_followed``: links out of the scanned tree, reported (LA004) and never read."""
+
+    Every file is hashed first (SHA-256): identical content is scanned once and reported for every
+    path that holds it (``same_as`` names the path scanned). ``not_followed``: links out of the
+    scanned tree, reported (LA004) and never read. ``hub``: Hugging Face cache facts by path.
+    ``earlier``: results of a run being resumed; they count in the result, before the new ones, and
+    are not streamed again (a file scanned again replaces its earlier record).
+    """
+    hub = hub or {}
     order = {path: i for i, path in enumerate([*files, *not_followed])}
     results = []
-    for path in not_followed:
-        result = FileResult(path=path, findings=options.policy.apply([make_finding(
-            "LA004", "a symbolic link out of the scanned folder: not followed (pass --follow-links to scan it)",
-            {"target": os.path.realpath(path)})]))
+
+    def done(result: FileResult) -> None:
+        result.hub = hub.get(result.path)
         results.append(result)
         if on_result is not None:
             on_result(result)
-    with contextlib.closing(scan_files(files, options, jobs, identity)) as scanned:  # an interrupt stops the workers now
+
+    for path in not_followed:
+        done(FileResult(path=path, findings=options.policy.apply([make_finding(
+            "LA004", "a symbolic link out of the scanned folder: not followed (pass --follow-links to scan it)",
+            {"target": os.path.realpath(path)})])))
+    digests = {path: file_sha256(path) for path in files}
+    first: dict[str, str] = {}  # sha256 -> the path scanned for it
+    copies: dict[str, list[str]] = {}  # that path -> the other paths with the same bytes
+    for path in files:
+        sha = digests[path]
+        if sha is not None and sha in first:
+            copies[first[sha]].append(path)
+            continue
+        if sha is not None:
+            first[sha] = path
+        copies[path] = []
+    with contextlib.closing(scan_files(list(copies), options, jobs, identity)) as scanned:  # an interrupt stops the workers now
         for file_result in scanned:
-            results.append(file_result)
-            if on_result is not None:
-                on_result(file_result)
+            file_result.sha256, file_result.mtime = digests[file_result.path], _mtime(file_result.path)
+            done(file_result)
+            for path in copies[file_result.path]:
+                done(replace(file_result, path=path, same_as=file_result.path, mtime=_mtime(path)))
     results.sort(key=lambda r: order[r.path])
-    return ScanResult(results, fail_on=fail_on)
+    again = {r.path for r in results}
+    return ScanResult([*[r for r in earlier if r.path not in again], *results], fail_on=fail_on)
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def _attackable(result: FileResult) -> bool:
