@@ -1,6 +1,7 @@
 """The attack's decoder: the base diffusion model patched with the audited LoRA, conditioned on z.
 
-z takes the place of the text encoder's output (``prompt_embeds``), so only the UNet's weight deltas
+z takes the place of the text encoder's output (``prompt_embeds``; for SDXL also the pooled
+embedding: z is then a :class:`~lora_audit.diffusion.base.Conditioning`), so only the UNet's weight deltas
 matter here; a text-encoder LoRA still reaches the attack through the encoder's input.
 """
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from lora_audit.errors import UsageError
-from lora_audit.diffusion.base import DiffusionBase
+from lora_audit.diffusion.base import DiffusionBase, Prompt
 
 UNET = "unet."
 
@@ -51,8 +52,9 @@ def _add_delta(dw: torch.Tensor):
     return hook
 
 
-def decode(base: DiffusionBase, deltas: Mapping[str, np.ndarray | torch.Tensor], z: torch.Tensor, *,
+def decode(base: DiffusionBase, deltas: Mapping[str, np.ndarray | torch.Tensor], z: Prompt, *,
            seed: int = 0, steps: int = 25, guidance_scale: float = 3.0) -> np.ndarray:
-    """Sample one image per latent z [B, L, D] from the LoRA-patched base: [B, H, W, 3] in [0, 1]."""
+    """Sample one image per latent z [B, L, D] (SDXL: a Conditioning with the pooled embedding) from the
+    LoRA-patched base: [B, H, W, 3] in [0, 1]."""
     with base.patched(deltas):
         return base.generate(z, guidance_scale=guidance_scale, steps=steps, seed=seed)

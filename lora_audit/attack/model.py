@@ -6,7 +6,9 @@ shadow set).
 
 The latent z stands in for the base model's prompt embeddings: z = offset + c @ basis, with the
 whitened prompt-embedding subspace of :mod:`lora_audit.attack.latent`, prior c ~ N(0, I), and the
-encoder predicting q(c | dW, r).
+encoder predicting q(c | dW, r). For a base whose UNet also reads a pooled text embedding (SDXL,
+``AttackConfig.pooled_dim`` > 0) z covers both: the basis rows are [L*D + P], the flattened
+embeddings then the pooled vector, and z is a :class:`~lora_audit.diffusion.base.Conditioning`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class AttackConfig:
     class_prompt: str = "a face of a person"  # the generic faces scan compares with
     training: dict = field(default_factory=dict)  # what the trainer records: data, cost, curves summary
     evaluation: dict = field(default_factory=dict)  # held-out figures, and the generic-face baseline scan uses
+    pooled_dim: int = 0  # width of the pooled text embedding z also carries (SDXL: 1280; 0: none)
 
     @classmethod
     def from_dict(cls, data: dict) -> "AttackConfig":
@@ -61,7 +64,10 @@ class AttackModel(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(m, kk))  # [M, k*k]
         self.register_buffer("feature_std", torch.ones(m, kk))  # [M, k*k]
         self.register_buffer("latent_offset", torch.zeros(e.latent_len, e.latent_dim))  # [L, D]
-        self.register_buffer("latent_basis", torch.zeros(e.latent_rank, e.latent_len * e.latent_dim))  # [R, L*D]
+        if config.pooled_dim:
+            self.register_buffer("latent_pooled_offset", torch.zeros(config.pooled_dim))  # [P]
+        self.register_buffer("latent_basis", torch.zeros(e.latent_rank, e.latent_len * e.latent_dim
+                                                         + config.pooled_dim))  # [R, L*D (+ P)]
         self.register_buffer("log_norm_mean", torch.zeros(m))  # [M], imputes missing modules for the step estimate
         self.register_buffer("step_coef", torch.zeros(m + 1))  # log r ~ coef[0] + log|sketch| @ coef[1:]
 
@@ -96,16 +102,42 @@ class AttackModel(nn.Module):
         x = x.masked_fill(padding[..., None], 0.0)
         return self.encoder(x, step, padding)
 
-    def to_latent(self, c: torch.Tensor) -> torch.Tensor:
-        """Coefficients c [B, R] -> z = offset + c @ basis, [B, L, D] (in place of prompt embeddings)."""
-        return self.latent_offset + (c @ self.latent_basis).view(len(c), *self.latent_offset.shape)
+    def set_subspace(self, offset, basis: torch.Tensor) -> None:
+        """Store the latent subspace of :func:`~lora_audit.attack.latent.prompt_subspace`: offset [L, D]
+        (with a pooled embedding: an unbatched Conditioning of [L, D] and [P]) and basis [R, L*D (+ P)]."""
+        with torch.no_grad():
+            if self.config.pooled_dim:
+                self.latent_offset.copy_(offset.prompt_embeds)
+                self.latent_pooled_offset.copy_(offset.pooled)
+            else:
+                self.latent_offset.copy_(offset)
+            self.latent_basis.copy_(basis)
 
-    def from_latent(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Prompt embeddings [B, L, D] -> the coefficients c [B, R] whose z is closest (least squares).
+    def _flat_offset(self) -> torch.Tensor:
+        """The offset in the basis' layout, [L*D (+ P)]."""
+        flat = self.latent_offset.flatten()
+        return torch.cat([flat, self.latent_pooled_offset]) if self.config.pooled_dim else flat
+
+    def to_latent(self, c: torch.Tensor):
+        """Coefficients c [B, R] -> z = offset + c @ basis, [B, L, D] (in place of prompt embeddings);
+        with a pooled embedding, a :class:`~lora_audit.diffusion.base.Conditioning` of [B, L, D] and [B, P]."""
+        if not self.config.pooled_dim:
+            return self.latent_offset + (c @ self.latent_basis).view(len(c), *self.latent_offset.shape)
+        from lora_audit.diffusion.base import Conditioning
+
+        flat = self._flat_offset() + c @ self.latent_basis  # [B, L*D + P]
+        return Conditioning.from_flat(flat, tuple(self.latent_offset.shape), self.config.pooled_dim)
+
+    def from_latent(self, embeds) -> torch.Tensor:
+        """Prompt embeddings [B, L, D] (with a pooled embedding: a Conditioning) -> the coefficients
+        c [B, R] whose z is closest (least squares).
 
         The basis rows are orthogonal (principal directions x std), so the projection is one product.
         """
-        residual = (embeds.to(self.latent_basis) - self.latent_offset).flatten(1)  # [B, L*D]
+        if self.config.pooled_dim:
+            residual = embeds.flat().to(self.latent_basis) - self._flat_offset()  # [B, L*D + P]
+        else:
+            residual = (embeds.to(self.latent_basis) - self.latent_offset).flatten(1)  # [B, L*D]
         squared = (self.latent_basis ** 2).sum(1).clamp_min(torch.finfo(self.latent_basis.dtype).tiny)  # [R]
         return residual @ self.latent_basis.T / squared  # [B, R]
 

@@ -75,12 +75,14 @@ def reconstruct(attack: AttackModel, base: DiffusionBase, lora_file, *, latents:
 
 
 def reconstruct_file(path: str, sources: AttackSources, *, latents: int = 4, seeds: int = 2,
-                     step: float | None = None, sampling_steps: int = 25, seed: int = 0) -> Reconstruction:
-    """Reconstruct the identity behind the LoRA file at ``path`` with the attack ``sources`` give for its family."""
+                     step: float | None = None, sampling_steps: int = 25, seed: int = 0,
+                     device: str | None = None) -> Reconstruction:
+    """Reconstruct the identity behind the LoRA file at ``path`` with the attack ``sources`` give for its
+    family, on ``device`` (default: CUDA when there is one)."""
     from lora_audit.weights import open_lora
 
     with open_lora(path) as lora_file:
-        attack, base = load_attack(sources.plan(lora_file.base_model).require())
+        attack, base = load_attack(sources.plan(lora_file.base_model).require(), device)
         return reconstruct(attack, base, lora_file, latents=latents, seeds=seeds, step=step,
                            sampling_steps=sampling_steps, seed=seed)
 

@@ -60,13 +60,12 @@ def train_attack(base: DiffusionBase, trajectories: list[Trajectory], config: Tr
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     train, held_out = split(trajectories, config.validation)
-    for module in (base.unet, base.text_encoder, base.vae):  # only the encoder learns
+    for module in (base.unet, *base.text_encoders(), base.vae):  # only the encoder learns
         if module is not None:
             module.requires_grad_(False)
     offset, basis, explained = prompt_subspace(base, get_family(base.family).face_prompts(config.prompts), config.latent_rank)
     model = AttackModel(_attack_config(base, trajectories, config, len(basis)))
-    model.latent_offset.copy_(offset)
-    model.latent_basis.copy_(basis)
+    model.set_subspace(offset, basis)
     pairs = _pairs(model, train, config.final_only)
     val_pairs = _pairs(model, held_out, True, first_index=len(train))
     raw = torch.stack([p.raw for p in pairs])  # [N, M, k*k]
@@ -117,7 +116,7 @@ def _attack_config(base: DiffusionBase, trajectories: list[Trajectory], config: 
                             heads=config.heads, latent_len=embeds.shape[1], latent_dim=embeds.shape[2], latent_rank=rank,
                             max_step=max(2000, 2 * max(t.steps[-1] for t in trajectories)),
                             use_step=not config.final_only)
-    return AttackConfig(family=base.family, encoder=encoder)
+    return AttackConfig(family=base.family, encoder=encoder, pooled_dim=base.pooled_dim)
 
 
 def _pairs(model: AttackModel, trajectories: list[Trajectory], final_only: bool, first_index: int = 0) -> list[_Pair]:
@@ -155,7 +154,7 @@ def _loss(base, model, scheduler, batch, images, config, rng, z_from_mean=False)
         padding = torch.where(hidden.all(dim=1, keepdim=True), padding, hidden)
     steps = torch.tensor([float(pair.step) for pair in batch], device=device)  # [S]
     mu, logvar = model.posterior(raw, padding, steps)  # [S, R] each
-    z = model.to_latent(mu if z_from_mean else model.sample(mu, logvar))  # [S, L, D]
+    z = model.to_latent(mu if z_from_mean else model.sample(mu, logvar))  # [S, L, D] (SDXL: + pooled [S, P])
     picked = torch.cat([images[pair.trajectory][rng.integers(len(images[pair.trajectory]), size=p)]
                         for pair in batch])  # [S * P, H, W, 3]
     with torch.no_grad():
@@ -165,7 +164,7 @@ def _loss(base, model, scheduler, batch, images, config, rng, z_from_mean=False)
     noisy = scheduler.add_noise(x0, noise, t)
     target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
     with per_sample_deltas(base, _stacked_deltas(batch, device)):
-        pred = base.unet(noisy, t, encoder_hidden_states=z.repeat_interleave(p, dim=0)).sample  # [S * P, C, h, w]
+        pred = base.unet(noisy, t, **base.unet_kwargs(z.repeat_interleave(p, dim=0))).sample  # [S * P, C, h, w]
     return F.mse_loss(pred.float(), target.float()), model.kl(mu, logvar)
 
 

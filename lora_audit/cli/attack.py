@@ -8,8 +8,8 @@ import typer
 
 from lora_audit.attack.shadow import ShadowConfig
 from lora_audit.attack.train_config import TrainConfig
-from lora_audit.cli.options import (AttackModelOption, BaseOption, JobsOption, LatentsOption, SamplingStepsOption,
-                                    SeedsOption, int_list)
+from lora_audit.cli.options import (AttackModelOption, BaseOption, DeviceOption, JobsOption, LatentsOption,
+                                    SamplingStepsOption, SeedsOption, checked_device, int_list)
 from lora_audit.cli.progress import stage_progress
 from lora_audit.diffusion.finetune import FinetuneConfig
 
@@ -63,6 +63,9 @@ def train_attack(
     validation: int = typer.Option(_TRAIN.validation, "--validation", min=0, help="Shadow identities held out of training."),
     final_only: bool = typer.Option(False, "--final-only", help="Ablation: train on final weights only, without the step embedding."),
     module_dropout: float = typer.Option(_TRAIN.module_dropout, "--module-dropout", min=0.0, max=0.95, help="Share of module tokens hidden from the encoder at each training step (a regulariser)."),
+    latent_rank: int = typer.Option(_TRAIN.latent_rank, "--latent-rank", min=1, help="Coefficients of z: principal directions of the face-description embeddings kept."),
+    prompts: int = typer.Option(_TRAIN.prompts, "--prompts", min=2, help="Face descriptions embedded to span the latent (a family may have fewer)."),
+    device: DeviceOption = None,
 ) -> int:
     """Train the weight-to-image VAE attack on shadow trajectories."""
     from dataclasses import replace
@@ -73,9 +76,10 @@ def train_attack(
     from lora_audit.families import load_base
 
     trajectories = load_trajectories(Path(shadows))
-    pipeline = load_base(base)
+    pipeline = load_base(base, checked_device(device))
     config = replace(_TRAIN, steps=steps, shadows_per_step=shadows_per_step, lr=lr, beta=beta,
-                     validation=validation, final_only=final_only, module_dropout=module_dropout)
+                     validation=validation, final_only=final_only, module_dropout=module_dropout,
+                     latent_rank=latent_rank, prompts=prompts)
     with stage_progress() as report:
         model = train(pipeline, trajectories, config, Path(out), lambda s, t, m: report("train", s, t, m))
     held_out = model.config.training["final"].get("val_mse")
@@ -95,6 +99,7 @@ def reconstruct(
     step: Optional[float] = typer.Option(None, "--step", min=1, help="Fine-tuning step r \\[default: from metadata, else estimated]."),
     sampling_steps: SamplingStepsOption = 25,
     seed: int = typer.Option(0, "--seed"),
+    device: DeviceOption = None,
 ) -> int:
     """Reconstruct the identity behind a LoRA file from its weights (K = latents x seeds images and a grid)."""
     from pathlib import Path
@@ -103,7 +108,7 @@ def reconstruct(
     from lora_audit.attack.resolve import AttackSources
 
     result = reconstruct_file(lora, AttackSources(attack_model, base), latents=latents, seeds=seeds, step=step,
-                              sampling_steps=sampling_steps, seed=seed)
+                              sampling_steps=sampling_steps, seed=seed, device=checked_device(device))
     paths = save_reconstruction(result, Path(out), Path(lora).stem)
     typer.echo(f"wrote {len(paths) - 1} reconstructions and {paths[-1]} (step r = {result.step:.0f}, {result.step_source})")
     return 0

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from lora_audit.cli.options import BaseOption, int_list
+from lora_audit.cli.options import BaseOption, DeviceOption, checked_device, int_list
 from lora_audit.cli.progress import stage_progress
 from lora_audit.diffusion.finetune import FinetuneConfig
 from lora_audit.errors import UsageError
@@ -28,7 +28,8 @@ def finetune(
     layout: str = typer.Option("peft", "--layout", help="peft (diffusers) or kohya."),
     kohya_metadata: bool = typer.Option(False, "--kohya-metadata", help="Write kohya-style ss_* training metadata (leaky, for realistic samples)."),
     snapshot_steps: str = typer.Option("", "--snapshot-steps", help="Comma-separated steps whose LoRA is also written (OUTPUT stem + _step_N)."),
-    text_encoder: bool = typer.Option(_RECIPE.text_encoder_lora, "--text-encoder/--no-text-encoder", help="Also train a LoRA on the text encoder."),
+    text_encoder: bool = typer.Option(_RECIPE.text_encoder_lora, "--text-encoder/--no-text-encoder", help="Also train a LoRA on the text encoder (SDXL: both)."),
+    device: DeviceOption = None,
 ) -> int:
     """DreamBooth-LoRA fine-tuning of a base model on a folder of photos (the victims' recipe)."""
     from pathlib import Path
@@ -42,7 +43,7 @@ def finetune(
     if layout not in LAYOUTS:
         raise UsageError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     snapshots = int_list(snapshot_steps, "--snapshot-steps")
-    pipeline = load_base(base)
+    pipeline = load_base(base, checked_device(device))
     photos = load_image_folder(images, pipeline.image_size)
     config = FinetuneConfig(rank=rank, alpha=alpha, steps=steps, lr=lr, seed=seed, trigger=trigger,
                             snapshot_steps=snapshots, text_encoder_lora=text_encoder)

@@ -45,3 +45,26 @@ def int_list(text: str, flag: str) -> tuple[int, ...]:
         return tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
+DeviceOption = Annotated[Optional[str], typer.Option(
+    "--device", help="Torch device the models run on (cpu, cuda, cuda:1, mps) \\[default: cuda when available, else cpu].")]
+
+
+def checked_device(device: str | None) -> str | None:
+    """``--device`` as given (None: the default), or a usage error when torch cannot use it."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:0, mps)") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available to this torch")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available to this torch")
+    return device

@@ -1,20 +1,101 @@
 """Base diffusion models behind one small interface: the toy pixel-space pipeline and diffusers SD.
 
-Fine-tuning and the attack only need: the UNet, prompt embeddings, images mapped to the UNet's
-input space (pixels for the toy, VAE latents for SD), the training noise schedule, and sampling
-from ``prompt_embeds``. :class:`DiffusionBase` gives exactly that for both, so the same code
-fine-tunes and attacks the toy world and a local Stable Diffusion checkpoint.
+Fine-tuning and the attack only need: the UNet, what the UNet reads of a prompt (a
+:class:`Conditioning`), images mapped to the UNet's input space (pixels for the toy, VAE latents
+for SD), the training noise schedule, and sampling from a conditioning. :class:`DiffusionBase`
+gives exactly that for every family, so the same code fine-tunes and attacks the toy world and a
+local SD 1.x, SD 2.x or SDXL checkpoint.
+
+What the UNet reads: the toy, SD1 and SD2 read the text encoder's hidden states [B, L, D] only.
+SDXL reads the penultimate hidden states of both text encoders, concatenated ([B, 77, 768 + 1280]),
+and through ``added_cond_kwargs`` the pooled, projected embedding of ``text_encoder_2`` [B, 1280]
+with the six size/crop "time ids" (original size, crop top-left, target size, here all the
+pipeline's resolution and no crop, as the SDXL pipeline's defaults).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Union
 
 import numpy as np
 import torch
 
 from lora_audit.errors import UsageError
+
+
+@dataclass
+class Conditioning:
+    """What the UNet reads of a batch of prompts: ``prompt_embeds`` [B, L, D] and, for families whose
+    UNet also reads a pooled text embedding (SDXL), ``pooled`` [B, P] (None otherwise).
+
+    It batches like the embeddings do (``detach``, ``to``, ``expand``, ``repeat_interleave``,
+    indexing on the batch dimension, ``len``, ``shape`` = the embeddings' shape), so code written for
+    prompt-embedding tensors runs unchanged on it. Unbatched (``prompt_embeds`` [L, D], ``pooled``
+    [P]) it is a single point, e.g. the attack latent's offset.
+    """
+
+    prompt_embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.prompt_embeds.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.prompt_embeds.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.prompt_embeds.dtype
+
+    def __len__(self) -> int:
+        return len(self.prompt_embeds)
+
+    def _map(self, embeds_fn, pooled_fn=None) -> "Conditioning":
+        pooled_fn = pooled_fn or embeds_fn
+        return Conditioning(embeds_fn(self.prompt_embeds), None if self.pooled is None else pooled_fn(self.pooled))
+
+    def detach(self) -> "Conditioning":
+        return self._map(lambda t: t.detach())
+
+    def to(self, *args, **kwargs) -> "Conditioning":
+        return self._map(lambda t: t.to(*args, **kwargs))
+
+    def expand(self, batch: int, *_rest) -> "Conditioning":
+        """Batch ``batch`` copies of a batch of one (``expand(n, -1, -1)`` as on the embeddings)."""
+        return self._map(lambda t: t.expand(batch, -1, -1), lambda t: t.expand(batch, -1))
+
+    def expand_as(self, other: "Conditioning | torch.Tensor") -> "Conditioning":
+        return self.expand(len(other))
+
+    def repeat_interleave(self, repeats: int, dim: int = 0) -> "Conditioning":
+        if dim != 0:
+            raise ValueError("a Conditioning repeats along the batch dimension only")
+        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def __getitem__(self, index) -> "Conditioning":
+        if isinstance(index, tuple):
+            raise IndexError("a Conditioning is indexed along the batch dimension only")
+        return self._map(lambda t: t[index])
+
+    def flat(self) -> torch.Tensor:
+        """[B, L*D (+ P)]: the embeddings flattened, the pooled vector after them (the attack's latent layout)."""
+        parts = [self.prompt_embeds.flatten(1)] + ([] if self.pooled is None else [self.pooled])
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    @classmethod
+    def from_flat(cls, flat: torch.Tensor, shape: tuple[int, int], pooled_dim: int = 0) -> "Conditioning":
+        """The inverse of :meth:`flat`: [B, L*D + P] -> prompt_embeds [B, L, D], pooled [B, P] (or None)."""
+        length = shape[0] * shape[1]
+        embeds = flat[:, :length].reshape(len(flat), *shape)
+        return cls(embeds, flat[:, length:] if pooled_dim else None)
+
+
+Prompt = Union[torch.Tensor, Conditioning]  # prompt embeddings [B, L, D], or a Conditioning
+"""A prompt as the UNet reads it: a tensor of prompt embeddings where the family reads nothing else."""
 
 
 class DiffusionBase:
@@ -26,7 +107,20 @@ class DiffusionBase:
         self.unet = pipe.unet
         self.text_encoder = pipe.text_encoder
         self.tokenizer = pipe.tokenizer
+        self.text_encoder_2 = getattr(pipe, "text_encoder_2", None)  # SDXL: OpenCLIP ViT-bigG with projection
+        self.tokenizer_2 = getattr(pipe, "tokenizer_2", None)
         self.vae = getattr(pipe, "vae", None)
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of the pooled text embedding the UNet reads (0: it reads none)."""
+        if self.text_encoder_2 is None:
+            return 0
+        return int(self.text_encoder_2.config.projection_dim)
+
+    def text_encoders(self) -> list:
+        """The text encoders whose outputs the UNet reads (one, or SDXL's two)."""
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
 
     @property
     def device(self) -> torch.device:
@@ -43,11 +137,63 @@ class DiffusionBase:
 
         return DDPMScheduler.from_config(self.pipe.scheduler.config)
 
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """Text-encoder output, [B, L, D]: what the attack's latent z replaces."""
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-        return self.text_encoder(ids)[0]
+    def _ids(self, tokenizer, prompts: list[str]) -> torch.Tensor:
+        return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids.to(self.device)
+
+    def encode(self, prompts: list[str]) -> Conditioning:
+        """What the UNet reads of ``prompts``: what the attack's latent z replaces.
+
+        Toy, SD1, SD2: the text encoder's last hidden state [B, L, D]. SDXL: the penultimate hidden
+        states of both text encoders concatenated, [B, 77, 2048], and ``text_encoder_2``'s pooled,
+        projected embedding [B, 1280] (as ``StableDiffusionXLPipeline.encode_prompt``, no clip skip).
+        """
+        if self.text_encoder_2 is None:
+            return Conditioning(self.text_encoder(self._ids(self.tokenizer, prompts))[0])
+        hidden, pooled = [], None
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            out = encoder(self._ids(tokenizer, prompts), output_hidden_states=True)
+            if pooled is None and out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds [B, P]
+                pooled = out[0]
+            hidden.append(out.hidden_states[-2])
+        return Conditioning(torch.cat(hidden, dim=-1), pooled)
+
+    def encode_prompt(self, prompts: list[str]) -> Prompt:
+        """:meth:`encode` as a plain tensor [B, L, D] where that is all the UNet reads (toy, SD1, SD2);
+        for SDXL the :class:`Conditioning` itself (it batches like the tensor)."""
+        cond = self.encode(prompts)
+        return cond.prompt_embeds if cond.pooled is None else cond
+
+    def conditioning(self, prompt: Prompt) -> Conditioning:
+        """``prompt`` as a :class:`Conditioning`; a bare tensor is refused where the UNet needs more."""
+        if isinstance(prompt, Conditioning):
+            return prompt
+        if self.pooled_dim:
+            raise UsageError(f"the {self.family} UNet also reads a pooled text embedding: "
+                             "pass a Conditioning (DiffusionBase.encode), not prompt embeddings alone")
+        return Conditioning(prompt)
+
+    def add_time_ids(self, batch: int) -> torch.Tensor:
+        """SDXL's size and crop conditioning, [B, 6]: original size, crop top-left (0, 0), target size."""
+        size = self.image_size
+        ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=self.unet.dtype, device=self.device)
+        return ids.expand(batch, -1)
+
+    def unet_kwargs(self, prompt: Prompt) -> dict:
+        """The UNet's conditioning arguments for ``prompt``: ``unet(x, t, **base.unet_kwargs(cond))``."""
+        cond = self.conditioning(prompt)
+        kwargs = {"encoder_hidden_states": cond.prompt_embeds}
+        if cond.pooled is not None:
+            kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled, "time_ids": self.add_time_ids(len(cond))}
+        return kwargs
+
+    def unconditional(self, batch: int) -> Conditioning:
+        """The unconditional branch of classifier-free guidance: the empty prompt, or zeros where the
+        pipeline says so (SDXL's ``force_zeros_for_empty_prompt``), ``batch`` times."""
+        cond = self.encode([""])
+        if getattr(self.pipe.config, "force_zeros_for_empty_prompt", False):
+            cond = cond._map(torch.zeros_like)
+        return cond.expand(batch)
 
     def to_model_input(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, H, W, 3] in [0, 1] -> UNet input [B, C, h, w] (pixels in [-1, 1], or VAE latents)."""
@@ -80,23 +226,43 @@ class DiffusionBase:
                     weight.copy_(original)
 
     def weight_of(self, name: str) -> torch.nn.Parameter:
-        """The weight of a canonical module name (``unet.<path>``, ``text_encoder.<path>``)."""
+        """The weight of a canonical module name (``unet.<path>``, ``text_encoder.<path>``,
+        ``text_encoder_2.<path>``).
+
+        A text-encoder path resolves with or without its ``text_model.`` level: LoRA files name it
+        (kohya ``lora_te_text_model_...``) or not (PEFT state dicts of a transformers-5
+        ``CLIPTextModel``, which has no such level, while ``CLIPTextModelWithProjection`` has).
+        """
         component, _, path = name.partition(".")
-        model = {"unet": self.unet, "text_encoder": self.text_encoder}.get(component)
-        try:
-            return model.get_submodule(path).weight
-        except AttributeError:  # no such component, module, or a module without a weight
-            raise UsageError(f"the LoRA adapts {name}, which this {self.family} base model does not have") from None
+        model = {"unet": self.unet, "text_encoder": self.text_encoder,
+                 "text_encoder_2": self.text_encoder_2}.get(component)
+        candidates = [path]
+        if component.startswith("text_encoder"):
+            candidates.append(path.removeprefix("text_model.") if path.startswith("text_model.") else f"text_model.{path}")
+        for candidate in candidates if model is not None else ():
+            try:
+                return model.get_submodule(candidate).weight
+            except AttributeError:  # no such module, or a module without a weight
+                continue
+        raise UsageError(f"the LoRA adapts {name}, which this {self.family} base model does not have")
 
     @torch.no_grad()
-    def generate(self, prompt_embeds: torch.Tensor, *, guidance_scale: float = 3.0, steps: int = 25,
+    def generate(self, prompt: Prompt, *, guidance_scale: float = 3.0, steps: int = 25,
                  seed: int = 0) -> np.ndarray:
-        """Sample one image per row of ``prompt_embeds`` [B, L, D]; returns [B, H, W, 3] floats in [0, 1]."""
-        uncond = self.encode_prompt([""]).expand_as(prompt_embeds)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        if self.vae is None:
-            return self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=uncond,
+        """Sample one image per row of ``prompt`` (embeddings [B, L, D] or a :class:`Conditioning`);
+        returns [B, H, W, 3] floats in [0, 1] at the pipeline's resolution."""
+        if self.vae is None:  # the toy pipeline: pixel space, its own sampler
+            uncond = self.encode_prompt([""]).expand_as(prompt)
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            return self.pipe(prompt_embeds=prompt, negative_prompt_embeds=uncond,
                              guidance_scale=guidance_scale, num_inference_steps=steps, generator=generator)
-        out = self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=uncond, guidance_scale=guidance_scale,
-                        num_inference_steps=steps, generator=generator, output_type="np")
+        cond = self.conditioning(prompt)
+        uncond = self.unconditional(len(cond))
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        kwargs = {}
+        if cond.pooled is not None:
+            kwargs = {"pooled_prompt_embeds": cond.pooled, "negative_pooled_prompt_embeds": uncond.pooled}
+        out = self.pipe(prompt_embeds=cond.prompt_embeds, negative_prompt_embeds=uncond.prompt_embeds,
+                        guidance_scale=guidance_scale, num_inference_steps=steps, generator=generator,
+                        output_type="np", height=self.image_size, width=self.image_size, **kwargs)
         return np.asarray(out.images, dtype=np.float32)
