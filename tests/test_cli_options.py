@@ -54,3 +54,15 @@ def test_shared_options_have_one_help_text():
                 helps[param.opts[0]].append(param.help)
     assert helps["--base"] == 6 * ["Local diffusers pipeline directory of the base model \\[default: the toy base]."]
     assert len(helps["--attack-model"]) == 3 and len(set(helps["--attack-model"])) == 1  # scan, reconstruct, evaluate
+
+
+def test_device_is_checked_on_every_model_command(tmp_path, capsys):
+    from lora_audit.cli.options import checked_device
+
+    assert checked_device(None) is None and checked_device("cpu") == "cpu"
+    for command in (["scan", str(tmp_path)], ["shadow", "-o", str(tmp_path / "s")], ["evaluate", str(tmp_path)],
+                    ["finetune", str(tmp_path), "-o", str(tmp_path / "x.safetensors")],
+                    ["train-attack", str(tmp_path), "-o", str(tmp_path / "a")],
+                    ["reconstruct", str(tmp_path / "x.safetensors"), "-o", str(tmp_path / "r")]):
+        assert main([*command, "--device", "not-a-device"]) == 4, command
+        assert "--device 'not-a-device' is not a torch device" in capsys.readouterr().err

@@ -115,8 +115,9 @@ def identity_images(config: ShadowConfig, name: str, family: Family) -> np.ndarr
 
 
 def build_shadows(config: ShadowConfig, out: Path, base_path: str | None = None, jobs: int = 1,
-                  progress: Progress | None = None) -> dict:
-    """Fine-tune every missing shadow shard under ``out`` (``jobs`` processes); returns a summary."""
+                  progress: Progress | None = None, device: str | None = None) -> dict:
+    """Fine-tune every missing shadow shard under ``out`` (``jobs`` processes, models on ``device``);
+    returns a summary."""
     config = with_identities(config, base_family(base_path))
     out.mkdir(parents=True, exist_ok=True)
     _check_manifest(out, config, base_path)
@@ -128,8 +129,8 @@ def build_shadows(config: ShadowConfig, out: Path, base_path: str | None = None,
                              "use a new directory")
     todo = [i for i in range(len(names)) if not (out / SHARD.format(i)).is_file()]
     if todo:
-        class_images = _class_images(out, config, base_path)
-        work = [(config, base_path, out, i, names[i], class_images) for i in todo]
+        class_images = _class_images(out, config, base_path, device)
+        work = [(config, base_path, device, out, i, names[i], class_images) for i in todo]
         if jobs == 1:
             _report(map(_finetune_shadow, work), len(names) - len(todo), len(names), progress)
         else:
@@ -192,7 +193,7 @@ def _check_manifest(out: Path, config: ShadowConfig, base_path: str | None) -> N
         os.replace(tmp, path)
 
 
-def _class_images(out: Path, config: ShadowConfig, base_path: str | None) -> np.ndarray | None:
+def _class_images(out: Path, config: ShadowConfig, base_path: str | None, device: str | None) -> np.ndarray | None:
     """The prior-preservation images, generated once per run directory and shared by every shadow."""
     ft = config.finetune
     if ft.prior_loss_weight <= 0:
@@ -202,7 +203,7 @@ def _class_images(out: Path, config: ShadowConfig, base_path: str | None) -> np.
         from lora_audit.diffusion.finetune import generate_class_images
         from lora_audit.families import load_base
 
-        images = generate_class_images(load_base(base_path), ft.class_prompt, ft.num_class_images,
+        images = generate_class_images(load_base(base_path, device), ft.class_prompt, ft.num_class_images,
                                        guidance_scale=ft.class_guidance_scale, steps=ft.class_sampling_steps,
                                        seed=ft.seed)
         tmp = out / ".class_images.tmp.npy"
@@ -232,9 +233,9 @@ def _finetune_shadow(work) -> dict:
     from lora_audit.diffusion.finetune import finetune_lora
     from lora_audit.families import load_base
 
-    config, base_path, out, index, name, class_images = work
+    config, base_path, device, out, index, name, class_images = work
     if base_path not in _BASES:
-        _BASES[base_path] = load_base(base_path)
+        _BASES[base_path] = load_base(base_path, device)
     images = identity_images(config, name, get_family(_BASES[base_path].family))
     ft = config.finetune
     seed = ft.seed + (int(name) if name.isdigit() else index)

@@ -29,6 +29,7 @@ def shadow(
     steps: int = typer.Option(_RECIPE.steps, "--steps", min=1, help="Fine-tuning steps per identity."),
     snapshot_steps: str = typer.Option(",".join(map(str, ShadowConfig.snapshot_steps)), "--snapshot-steps", help="Comma-separated steps r stored per trajectory (each <= --steps)."),
     jobs: JobsOption = 1,
+    device: DeviceOption = None,
 ) -> int:
     """Fine-tune shadow LoRAs with the victims' recipe and store their trajectories (the attack's training data)."""
     from dataclasses import replace
@@ -36,17 +37,17 @@ def shadow(
 
     from lora_audit.attack.shadow import build_shadows
 
-    snapshots = int_list(snapshot_steps, "--snapshot-steps")
+    snapshots, device = int_list(snapshot_steps, "--snapshot-steps"), checked_device(device)
     size = ShadowConfig.image_size
     if base is not None:  # photos at the base model's resolution
         from lora_audit.families import load_base
 
-        size = load_base(base).image_size
+        size = load_base(base, device).image_size
     config = ShadowConfig(identities=identities, first_identity=first_identity, snapshot_steps=snapshots,
                           images_dir=images, image_size=size,
                           finetune=replace(_RECIPE, steps=steps))
     with stage_progress() as report:
-        summary = build_shadows(config, Path(out), base, jobs, lambda d, t, m: report("shadow", d, t, m))
+        summary = build_shadows(config, Path(out), base, jobs, lambda d, t, m: report("shadow", d, t, m), device)
     typer.echo(f"{summary['identities']} shadow trajectories in {out} ({summary['trained_now']} fine-tuned now)")
     return 0
 
@@ -75,8 +76,9 @@ def train_attack(
     from lora_audit.attack.train import train_attack as train
     from lora_audit.families import load_base
 
+    device = checked_device(device)
     trajectories = load_trajectories(Path(shadows))
-    pipeline = load_base(base, checked_device(device))
+    pipeline = load_base(base, device)
     config = replace(_TRAIN, steps=steps, shadows_per_step=shadows_per_step, lr=lr, beta=beta,
                      validation=validation, final_only=final_only, module_dropout=module_dropout,
                      latent_rank=latent_rank, prompts=prompts)

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from lora_audit.cli.options import AttackModelOption, BaseOption, LatentsOption, SamplingStepsOption, SeedsOption
+from lora_audit.cli.options import (AttackModelOption, BaseOption, DeviceOption, LatentsOption, SamplingStepsOption,
+                                    SeedsOption, checked_device)
 from lora_audit.cli.progress import stage_progress
 from lora_audit.toyworld.lab.evaluate import EvaluationConfig
 
@@ -27,6 +28,7 @@ def evaluate(
     sampling_steps: SamplingStepsOption = EvaluationConfig.sampling_steps,
     owner_far: float = typer.Option(EvaluationConfig.owner_far, "--owner-far", min=0.0, max=1.0, help="Target FAR of the scan verdict's row (the owner_far policy key)."),
     steps_curve: bool = typer.Option(False, "--steps-curve", help="Also attack every snapshot of each victim: accuracy against the fine-tuning step r."),
+    device: DeviceOption = None,
 ) -> int:
     """Toy world: the attack against the oracle, latent-ceiling, class-prompt, base and final-only baselines on held-out victims."""
     import shlex
@@ -34,6 +36,7 @@ def evaluate(
 
     from lora_audit.toyworld.lab.evaluate import run_evaluation
 
+    device = checked_device(device)
     config = EvaluationConfig(latents=latents, seeds=seeds, sampling_steps=sampling_steps, far=far,
                               owner_far=owner_far, steps_curve=steps_curve)
     given = [("--attack-model", attack_model), ("--ablation-model", ablation_model), ("--base", base), ("-o", out),
@@ -44,7 +47,8 @@ def evaluate(
     with stage_progress() as report:
         result = run_evaluation(Path(victims), Path(attack_model) if attack_model else None,
                                 Path(ablation_model) if ablation_model else None, base, Path(out), Path(docs),
-                                config, command, progress=lambda d, t, m: report("evaluate", d, t, m))
+                                config, command, progress=lambda d, t, m: report("evaluate", d, t, m),
+                                device=device)
     vae = result["summary"]["vae"]
     verdict = result["verdict"]
     typer.echo(f"wrote {result['results_path']}: VAE rank-1 {vae['rank1']:.0%}, mean similarity {vae['mean_similarity']:.3f} "

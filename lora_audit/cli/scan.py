@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from lora_audit.cli.options import AttackModelOption, BaseOption
+from lora_audit.cli.options import AttackModelOption, BaseOption, DeviceOption, checked_device
 from lora_audit.cli.output import Interrupted, check_report_path, interrupts_held, open_output
 from lora_audit.cli.progress import scan_progress
 from lora_audit.errors import UsageError
@@ -41,6 +41,7 @@ def scan(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-module weight statistics in the console report."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: scan only the i-th of n deterministic shards of the batch (by a hash of each path; the shards' union is the batch exactly once)."),
     resume: bool = typer.Option(False, "--resume", help="With -f jsonl -o FILE: skip the files FILE already records (same path, size and mtime) and append the rest."),
+    device: DeviceOption = None,
     follow_links: bool = typer.Option(False, "--follow-links", help="Also read symbolic links under a scanned folder that point out of it (otherwise: LA004, not read)."),
     skip_weights: bool = typer.Option(False, "--skip-weights", help="Read headers only: metadata, layout, base model and tensor pairing; no NaN/Inf check, no dW statistics, no attack (fast triage)."),
     attack: bool = typer.Option(True, "--attack/--no-attack", help="Run the weight-to-image attack where an attack model for the file's base family is available (the toy one ships)."),
@@ -58,6 +59,7 @@ def scan(
     from lora_audit.scan.collect import collect_files
     from lora_audit.scan.engine import ScanOptions, scan_batch
 
+    device = checked_device(device)
     rules = load_policy(policy)
     threshold = Severity.parse(fail_on) if fail_on is not None else rules.fail_on or Severity.HIGH
     options = ScanOptions(redact=redact or bool(rules.redact), policy=rules, weights=not skip_weights)
@@ -83,7 +85,7 @@ def scan(
 
         where = reconstructions or (f"{os.path.splitext(output)[0]}_reconstructions" if output else "lora-audit-reconstructions")
         identity = IdentityCheck(IdentityOptions(attack_model=attack_model, base=base, face_weights=face_weights,
-                                                 references=references, out_dir=Path(where),
+                                                 references=references, out_dir=Path(where), device=device,
                                                  **({"owner_far": rules.owner_far} if rules.owner_far else {})))
     streamed = 0
     with open_output(output, keep_partial=format is Format.jsonl, append=resume) as stream, \
@@ -148,11 +150,26 @@ def strip(
     return 0
 
 
+class RulesFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
 @commands.command()
-def rules() -> int:
+def rules(
+    format: RulesFormat = typer.Option(RulesFormat.text, "--format", "-f", help="text: one line per rule; json: a list of {id, name, severity, title, remediation, help_uri}."),
+) -> int:
     """List the rules: id, name, default severity and title."""
+    from lora_audit.reports.sarif import rule_help_uri
     from lora_audit.rules import RULES
 
+    if format is RulesFormat.json:
+        import json
+
+        typer.echo(json.dumps([{"id": r.id, "name": r.name, "severity": r.severity.label, "title": r.title,
+                                "remediation": r.remediation, "help_uri": rule_help_uri(r.id)}
+                               for r in RULES.values()], indent=2))
+        return 0
     for rule in RULES.values():
         typer.echo(f"{rule.id}  {rule.name:<20} {rule.severity.label:<8} {rule.title}")
     return 0

@@ -47,6 +47,7 @@ class IdentityOptions:
     seeds: int = 2
     sampling_steps: int = 25
     owner_far: float = DEFAULT_OWNER_FAR  # the verdict's target FAR against other people's photo sets
+    device: str | None = None  # None: CUDA when available, else the CPU
 
 
 @dataclass
@@ -149,7 +150,7 @@ class IdentityCheck(Check):
             from lora_audit.attack.reconstruct import load_attack
 
             o = self.options
-            attack, base = load_attack(plan)
+            attack, base = load_attack(plan, o.device)
             try:
                 embedder = get_family(base.family).face_embedder(base.device, o.face_weights)
             except MissingInputError as e:

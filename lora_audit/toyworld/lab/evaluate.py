@@ -45,7 +45,8 @@ class EvaluationConfig:
 
 
 def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, base_path: str | None, out: Path,
-             config: EvaluationConfig, progress: Callable[[int, int, dict], None] | None = None) -> dict:
+             config: EvaluationConfig, progress: Callable[[int, int, dict], None] | None = None,
+             device: str | None = None) -> dict:
     """Run every method on every victim; returns per-method summaries and per-victim scores [n, n]."""
     from lora_audit.attack.model import AttackModel
     from lora_audit.attack.reconstruct import reconstruct
@@ -65,7 +66,7 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     from lora_audit.toyworld.photos import identity_photos
 
     trajectories = load_trajectories(victims)
-    base = load_base(base_path)
+    base = load_base(base_path, device)
     embedder = ToyFaceEmbedder.load(toy_embedder_path(), device=base.device)
     attack = AttackModel.load(attack_dir or asset_path("attack")).to(base.device)
     ablation = AttackModel.load(ablation_dir).to(base.device) if ablation_dir else None
@@ -147,12 +148,12 @@ def _summary(scores: np.ndarray, far: float) -> dict:
 
 def run_evaluation(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, base_path: str | None, out: Path,
                    docs: Path, config: EvaluationConfig, command: str,
-                   progress: Callable[[int, int, dict], None] | None = None) -> dict:
+                   progress: Callable[[int, int, dict], None] | None = None, device: str | None = None) -> dict:
     """:func:`evaluate`, then ``out/results.json`` (without the samples) and :func:`write_results` into ``docs``.
 
     Returns the result with ``"results_path"``, the written results.md.
     """
-    result = evaluate(victims, attack_dir, ablation_dir, base_path, out, config, progress)
+    result = evaluate(victims, attack_dir, ablation_dir, base_path, out, config, progress, device)
     (out / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))
     return {**result, "results_path": write_results(result, command, docs)}
 
