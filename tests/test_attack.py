@@ -25,6 +25,7 @@ from lora_audit.toyworld.pipeline import ToyBaseConfig, make_toy_pipeline
 from lora_audit.toyworld.family import TOY_METADATA
 from lora_audit.weights import open_lora
 from lora_audit.weights.writer import save_lora
+from report_checks import consistency_rule, generic_reference, measured_consistency, verdict_rule
 
 RECIPE = FinetuneConfig(rank=2, steps=3, num_class_images=2, class_sampling_steps=2)
 SHADOWS = ShadowConfig(identities=3, photos=2, image_size=16, snapshot_steps=(2, 3), finetune=RECIPE)
@@ -230,7 +231,12 @@ def test_latent_subspace_spans_prompt_embeddings(world):
     assert 0 < explained <= 1 and basis.shape == (4, offset.numel())
     embeds = base.encode_prompt(prompts).detach()  # [16, L, D]
     coefficients = model.from_latent(embeds)  # [16, 4]
-    assert abs(coefficients.var(0).mean().item() - 1) < 0.5  # whitened: N(0, I) is the embeddings' spread
+    # Whitened: the very prompts the subspace was fitted on have coefficients c = U sqrt(N - 1) (X - mean = U S V^T),
+    # so their mean is 0 and their covariance c^T c / (N - 1) = U^T U is exactly the identity.
+    assert coefficients.shape == (16, 4)
+    torch.testing.assert_close(coefficients.mean(0), torch.zeros(4), rtol=0, atol=1e-4)
+    torch.testing.assert_close(coefficients.var(0), torch.ones(4), rtol=0, atol=1e-4)
+    torch.testing.assert_close(coefficients.T @ coefficients / 15, torch.eye(4), rtol=0, atol=1e-4)
     assert torch.allclose(model.to_latent(torch.zeros(1, 4))[0], offset)
     c = torch.randn(3, 4)
     assert torch.allclose(model.from_latent(model.to_latent(c)), c, atol=1e-4)  # a z in the span projects back
@@ -275,8 +281,16 @@ def test_identity_check_findings(world, monkeypatch):
     options = IdentityOptions(attack_model=str(world["root"] / "attack"), base=str(world["root"] / "base"),
                               out_dir=world["root"] / "grids", latents=2, seeds=1, sampling_steps=2)
     (finding,) = identity_findings(IdentityCheck(options), world["lora"])
-    assert finding.rule_id in ("LA301", "LA302")
+    assert finding.rule_id == consistency_rule(finding.evidence)
     assert (world["root"] / "grids").is_dir() and finding.evidence["grid"].endswith("_grid.png")
+    value, _ = measured_consistency(finding.evidence)
+    # The verdict both ways on the same reconstructions: a generic reference just below / just above them.
+    for mean, rule in ((value - 0.01, "LA301"), (value + 0.01, "LA302")):
+        generic_reference(monkeypatch, mean)
+        (forced,) = identity_findings(IdentityCheck(options), world["lora"])
+        assert forced.rule_id == rule and forced.evidence["identity consistency"] == f"{value:.3f}"
+        assert forced.evidence["generic faces"] == f"{mean:.3f} +/- 0.000 (threshold {mean:.3f})"
+        assert forced.severity.label == ("high" if rule == "LA301" else "info")
     (missing,) = identity_findings(IdentityCheck(IdentityOptions()), world["lora"], "sd1")
     assert missing.rule_id == "LA303" and missing.evidence["missing"] == "--base, --attack-model"
     assert missing.message == ("no weight-to-image attack for a sd1 LoRA without --base (a local diffusers "
@@ -314,14 +328,25 @@ def test_references_with_facenet_use_its_published_threshold_and_name_unused_pho
     Image.new("RGB", (128, 128), (128, 128, 128)).save(photos / "grey.png")
     options = IdentityOptions(attack_model=str(world["root"] / "attack"), base=str(world["root"] / "base"),
                               references=str(photos), out_dir=tmp_path / "grids", latents=2, seeds=1, sampling_steps=2)
-    findings = {f.rule_id: f for f in identity_findings(IdentityCheck(options), world["lora"])}
+    check = IdentityCheck(options)
+    findings = {f.rule_id: f for f in identity_findings(check, world["lora"])}
     (verdict,) = [findings[r] for r in ("LA304", "LA305") if r in findings]
     assert verdict.evidence["threshold"].startswith("0.459 (deepface's published Facenet512 threshold")
+    similarity = float(verdict.evidence["owner similarity"].split()[0])
+    assert verdict.rule_id == ("LA304" if similarity >= 0.459 else "LA305")  # the operating point decides
     assert verdict.evidence["impostor FAR"].startswith("not measured (no gallery")
     assert verdict.evidence["generic faces null"].endswith("groups of the base model's generic faces score as high against the owner's photos")
     assert "1 reference photos" in verdict.evidence["images"]
     assert findings["LA306"].message.startswith("1 of 2 reference photos not used: grey.png: ")
     assert set(findings["LA306"].evidence) == {"grey.png"}
+    # Both verdicts on the same reconstructions: an operating point just below / just above their similarity.
+    for threshold, rule in ((similarity - 0.01, "LA304"), (similarity + 0.01, "LA305")):
+        embedder.verification_threshold = lambda t=threshold: (t, "a forced operating point")
+        check._owners.clear()  # the owner's null is read again; the generic faces stay cached (seconds of FaceNet)
+        forced = {f.rule_id: f for f in identity_findings(check, world["lora"])}
+        assert rule in forced and ({"LA304", "LA305"} - {rule}).isdisjoint(forced)
+        assert forced[rule].evidence["threshold"] == f"{threshold:.3f} (a forced operating point)"
+        assert forced[rule].evidence["owner similarity"] == verdict.evidence["owner similarity"]
 
 
 def test_a_crashing_attack_is_an_error_not_a_skip(world, tmp_path, monkeypatch):
@@ -378,8 +403,9 @@ def test_unusable_references_keep_the_weights_finding(world, tmp_path, monkeypat
     detecting.face_embedder = get_family("toy").face_embedder
     monkeypatch.setitem(families._REGISTRY, "toy", detecting)
     assert main(args + ["--references", str(tmp_path / "photos")]) == 0
-    rules = [f["rule_id"] for f in json.loads((tmp_path / "r.json").read_text())["files"][0]["findings"]]
-    assert rules[0] in ("LA301", "LA302") and rules[1:] == ["LA307"]  # the weights-only finding survives
+    findings = json.loads((tmp_path / "r.json").read_text())["files"][0]["findings"]
+    rules = [f["rule_id"] for f in findings]
+    assert rules[0] == consistency_rule(findings[0]["evidence"]) and rules[1:] == ["LA307"]  # the weights-only finding survives
 
 
 def test_cached_generic_faces_serve_only_the_embedder_that_measured_them(world, tmp_path, monkeypatch):
@@ -439,7 +465,7 @@ def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path
     assert main(args) == 1
     files = {f["path"]: f for f in json.loads(report.read_text())["files"]}
     (toy,) = [f for f in files[str(world["lora"])]["findings"] if f["rule_id"].startswith("LA3")]
-    assert toy["rule_id"] in ("LA301", "LA302") and "identity consistency" in toy["evidence"]
+    assert toy["rule_id"] == consistency_rule(toy["evidence"])
     grid = toy["evidence"]["grid"]
     assert grid.startswith(str(tmp_path / "report_reconstructions")) and grid.endswith("_grid.png")
     assert (tmp_path / "report_reconstructions").is_dir()
@@ -451,7 +477,7 @@ def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path
         Image.fromarray(image).save(photos / f"me_{k}.png")
     assert main(args + ["--references", str(photos)]) == 1
     verdicts = [f for f in json.loads(report.read_text())["files"][0]["findings"] if f["rule_id"] in ("LA304", "LA305")]
-    assert len(verdicts) == 1 and "owner similarity" in verdicts[0]["evidence"]
+    assert len(verdicts) == 1 and verdicts[0]["rule_id"] == verdict_rule(verdicts[0]["evidence"])
     assert "toy world: 200 identities x 2 photos" in verdicts[0]["evidence"]["threshold"]
     assert verdicts[0]["evidence"]["owner rank"].endswith("of 201 photo sets (the owner's and 200 others)")
     assert main(args + ["--references", str(tmp_path / "nowhere")]) == 4
@@ -480,6 +506,7 @@ def test_the_owner_far_comes_from_the_policy(world, tmp_path, monkeypatch):
         (verdict,) = [f for f in json.loads((tmp_path / "r.json").read_text())["files"][0]["findings"]
                       if f["rule_id"] in ("LA304", "LA305")]
         assert verdict["rule_id"] == rule and f"at FAR {float(far):g}" in verdict["evidence"]["threshold"]
+        assert verdict_rule(verdict["evidence"], float(far)) == rule  # the evidence states why
     for bad in ("0", "1.5", "true", '"0.01"'):
         (tmp_path / "policy.toml").write_text(f"owner_far = {bad}\n")
         assert main(args + ["--policy", str(tmp_path / "policy.toml")]) == 4, bad
@@ -523,14 +550,27 @@ def test_cli_evaluate_writes_results(world, tmp_path, capsys):
     root = world["root"]
     assert main(["evaluate", str(root / "shadows"), "--attack-model", str(root / "attack"), "--ablation-model",
                  str(root / "attack"), "--base", str(root / "base"), "-o", str(tmp_path / "work"),
-                 "--docs", str(tmp_path / "docs"), "--latents", "1", "--seeds", "1", "--sampling-steps", "2"]) == 0
+                 "--docs", str(tmp_path / "docs"), "--latents", "1", "--seeds", "1", "--sampling-steps", "2",
+                 "--far", "0"]) == 0
     assert "VAE rank-1" in capsys.readouterr().out
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     assert set(results["summary"]) == {"oracle", "latent_ceiling", "lora_class", "base", "vae_final_only", "vae"}
-    assert np.asarray(results["scores"]["vae"]).shape == (3, 3)
-    assert np.asarray(results["scores"]["latent_ceiling"]).shape == (3, 3)
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "lora-audit evaluate" in text and "| VAE attack (weights only) |" in text
+    for method, summary in results["summary"].items():  # every figure is the one its score matrix gives
+        scores = np.asarray(results["scores"][method], dtype=np.float64)  # [victims, candidates]
+        assert scores.shape == (3, 3) and np.isfinite(scores).all(), method
+        own = np.diag(scores)
+        ranks = 1 + (scores > own[:, None]).sum(axis=1)  # candidates scoring above the victim's own identity
+        assert summary["n"] == 3 and 0 <= summary["rank1"] <= 1
+        assert summary["rank1"] == round(float(np.mean(ranks == 1)), 3), method
+        assert summary["mean_rank"] == round(float(ranks.mean()), 2), method
+        assert summary["mean_similarity"] == pytest.approx(own.mean(), abs=1e-4), method
+        impostors = scores[~np.eye(3, dtype=bool)]
+        assert summary["tar"] == round(float(np.mean(own > impostors.max())), 3), method  # --far 0: above every impostor
+        low, high = summary["rank1_ci"]
+        assert low <= summary["rank1"] <= high
+        assert f"| {summary['mean_similarity']:.3f}" in text and f"| {summary['rank1']:.0%}" in text
     assert (tmp_path / "docs" / "img" / "results_grid.png").is_file()
     assert (tmp_path / "docs" / "img" / "results_plot.png").is_file()
     assert len(list((tmp_path / "work" / "loras").glob("*.safetensors"))) == 3

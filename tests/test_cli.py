@@ -111,8 +111,25 @@ def test_failed_scan_leaves_no_half_report(leaky, tmp_path, monkeypatch, capsys)
     assert main(["scan", "-q", "-f", "json", "-o", str(report), leaky]) == 1 and report.exists()
 
 
-def test_report_to_a_device_is_written_directly(leaky):
+def test_report_to_a_device_is_written_directly(leaky, tmp_path):
+    before = os.stat(os.devnull)
     assert main(["scan", "-q", "-f", "json", "-o", os.devnull, leaky]) == 1
+    after = os.stat(os.devnull)  # still the same character device, not a file put in its place
+    assert stat.S_ISCHR(after.st_mode) and (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
+    # A FIFO gets the whole report through itself (no temporary file renamed over it) and stays a FIFO.
+    import threading
+
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert main(["scan", "-q", "-f", "json", "-o", str(fifo), leaky]) == 1
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == [
+        "leaky.safetensors", "report.fifo"]
+    report = json.loads(received[0])
+    assert report["summary"]["exit_code"] == 1 and report["files"][0]["path"] == leaky
 
 
 def test_redact_hides_values(leaky, capsys):
@@ -190,18 +207,25 @@ def test_strip_never_overwrites_without_being_told(leaky, clean, tmp_path, capsy
 
 
 def test_strip_keep_and_remove(leaky, tmp_path):
-    done = strip_metadata(leaky, str(tmp_path / "o.safetensors"), keep_keys=("ss_training_comment",),
-                          extra_keys=("ss_network_dim",))
-    assert "ss_training_comment" in done.kept and "ss_network_dim" in done.removed
+    out = tmp_path / "o.safetensors"
+    done = strip_metadata(leaky, str(out), keep_keys=("ss_training_comment",), extra_keys=("ss_network_dim",))
+    assert done.kept == ["ss_training_comment"]
+    assert done.removed == ["ss_network_dim", "ss_sd_model_name", "ss_tag_frequency"]
+    with safetensors.safe_open(str(out), "np") as f:  # what the written file holds
+        assert f.metadata() == {"ss_training_comment": LEAKY["ss_training_comment"]}
+        assert sorted(f.keys()) == sorted(safetensors.numpy.load_file(leaky))
 
 
 def test_static_paths_never_import_torch(leaky):
     code = ("import sys; from lora_audit.cli import main; "
-            f"main(['--help']); main(['scan', '-q', '-f', 'sarif', {leaky!r}]); "
+            f"codes = [main(['--help']), main(['scan', '-q', '-f', 'sarif', '-o', {leaky + '.sarif'!r}, {leaky!r}]), "
+            f"main(['scan', '-q', '--skip-weights', {leaky!r}]), main(['rules'])]; "
             "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
-            "print('IMPORTED', bad)")
+            "print('IMPORTED', bad, 'CODES', codes)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
-    assert "IMPORTED []" in out
+    assert "IMPORTED [] CODES [0, 1, 1, 0]" in out  # help, a leaky static scan (LA101 is high), rules
+    run = json.loads(open(leaky + ".sarif").read())["runs"][0]
+    assert "LA101" in {r["ruleId"] for r in run["results"]}
 
 
 def test_every_rule_is_documented():

@@ -197,18 +197,25 @@ def test_tucker_loha_in_lycoris_shapes(tmp_path):
     assert result.error is None and math.isfinite(result.stats.modules[0].dw_norm)
 
 
-def test_tucker_lokr(tmp_path):
+@pytest.mark.parametrize("alpha", [None, 3.0, 0.5])
+def test_tucker_lokr(tmp_path, alpha):
     rng = np.random.default_rng(2)
     w1 = rng.standard_normal((4, 8)).astype(np.float32)
     t2, w2a, w2b = (rng.standard_normal(s).astype(np.float32) for s in ((2, 2, 3, 3), (2, 80), (2, 40)))
     name = "lora_unet_down_blocks_0_resnets_0_conv1"
-    path = write(tmp_path / "lokr.safetensors", {f"{name}.lokr_w1": w1, f"{name}.lokr_t2": t2,
-                                                 f"{name}.lokr_w2_a": w2a, f"{name}.lokr_w2_b": w2b})
+    tensors = {f"{name}.lokr_w1": w1, f"{name}.lokr_t2": t2, f"{name}.lokr_w2_a": w2a, f"{name}.lokr_w2_b": w2b}
+    if alpha is not None:
+        tensors[f"{name}.alpha"] = np.array(alpha, np.float32)
+    path = write(tmp_path / "lokr.safetensors", tensors)
+    # LyCORIS: the rank is that of the low-rank factor (w2_b's rows); scale = alpha / rank, and a missing
+    # alpha means alpha = rank (scale 1). Computed from the tensors written, not from the reader.
+    rank = w2b.shape[0]
+    scale = 1.0 if alpha is None else alpha / rank
     with open_lora(path) as lora:
         (module,) = lora.modules
-        assert module.shape == (320, 320, 3, 3)
+        assert module.shape == (320, 320, 3, 3) and module.rank == rank and module.scale == pytest.approx(scale)
         w2 = np.einsum("ijhw,io,jn->onhw", t2, w2a, w2b)
-        expected = module.scale * np.kron(w1[:, :, None, None], w2)
+        expected = scale * np.kron(w1[:, :, None, None], w2)
         np.testing.assert_allclose(lora.delta(module), expected, rtol=1e-4, atol=1e-5)
 
 

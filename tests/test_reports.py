@@ -244,10 +244,29 @@ def test_sarif_clean_scan_is_successful_with_no_results():
 # Dispatch
 
 def test_every_format_writes_and_unknown_format_is_a_usage_error():
-    for fmt in FORMATS:
-        assert _render(_scan(), fmt).strip()
+    from report_checks import parse_html_report, parse_json_report, parse_jsonl_report, parse_sarif_report
+
+    result = _scan()
+    expected = [sorted(f.rule_id for f in file.findings) for file in result.files]
+    assert set(FORMATS) <= {"console", "json", "jsonl", "sarif", "html"}  # each one is parsed back below
+    report = parse_json_report(_render(result, "json"))
+    assert [sorted(x["rule_id"] for x in f["findings"]) for f in report["files"]] == expected
+    assert report["summary"] == result.summary()
+    lines, summary = parse_jsonl_report(_render(result, "jsonl"))
+    assert [f["path"] for f in lines] == [f.path for f in result.files] and summary["exit_code"] == result.exit_code
+    assert [sorted(x["rule_id"] for x in f["findings"]) for f in lines] == expected
+    run = parse_sarif_report(_render(result, "sarif"))["runs"][0]
+    assert sorted(r["ruleId"] for r in run["results"]) == sorted(sum(expected, []))
+    console = _render(result, "console", color=False)
+    for file in result.files:
+        assert all(f.rule_id in console for f in file.findings)
+    assert all(name in console for name in ("clean.safetensors", "jdoe.safetensors", "bad file.safetensors"))
+    if "html" in FORMATS:
+        page = parse_html_report(_render(result, "html"))
+        assert all(f.rule_id in page for file in result.files for f in file.findings)
+        assert all(name in page for name in ("clean.safetensors", "jdoe.safetensors", "bad file.safetensors"))
     with pytest.raises(UsageError) as info:
-        _render(_scan(), "html")
+        _render(_scan(), "yaml")
     assert info.value.exit_code == 4 and "sarif" in str(info.value)
 
 

