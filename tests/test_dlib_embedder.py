@@ -196,7 +196,7 @@ def test_the_consistency_finding_names_the_embedder(embedder, tmp_path):
 
 def test_a_missing_install_is_a_clear_missing_input(monkeypatch):
     monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib now raises ImportError
-    with pytest.raises(MissingInputError, match=r"pip install 'lora-audit\[faces\]'") as caught:
+    with pytest.raises(MissingInputError, match=r"pip install 'lora-privacy-audit\[faces\]'") as caught:
         DlibFaceEmbedder()
     assert caught.value.input == "face_weights"
     with pytest.raises(MissingInputError, match="not installed"):  # the scan reports it as LA303

@@ -47,7 +47,7 @@ def scan(
     attack: bool = typer.Option(True, "--attack/--no-attack", help="Run the weight-to-image attack where an attack model for the file's base family is available (the toy one ships)."),
     attack_model: AttackModelOption = None,
     base: BaseOption = None,
-    face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint: score real families' faces with FaceNet \\[default: dlib's ResNet descriptor, installed with lora-audit\\[faces]]."),
+    face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint: score real families' faces with FaceNet \\[default: dlib's ResNet descriptor, installed with lora-privacy-audit\\[faces]]."),
     references: Optional[str] = typer.Option(None, "--references", help="Folder of the owner's photos: score the reconstructions against them and against other people's photo sets of as many photos (toy: 200 identities; the FAR, policy key owner_far, default 0.01), or FaceNet's published operating point with the base's generic faces as a measured null; a verdict LA304/LA305 (unusable photos: LA306, none usable: LA307)."),
     reconstructions: Optional[str] = typer.Option(None, "--reconstructions", help="Directory for the reconstruction PNGs and grids \\[default: next to --output, else ./lora-audit-reconstructions]."),
 ) -> int:

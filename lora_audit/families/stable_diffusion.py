@@ -1,6 +1,6 @@
 """The Stable Diffusion families: SD 1.x (CLIP ViT-L, cross-attention 768), SD 2.x (OpenCLIP ViT-H,
 1024) and SDXL (two text encoders). Their bases are local diffusers pipeline directories; faces are
-scored with dlib's face recognition (installed with ``lora-audit[faces]``), or with FaceNet when
+scored with dlib's face recognition (installed with ``lora-privacy-audit[faces]``), or with FaceNet when
 ``--face-weights`` names a checkpoint, each against its published operating point; no attack model ships.
 """
 
@@ -44,7 +44,7 @@ class StableDiffusion(Family):
 
     def face_embedder(self, device, face_weights: str | None = None):
         """FaceNet with the checkpoint ``face_weights``; without one, dlib's (a MissingInputError, so LA303,
-        when ``lora-audit[faces]`` is not installed)."""
+        when ``lora-privacy-audit[faces]`` is not installed)."""
         if face_weights is not None:
             from lora_audit.identity.facenet import FaceNetEmbedder
 

@@ -1,4 +1,4 @@
-"""dlib's face recognition: real-photo face scoring that installs with the package (``lora-audit[faces]``).
+"""dlib's face recognition: real-photo face scoring that installs with the package (``lora-privacy-audit[faces]``).
 
 Three dlib models, all CPU, none downloaded at run time: the HOG frontal face detector
 (``dlib.get_frontal_face_detector()``, upsampled once, so faces from about 40 px are found), the
@@ -62,7 +62,7 @@ UPSAMPLE = 1  # the detector's upsampling: finds faces from about 40 px instead 
 DETECT_SIDE = 640  # detection runs on a copy whose longer side is at most this (phone photos are 4000 px)
 PUBLISHED_DISTANCE = 0.6  # dlib's same-person rule: Euclidean distance between raw descriptors
 COSINE_THRESHOLD = 0.907  # its cosine equivalent on L2-normalised descriptors (module docstring)
-NOT_INSTALLED = "dlib and face-recognition-models are not installed: pip install 'lora-audit[faces]'"
+NOT_INSTALLED = "dlib and face-recognition-models are not installed: pip install 'lora-privacy-audit[faces]'"
 
 
 def models_dir() -> Path:
@@ -113,7 +113,7 @@ class DlibFaceEmbedder(FaceEmbedder):
         missing = [p.name for p in self.paths if not p.is_file()]
         if missing:
             raise MissingInputError("face_weights", None, f"{', '.join(missing)} not found in {folder}: "
-                                    "reinstall face-recognition-models (pip install 'lora-audit[faces]')")
+                                    "reinstall face-recognition-models (pip install 'lora-privacy-audit[faces]')")
         self._models = None
         self._fingerprint = None
 

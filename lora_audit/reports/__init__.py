@@ -1,6 +1,7 @@
 """Report writers: views of a :class:`~lora_audit.results.ScanResult` written to a text stream.
 
-``console`` needs rich and is imported only when asked for; the others use the standard library.
+``console`` needs rich and is imported only when asked for; the others (JSON, JSON Lines, SARIF and a
+self-contained HTML page) use the standard library.
 """
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ from __future__ import annotations
 from typing import TextIO
 
 from lora_audit.errors import UsageError
+from lora_audit.reports.html import write_html
 from lora_audit.reports.json_report import write_json, write_jsonl
 from lora_audit.reports.sarif import write_sarif
 from lora_audit.results import ScanResult
 
-FORMATS = ("console", "json", "jsonl", "sarif")
+FORMATS = ("console", "json", "jsonl", "sarif", "html")
 
 
 def write_report(result: ScanResult, fmt: str, stream: TextIO, *,
@@ -32,5 +34,7 @@ def write_report(result: ScanResult, fmt: str, stream: TextIO, *,
         write_jsonl(result, stream)
     elif fmt == "sarif":
         write_sarif(result, stream)
+    elif fmt == "html":
+        write_html(result, stream)
     else:
         raise UsageError(f"unknown report format {fmt!r}: expected one of {', '.join(FORMATS)}")
