@@ -2,7 +2,8 @@
 
 Images are decoded by Pillow with its decompression-bomb guard on (a photo of more than
 :data:`MAX_PIXELS` pixels is refused, not decoded); 16-bit and 32-bit greyscale photos are scaled
-by their bit depth instead of being clipped to white.
+by their bit depth (32-bit integers beyond 16 bits by their range, floats as [0, 1]) instead of
+being clipped to white.
 """
 
 from __future__ import annotations
@@ -58,9 +59,12 @@ def _rgb(image):
     """An 8-bit RGB copy of ``image``; 16/32-bit greyscale is scaled by its range, not clipped."""
     from PIL import Image
 
-    if image.mode in _WIDE_MODES:
-        grey = np.asarray(image, dtype=np.float64) / _WIDE_MODES[image.mode]  # [H, W]
-        grey = (np.clip(grey, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if image.mode in _WIDE_MODES or image.mode == "F":
+        grey = np.asarray(image, dtype=np.float64)  # [H, W]
+        top = 1.0 if image.mode == "F" else _WIDE_MODES[image.mode]
+        if image.mode == "I" and grey.max(initial=0) > top:  # 32-bit integers beyond 16 bits: their own range
+            top = grey.max()
+        grey = (np.clip(grey / top, 0, 1) * 255 + 0.5).astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")
     return image.convert("RGB")
 

@@ -63,3 +63,15 @@ def test_bad_inputs_fail_at_once_naming_the_input_or_file(tmp_path, sd1_inputs):
     with pytest.raises(InvalidFileError) as error:
         AttackSources(attack)
     assert error.value.path.endswith("attack.json") and error.value.exit_code == 2
+
+
+def test_an_attack_model_and_a_base_of_different_families_are_refused_at_load(tmp_path):
+    from lora_audit.attack.reconstruct import load_attack
+    from lora_audit.attack.resolve import AttackPlan
+    from lora_audit.testing.pipelines import write_pipeline
+
+    base = write_pipeline("sd1", tmp_path / "sd1")
+    plan = AttackPlan("sd1", get_family("toy").shipped_attack_model(), str(base))
+    with pytest.raises(InputError, match="attacks toy LoRAs, but the base .* is a sd1 pipeline") as error:
+        load_attack(plan, "cpu")
+    assert error.value.input == "attack_model"

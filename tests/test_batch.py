@@ -71,13 +71,14 @@ def test_resume_skips_what_the_report_records_and_appends_the_rest(tmp_path):
     os.utime(batch / "f0.safetensors", (1, 1))
     assert main(args + ["--resume"]) == 0
     lines = [json.loads(line) for line in report.read_text().splitlines()]
-    assert report.read_text().splitlines()[:len(first)] == first  # nothing lost
-    again = [r["path"] for r in lines[len(first):] if r["type"] == "file"]
+    assert report.read_text().splitlines()[:len(first) - 1] == first[:-1]  # the file lines kept, the old summary gone
+    assert [r["type"] for r in lines].count("summary") == 1
+    again = [r["path"] for r in lines[len(first) - 1:] if r["type"] == "file"]
     assert sorted(os.path.basename(p) for p in again) == ["f0.safetensors", "f3.safetensors", "f4.safetensors"]
     summary = lines[-1]
     assert summary["type"] == "summary" and summary["files"] == 5 and summary["scanned"] == 5
-    assert main(args + ["--resume"]) == 0  # nothing left to do: only a summary is added
-    assert [json.loads(x)["type"] for x in report.read_text().splitlines()[len(lines):]] == ["summary"]
+    assert main(args + ["--resume"]) == 0  # nothing left to do: the same file lines and a new summary
+    assert [json.loads(x)["type"] for x in report.read_text().splitlines()] == [r["type"] for r in lines]
     assert main(["scan", str(batch), "--no-attack", "-f", "json", "-o", str(tmp_path / "x.json"), "--resume"]) == 4
     (tmp_path / "bad.jsonl").write_text("not json\n")
     assert main(["scan", str(batch), "--no-attack", "-f", "jsonl", "-o", str(tmp_path / "bad.jsonl"), "--resume"]) == 4
@@ -131,3 +132,12 @@ def test_hf_references_resolve_from_the_local_cache_only(hub_cache, tmp_path, mo
     for missing in ("hf://carol/nothing", "hf://alice/face-lora@v9"):
         assert main(["scan", missing, "--no-attack"]) == 4
     assert main(["scan", str(tmp_path / "models" / "x.safetensors"), "--no-attack"]) == 2  # a missing file, not a repo
+
+
+def test_a_cache_folder_keeps_its_other_loras_and_a_path_given_twice_is_one_file(hub_cache, tmp_path, monkeypatch):
+    cache, _ = hub_cache
+    mine = _lora(cache / "mine.safetensors", seed=7)  # a LoRA beside the cache's repos
+    code, files = _scan([cache, mine], tmp_path)
+    assert code == 0 and len(files) == 4 and files[str(mine)]["hub"] is None
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    assert main(["scan", "loras/mine", "--no-attack"]) == 2  # a mistyped local path is a missing file, not a repo

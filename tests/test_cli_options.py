@@ -66,3 +66,26 @@ def test_device_is_checked_on_every_model_command(tmp_path, capsys):
                     ["reconstruct", str(tmp_path / "x.safetensors"), "-o", str(tmp_path / "r")]):
         assert main([*command, "--device", "not-a-device"]) == 4, command
         assert "--device 'not-a-device' is not a torch device" in capsys.readouterr().err
+
+
+def test_finetune_refuses_to_replace_a_lora_before_training(tmp_path, capsys):
+    from lora_audit.diffusion.lora_output import check_outputs
+
+    existing = tmp_path / "me.safetensors"
+    existing.write_bytes(b"a user's file")
+    args = ["finetune", str(tmp_path / "photos"), "-o", str(existing)]
+    assert main(args) == 4 and existing.read_bytes() == b"a user's file"
+    assert "me.safetensors already exist(s); pass --force to replace" in capsys.readouterr().err
+    assert main(["finetune", str(tmp_path), "-o", str(tmp_path / "no" / "me.safetensors")]) == 4
+    assert "is in a folder that does not exist" in capsys.readouterr().err
+    (tmp_path / "new_step_5.safetensors").write_bytes(b"x")
+    with pytest.raises(InputError):
+        check_outputs(tmp_path / "new.safetensors", [5])
+    check_outputs(tmp_path / "new.safetensors", [5], overwrite=True)
+    check_outputs(tmp_path / "new.safetensors", [6])
+
+
+def test_attack_flags_without_the_attack_are_a_usage_error(tmp_path, capsys):
+    for flags in (["--no-attack", "--references", str(tmp_path)], ["--skip-weights", "--base", str(tmp_path)]):
+        assert main(["scan", str(tmp_path), *flags]) == 4, flags
+        assert "need the attack" in capsys.readouterr().err

@@ -202,3 +202,14 @@ def test_sixteen_bit_greyscale_photos_keep_their_tones(tmp_path):
     (_, photo), = load_references(str(tmp_path)).photos
     assert photo.shape == (64, 64, 3) and photo.min() == 0 and photo.max() == 1
     assert abs(photo.mean() - 0.5) < 0.01  # not clipped to white
+
+
+def test_32_bit_and_float_greyscale_photos_keep_their_tones(tmp_path):
+    from lora_audit.images import load_image
+
+    wide = (np.arange(64 * 64).reshape(64, 64) * 100_000).astype(np.int32)  # beyond 16 bits
+    Image.fromarray(wide, mode="I").save(tmp_path / "i32.tiff")
+    Image.fromarray(np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64), mode="F").save(tmp_path / "f.tiff")
+    for name in ("i32.tiff", "f.tiff"):
+        photo = load_image(tmp_path / name)
+        assert photo.min() == 0 and photo.max() == 1 and abs(photo.mean() - 0.5) < 0.01, name

@@ -189,14 +189,16 @@ def test_finetune_command_on_the_tiny_base(built, tmp_path, capsys):
     with open_lora(str(tmp_path / "mine_step_1.safetensors")) as lora:
         assert lora.metadata["ss_steps"] == "1"
 
-    empty = tmp_path / "empty"
+    assert main(["finetune", photos, "-o", str(out), "--base", base, "--steps", "1"]) == 4  # exists: kept
+    assert "pass --force to replace" in capsys.readouterr().err
+    empty, fresh = tmp_path / "empty", str(tmp_path / "fresh.safetensors")
     empty.mkdir()
-    assert main(["finetune", str(empty), "-o", str(out), "--base", base]) == 4
-    assert main(["finetune", str(tmp_path / "missing"), "-o", str(out), "--base", base]) == 4
-    assert main(["finetune", photos, "-o", str(out), "--base", str(tmp_path)]) == 4  # not a pipeline
-    assert main(["finetune", photos, "-o", str(out), "--base", base, "--layout", "ckpt"]) == 4
+    assert main(["finetune", str(empty), "-o", fresh, "--base", base]) == 4
+    assert main(["finetune", str(tmp_path / "missing"), "-o", fresh, "--base", base]) == 4
+    assert main(["finetune", photos, "-o", fresh, "--base", str(tmp_path)]) == 4  # not a pipeline
+    assert main(["finetune", photos, "-o", fresh, "--base", base, "--layout", "ckpt"]) == 4
     (empty / "broken.png").write_bytes(b"not a png")
-    assert main(["finetune", str(empty), "-o", str(out), "--base", base]) == 2
+    assert main(["finetune", str(empty), "-o", fresh, "--base", base]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "broken.png" in err
 

@@ -17,7 +17,7 @@ import torch
 from lora_audit.attack.decoder import decode
 from lora_audit.attack.model import AttackModel
 from lora_audit.attack.resolve import AttackPlan, AttackSources
-from lora_audit.errors import UsageError
+from lora_audit.errors import InputError, UsageError
 from lora_audit.diffusion.base import DiffusionBase
 
 STEP_KEYS = ("ss_max_train_steps", "ss_steps")  # kohya's total steps, then the steps actually run
@@ -37,7 +37,11 @@ def load_attack(plan: AttackPlan, device: str | None = None) -> tuple[AttackMode
     from lora_audit.families import load_base
 
     pipeline = load_base(plan.base, device)
-    return AttackModel.load(plan.attack_dir, device=pipeline.device), pipeline
+    attack = AttackModel.load(plan.attack_dir, device=pipeline.device)
+    if attack.config.family != pipeline.family:
+        raise InputError("attack_model", plan.attack_dir, f"attacks {attack.config.family} LoRAs, but the base "
+                         f"{plan.base} is a {pipeline.family} pipeline")
+    return attack, pipeline
 
 
 def step_from_metadata(metadata: dict[str, str]) -> tuple[int, str] | None:

@@ -30,19 +30,21 @@ def finetune(
     snapshot_steps: str = typer.Option("", "--snapshot-steps", help="Comma-separated steps whose LoRA is also written (OUTPUT stem + _step_N)."),
     text_encoder: bool = typer.Option(_RECIPE.text_encoder_lora, "--text-encoder/--no-text-encoder", help="Also train a LoRA on the text encoder (SDXL: both)."),
     device: DeviceOption = None,
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT (and its _step_N snapshots) if they exist."),
 ) -> int:
     """DreamBooth-LoRA fine-tuning of a base model on a folder of photos (the victims' recipe)."""
     from pathlib import Path
 
     from lora_audit.families import get_family, load_base
     from lora_audit.diffusion.finetune import finetune_lora
-    from lora_audit.diffusion.lora_output import save_finetune
+    from lora_audit.diffusion.lora_output import check_outputs, save_finetune
     from lora_audit.images import load_image_folder
     from lora_audit.weights.writer import LAYOUTS
 
     if layout not in LAYOUTS:
         raise UsageError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     snapshots = int_list(snapshot_steps, "--snapshot-steps")
+    check_outputs(Path(output), [step for step in snapshots if step != steps], force)  # before any training
     pipeline = load_base(base, checked_device(device))
     photos = load_image_folder(images, pipeline.image_size)
     config = FinetuneConfig(rank=rank, alpha=alpha, steps=steps, lr=lr, seed=seed, trigger=trigger,

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import sys
-from typing import Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
 from lora_audit.errors import InputError, LoraAuditError, UsageError
 
@@ -65,11 +64,12 @@ def check_report_path(path: str, files: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def open_output(path: str | None, keep_partial: bool = False, append: bool = False) -> Iterator[TextIO]:
+def open_output(path: str | None, keep_partial: bool = False,
+                keep_lines: Callable[[str], bool] | None = None) -> Iterator[TextIO]:
     """stdout, or ``path`` written through a temporary file renamed at the end, so that a failed scan
     leaves no half report (devices such as /dev/null are written directly). With ``keep_partial``
     (streamed JSON Lines), an interrupted scan keeps what was written: the file is renamed all the same.
-    With ``append`` (``--resume``) the temporary file starts as a copy of ``path``."""
+    With ``keep_lines`` (``--resume``) the temporary file starts with the lines of ``path`` it keeps."""
     if path is None:
         yield sys.stdout
         return
@@ -82,9 +82,9 @@ def open_output(path: str | None, keep_partial: bool = False, append: bool = Fal
         raise UsageError(f"cannot write report to {path}: {e.strerror}") from None
     try:
         with stream:
-            if append and not direct and os.path.isfile(path):
+            if keep_lines is not None and not direct and os.path.isfile(path):
                 with open(path, encoding="utf-8") as earlier:
-                    shutil.copyfileobj(earlier, stream)
+                    stream.writelines(line for line in earlier if keep_lines(line))
             yield stream
         if not direct:
             os.replace(tmp, path)

@@ -60,6 +60,11 @@ def scan(
     from lora_audit.scan.engine import ScanOptions, scan_batch
 
     device = checked_device(device)
+    given = [flag for flag, value in (("--references", references), ("--attack-model", attack_model), ("--base", base),
+                                      ("--face-weights", face_weights), ("--reconstructions", reconstructions))
+             if value is not None]
+    if given and (not attack or skip_weights):
+        raise UsageError(f"{', '.join(given)} need the attack, which --no-attack / --skip-weights turn off")
     rules = load_policy(policy)
     threshold = Severity.parse(fail_on) if fail_on is not None else rules.fail_on or Severity.HIGH
     options = ScanOptions(redact=redact or bool(rules.redact), policy=rules, weights=not skip_weights)
@@ -83,12 +88,13 @@ def scan(
 
         from lora_audit.scan.identity import IdentityCheck, IdentityOptions
 
-        where = reconstructions or (f"{os.path.splitext(output)[0]}_reconstructions" if output else "lora-audit-reconstructions")
+        beside = output is not None and not (os.path.exists(output) and not os.path.isfile(output))  # not a device
+        where = reconstructions or (f"{os.path.splitext(output)[0]}_reconstructions" if beside else "lora-audit-reconstructions")
         identity = IdentityCheck(IdentityOptions(attack_model=attack_model, base=base, face_weights=face_weights,
                                                  references=references, out_dir=Path(where), device=device,
                                                  **({"owner_far": rules.owner_far} if rules.owner_far else {})))
     streamed = 0
-    with open_output(output, keep_partial=format is Format.jsonl, append=resume) as stream, \
+    with open_output(output, keep_partial=format is Format.jsonl, keep_lines=_file_line if resume else None) as stream, \
             scan_progress(len(files) + len(collected.not_followed), quiet) as advance:
         def on_result(file_result) -> None:
             nonlocal streamed
@@ -181,3 +187,13 @@ def _shard(text: str) -> tuple[int, int]:
     if not (index.isdigit() and count.isdigit()) or not 1 <= int(index) <= int(count):
         raise UsageError(f"--shard must be i/n with 1 <= i <= n, got {text!r}")
     return int(index), int(count)
+
+
+def _file_line(line: str) -> bool:
+    """Whether a line of a report being resumed is kept: the file records (the new summary replaces the old)."""
+    import json
+
+    try:
+        return json.loads(line).get("type") == "file"
+    except (ValueError, AttributeError):
+        return False

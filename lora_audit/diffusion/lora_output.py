@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from lora_audit.errors import InputError
 from lora_audit.weights.writer import kohya_training_metadata, save_lora
 
 if TYPE_CHECKING:
@@ -14,6 +15,16 @@ if TYPE_CHECKING:
 def snapshot_path(output: Path, step: int) -> Path:
     """Where the snapshot at ``step`` of a LoRA written to ``output`` goes: ``<stem>_step_N<suffix>``."""
     return output.with_name(f"{output.stem}_step_{step}{output.suffix}")
+
+
+def check_outputs(output: Path, snapshot_steps: list[int], overwrite: bool = False) -> None:
+    """Refuse, before any training, an ``output`` whose folder is missing, or that (or a snapshot of it)
+    exists unless ``overwrite``."""
+    if not output.parent.is_dir():
+        raise InputError("output", output, "is in a folder that does not exist")
+    taken = [p.name for p in (output, *(snapshot_path(output, s) for s in snapshot_steps)) if p.exists()]
+    if taken and not overwrite:
+        raise InputError("output", output, f"{', '.join(taken)} already exist(s)", fix=("force", "to replace"))
 
 
 def save_finetune(result: FinetuneResult, output: Path, *, layout: str = "peft",

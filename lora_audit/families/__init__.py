@@ -1,7 +1,7 @@
 """Base-model families as plugins: what the product needs of each base (toy, sd1, sd2, sdxl).
 
 A :class:`Family` says how to load its base pipeline, which face embedder scores its faces and
-how the verdict's impostor reference is made, the face descriptions that span the attack's
+what the owner's verdict is compared with (``owner_null``), the face descriptions that span the attack's
 latent, the attack model that ships for it, the metadata its fine-tunes carry, and whether it
 has built-in identities to fine-tune shadows on. Adding a family is adding one module that
 calls :func:`register`; the built-in ones are imported on first use (``_BUILTIN``), third-party

@@ -52,21 +52,24 @@ def collect_files(paths: list[str], follow_links: bool = False) -> Collection:
     for path in paths:
         if _hub_reference(path):
             _collect_hub(found, path)
-        elif os.path.isdir(path) and _is_hub_cache(path):
-            _collect_cache(found, path)
         elif not os.path.isdir(path):
             found.files.append(path)
         else:
-            _walk(found, path, follow_links)
+            if _is_hub_cache(path):  # its repos through huggingface_hub; anything else in it as a folder
+                _collect_cache(found, path)
+            _walk(found, path, follow_links, skip=_CACHE_REPOS)
+    seen: set[str] = set()
+    found.files = [p for p in found.files if not (p in seen or seen.add(p))]  # a path given twice is one file
     if not found.files and not found.not_followed:
         raise NothingToScanError(f"no .safetensors or checkpoint files found in {', '.join(paths) or 'the given paths'}")
     return found
 
 
-def _walk(found: Collection, path: str, follow_links: bool) -> None:
+def _walk(found: Collection, path: str, follow_links: bool, skip: tuple[str, ...] = ()) -> None:
+    """LoRA files under ``path``, not descending into top-level folders whose names start with ``skip``."""
     root = os.path.realpath(path)
     for directory, dirs, names in os.walk(path):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not (directory == path and d.startswith(skip)))
         for name in sorted(names):
             if not name.lower().endswith(SCANNED_SUFFIXES):
                 continue
@@ -83,14 +86,27 @@ _REPO = re.compile(r"^(?:hf://)?([\w.-]+/[\w.-]+)(?:@([\w./-]+))?$")
 
 
 def _hub_reference(path: str) -> bool:
-    """``hf://org/name[@rev]``, or ``org/name[@rev]`` that is not a path on disk (nor named like a file)."""
-    return path.startswith("hf://") or (not os.path.exists(path) and _REPO.match(path) is not None
-                                        and not path.lower().endswith(SCANNED_SUFFIXES))
+    """``hf://org/name[@rev]``, or ``org/name[@rev]`` that is not a path on disk but a repo in the local cache
+    (a mistyped local path stays a missing file)."""
+    if path.startswith("hf://"):
+        return True
+    match = None if os.path.exists(path) or path.lower().endswith(SCANNED_SUFFIXES) else _REPO.match(path)
+    return match is not None and match.group(1) in _cached_repo_ids()
+
+
+def _cached_repo_ids() -> set[str]:
+    from huggingface_hub import constants
+
+    cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+    return {r.repo_id for r in _scan_cache(cache).repos} if os.path.isdir(cache) else set()
+
+
+_CACHE_REPOS = ("models--", "datasets--", "spaces--")  # a hub cache's repo folders
 
 
 def _is_hub_cache(path: str) -> bool:
     try:
-        return any(e.is_dir() and e.name.startswith(("models--", "datasets--", "spaces--")) for e in os.scandir(path))
+        return any(e.is_dir() and e.name.startswith(_CACHE_REPOS) for e in os.scandir(path))
     except OSError:
         return False
 

@@ -54,23 +54,31 @@ def scan_file(path: str, options: ScanOptions | None = None, identity: Check | N
     options = options or ScanOptions()
     start = time.perf_counter()
     result = FileResult(path=path)
-    try:
+    with _file_errors(result):
         result.size_bytes = os.path.getsize(path) if os.path.isfile(path) else None
         _scan_into(path, options, result, identity)
+    result.findings = options.policy.apply(result.findings)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@contextlib.contextmanager
+def _file_errors(result: FileResult) -> Iterator[None]:
+    """Any problem of the file ``result`` is about becomes its error record (LA001), never an exception;
+    a bad input (a usage error, another file such as an attack model being invalid) stops the scan."""
+    try:
+        yield
     except InvalidFileError as e:
-        if e.path != path:  # an attack model or a reference photo, not this file: the inputs are broken
+        if e.path != result.path:  # an attack model or a reference photo, not this file: the inputs are broken
             raise
         result.error = e.reason
         result.findings.append(make_finding("LA001", e.reason))
     except UsageError:  # a bad input stops the scan with one line
         raise
     except Exception as e:  # a bug must not stop a batch of thousands of files
-        log.debug("internal error scanning %s", path, exc_info=True)
+        log.debug("internal error scanning %s", result.path, exc_info=True)
         result.error = f"internal error ({type(e).__name__}: {e}); please report it"
         result.findings.append(make_finding("LA001", result.error))
-    result.findings = options.policy.apply(result.findings)
-    result.seconds = time.perf_counter() - start
-    return result
 
 
 def scan_files(files: list[str], options: ScanOptions | None = None, jobs: int = 1,
@@ -87,10 +95,10 @@ def scan_files(files: list[str], options: ScanOptions | None = None, jobs: int =
     with contextlib.closing(_parallel_static(files, options, jobs)) as results:  # closed: the workers stop now
         for result in results:
             if identity is not None and _attackable(result):
-                start = time.perf_counter()
-                with LoraFile(result.path) as lora:
+                start, found = time.perf_counter(), []
+                with _file_errors(result), LoraFile(result.path) as lora:
                     found = _identity_findings(identity, Subject(result.path, lora, result.stats), result)
-                result.findings.extend(options.policy.apply(found))
+                result.findings = options.policy.apply([*result.findings, *found])
                 result.seconds += time.perf_counter() - start
             yield result
 
@@ -102,8 +110,9 @@ def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, job
     """Scan ``files`` (from :func:`~lora_audit.scan.collect.collect_files`) and return the whole scan in
     input order; ``on_result`` sees each file's result as soon as it is done (streaming, progress).
 
-    Every file is hashed first (SHA-256): identical content is scanned once and reported for every
-    path that holds it (``same_as`` names the path scanned). ``not_followed``: links out of the
+    Every file is hashed first (SHA-256; not in a headers-only triage, ``options.weights`` False):
+    identical content is scanned once and reported for every path that holds it (``same_as`` names
+    the path scanned). ``not_followed``: links out of the
     scanned tree, reported (LA004) and never read. ``hub``: Hugging Face cache facts by path.
     ``earlier``: results of a run being resumed; they count in the result, before the new ones, and
     are not streamed again (a file scanned again replaces its earlier record).
@@ -122,7 +131,7 @@ def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, job
         done(FileResult(path=path, findings=options.policy.apply([make_finding(
             "LA004", "a symbolic link out of the scanned folder: not followed (pass --follow-links to scan it)",
             {"target": os.path.realpath(path)})])))
-    digests = {path: file_sha256(path) for path in files}
+    digests = {path: file_sha256(path) if options.weights else None for path in files}  # triage reads headers only
     first: dict[str, str] = {}  # sha256 -> the path scanned for it
     copies: dict[str, list[str]] = {}  # that path -> the other paths with the same bytes
     for path in files:

@@ -1,14 +1,15 @@
-"""The identity check of ``scan`` (LA301-LA306): run the weight-to-image attack on a LoRA and judge it.
+"""The identity check of ``scan`` (LA301-LA307): run the weight-to-image attack on a LoRA and judge it.
 
 The measure is how consistently the K reconstructions show one identity: the mean pairwise cosine
 similarity of their face embeddings. It is compared with the same measure on K generic faces of the
 base model (the class prompt, K sampler seeds), whose distribution over several groups of seeds is
 the reference: a LoRA leaks when its reconstructions are more consistent than
 ``mean + 3 std`` of the generic groups. This says "the weights decode to one person", not whose
-face it is: that needs the owner's photos (``references``), scored against the impostor reference
-of the LoRA's family (LA304/LA305, with LA306 for photos left out).
+face it is: that needs the owner's photos (``references``), scored against the null
+of the LoRA's family (LA304/LA305, with LA306 for photos left out, LA307 when no verdict can be made).
 
-Every finding of this rule group is made in this module.
+Every finding of this rule group is made here, but for LA307 of an attack that failed on a file, which
+the scan engine records with the file's error (:class:`~lora_audit.errors.AttackFailedError`).
 """
 
 from __future__ import annotations
