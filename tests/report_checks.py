@@ -1,5 +1,5 @@
-"""Parse every report format back and check it: JSON/JSONL against a JSON Schema written here from
-``ScanResult.to_dict()`` (no schema ships with the product yet), SARIF against the official 2.1.0 schema;
+"""Parse every report format back and check it: JSON/JSONL against the JSON Schemas shipped in
+lora_audit/reports/schemas/, SARIF against the official 2.1.0 schema;
 and the identity rules (LA301/LA302, LA304/LA305) as a finding's evidence implies them.
 
 Imported by test modules (pytest puts ``tests/`` on ``sys.path``); it holds no tests itself.
@@ -12,72 +12,11 @@ from importlib.resources import files
 
 import jsonschema
 
-SEVERITIES = ["info", "low", "medium", "high", "critical"]
-_SEVERITY = {"enum": SEVERITIES}
-_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
-_COUNTS = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
-_NUMBER_OR_NULL = {"type": ["number", "null"]}
+from lora_audit.reports.json_report import schema
 
-FINDING = {
-    "type": "object",
-    "required": ["rule_id", "severity", "title", "message", "evidence", "remediation"],
-    "additionalProperties": False,
-    "properties": {"rule_id": {"type": "string", "pattern": "^LA[0-9]{3}$"}, "severity": _SEVERITY,
-                   "title": {"type": "string", "minLength": 1}, "message": {"type": "string"},
-                   "evidence": _STRINGS, "remediation": {"type": "string"}},
-}
-MODULE = {
-    "type": "object",
-    "required": ["name", "kind", "rank", "alpha", "scale", "shape", "dw_norm", "effective_rank"],
-    "additionalProperties": False,
-    "properties": {"name": {"type": "string"}, "kind": {"enum": ["lora", "locon", "dora", "loha", "lokr"]},
-                   "rank": {"type": "integer", "minimum": 0}, "alpha": {"type": "number"},
-                   "scale": {"type": "number"}, "shape": {"type": "array", "items": {"type": "integer"}},
-                   "dw_norm": _NUMBER_OR_NULL, "effective_rank": _NUMBER_OR_NULL},
-}
-STATS = {
-    "type": "object",
-    "required": ["layout", "base_model", "base_model_evidence", "module_count", "tensor_count", "parameter_count",
-                 "dtypes", "ranks", "alphas", "kinds", "modules"],
-    "properties": {"layout": {"type": "string"}, "base_model": {"type": "string"},
-                   "base_model_evidence": {"type": "string"},
-                   "module_count": {"type": "integer", "minimum": 0}, "tensor_count": {"type": "integer", "minimum": 0},
-                   "parameter_count": {"type": "integer", "minimum": 0}, "dtypes": _COUNTS, "ranks": _COUNTS,
-                   "alphas": _COUNTS, "kinds": _COUNTS, "modules": {"type": "array", "items": MODULE}},
-}
-FILE = {
-    "type": "object",
-    "required": ["path", "error", "size_bytes", "seconds", "max_severity", "findings", "stats"],
-    "properties": {"path": {"type": "string"}, "error": {"type": ["string", "null"]},
-                   "size_bytes": {"type": ["integer", "null"], "minimum": 0}, "seconds": {"type": "number", "minimum": 0},
-                   "max_severity": {"enum": SEVERITIES + [None]}, "findings": {"type": "array", "items": FINDING},
-                   "stats": {"oneOf": [{"type": "null"}, STATS]}},
-}
-SUMMARY_FIELDS = {
-    "files": {"type": "integer", "minimum": 0}, "scanned": {"type": "integer", "minimum": 0},
-    "errors": {"type": "integer", "minimum": 0},
-    "findings": {"type": "object", "required": SEVERITIES, "additionalProperties": False,
-                 "properties": {s: {"type": "integer", "minimum": 0} for s in SEVERITIES}},
-    "fail_on": _SEVERITY, "exit_code": {"enum": [0, 1, 2, 3]},
-}
-TOOL = {"type": "object", "required": ["name", "version"], "additionalProperties": False,
-        "properties": {"name": {"const": "lora-audit"}, "version": {"type": "string"}}}
-JSON_REPORT = {
-    "$schema": "http://json-schema.org/draft-07/schema#",
-    "type": "object",
-    "required": ["schema_version", "tool", "summary", "files"],
-    "additionalProperties": False,
-    "properties": {"schema_version": {"type": "string"}, "tool": TOOL,
-                   "summary": {"type": "object", "required": list(SUMMARY_FIELDS), "additionalProperties": False,
-                               "properties": SUMMARY_FIELDS},
-                   "files": {"type": "array", "items": FILE}},
-}
-JSONL_FILE = {"allOf": [FILE, {"type": "object", "required": ["type", "schema_version"],
-                                "properties": {"type": {"const": "file"}, "schema_version": {"type": "string"}}}]}
-JSONL_SUMMARY = {"type": "object", "required": ["type", "schema_version", "tool", *SUMMARY_FIELDS],
-                 "additionalProperties": False,
-                 "properties": {"type": {"const": "summary"}, "schema_version": {"type": "string"}, "tool": TOOL,
-                                **SUMMARY_FIELDS}}
+JSON_REPORT = schema("report")  # the JSON Schemas that ship in the package
+JSONL_LINE = schema("jsonl-line")
+SEVERITIES = ["info", "low", "medium", "high", "critical"]
 
 
 def strict_loads(text: str):
@@ -87,7 +26,7 @@ def strict_loads(text: str):
     return json.loads(text, parse_constant=reject)
 
 
-def _valid(schema: dict, instance, validator=jsonschema.Draft7Validator) -> None:
+def _valid(schema: dict, instance, validator=jsonschema.Draft202012Validator) -> None:
     errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator(schema).iter_errors(instance)]
     assert errors == [], errors
 
@@ -116,8 +55,10 @@ def parse_jsonl_report(text: str) -> tuple[list[dict], dict]:
     lines = [strict_loads(line) for line in text.splitlines()]
     *files, summary = lines
     for line in files:
-        _valid(JSONL_FILE, line)
-    _valid(JSONL_SUMMARY, summary)
+        _valid(JSONL_LINE, line)
+        assert line["type"] == "file"
+    _valid(JSONL_LINE, summary)
+    assert summary["type"] == "summary"
     check_counts(summary, files)
     return files, summary
 

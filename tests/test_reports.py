@@ -273,3 +273,20 @@ def test_every_format_writes_and_unknown_format_is_a_usage_error():
 def test_reports_package_does_not_import_rich():
     code = "import sys, lora_audit.reports; assert 'rich' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_shipped_json_schemas_reject_what_is_not_a_report():
+    import jsonschema
+
+    from lora_audit.reports.json_report import schema
+    from lora_audit.results import FileResult, ScanResult
+
+    report = ScanResult([FileResult(path="x.safetensors", error="no such file", sha256="0" * 64)]).to_dict()
+    jsonschema.Draft202012Validator(schema("report")).validate(report)
+    for broken in ({**report, "summary": {}}, {**report, "files": [{**report["files"][0], "autov2": "abc"}]},
+                   {**report, "files": [{**report["files"][0], "max_severity": "fatal"}]}):
+        assert not jsonschema.Draft202012Validator(schema("report")).is_valid(broken)
+    line = schema("jsonl-line")
+    assert jsonschema.Draft202012Validator(line).is_valid({"type": "incomplete", "schema_version": "1.1",
+                                                           "reason": "terminated", "files_scanned": 3, "files_total": 9})
+    assert not jsonschema.Draft202012Validator(line).is_valid({"type": "incomplete", "reason": "tired"})

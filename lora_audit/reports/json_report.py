@@ -1,6 +1,7 @@
 """JSON and JSON Lines reports.
 
-``json`` is ``ScanResult.to_dict()`` as one document. ``jsonl`` has one ``{"type": "file", ...}``
+``json`` is ``ScanResult.to_dict()`` as one document. Both formats have a JSON Schema shipped in
+``lora_audit/reports/schemas/`` (:func:`schema`). ``jsonl`` has one ``{"type": "file", ...}``
 line per file, then one ``{"type": "summary", ...}`` line (or, for a scan that was stopped, one
 ``{"type": "incomplete", ...}`` line instead), so a consumer can read results while a
 long scan runs: ``scan`` streams file lines as files finish (input order with one job, completion
@@ -14,9 +15,16 @@ from __future__ import annotations
 
 import json
 import math
+from importlib.resources import files
 from typing import Any, TextIO
 
 from lora_audit.results import SCHEMA_VERSION, FileResult, ScanResult
+
+
+def schema(name: str = "report") -> dict:
+    """The JSON Schema (2020-12) that ships with lora-audit: ``"report"`` for ``-f json``, ``"jsonl-line"``
+    for each line of ``-f jsonl`` (a file, summary or incomplete record)."""
+    return json.loads((files("lora_audit.reports") / "schemas" / f"{name}.schema.json").read_text(encoding="utf-8"))
 
 
 def write_json(result: ScanResult, stream: TextIO) -> None:
