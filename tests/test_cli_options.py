@@ -89,3 +89,36 @@ def test_attack_flags_without_the_attack_are_a_usage_error(tmp_path, capsys):
     for flags in (["--no-attack", "--references", str(tmp_path)], ["--skip-weights", "--base", str(tmp_path)]):
         assert main(["scan", str(tmp_path), *flags]) == 4, flags
         assert "need the attack" in capsys.readouterr().err
+
+
+def test_the_scan_progress_bar_counts_files_and_findings(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import lora_audit.cli.progress as progress
+    from lora_audit.results import FileResult
+    from lora_audit.rules import make_finding
+
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True, raising=False)
+    screen = io.StringIO()
+    monkeypatch.setattr("rich.console.Console", lambda **kw: Console(file=screen, force_terminal=True, width=120))
+    with progress.scan_progress(3, quiet=False) as advance:
+        advance(FileResult("a.safetensors", findings=[make_finding("LA101", "m"), make_finding("LA104", "m")]))
+        advance(FileResult("dir/b.safetensors"))
+    shown = screen.getvalue()
+    assert "2/3" in shown and "2 findings" in shown and "dir/b.safetensors" in shown
+    with progress.scan_progress(3, quiet=True) as advance:  # --quiet: nothing at all
+        advance(FileResult("c.safetensors"))
+
+
+def test_quiet_shows_errors_only_and_restores_the_log_level():
+    import logging
+
+    from lora_audit.cli.progress import errors_only
+
+    logger = logging.getLogger("lora_audit")
+    before = logger.level
+    with errors_only(True):
+        assert not logger.isEnabledFor(logging.WARNING) and logger.isEnabledFor(logging.ERROR)
+    assert logger.level == before

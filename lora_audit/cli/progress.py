@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 
 
@@ -42,13 +43,37 @@ def _shown(metrics: dict) -> str:
 
 @contextlib.contextmanager
 def scan_progress(total: int, quiet: bool):
-    """A rich progress bar on stderr for batches, only on a terminal and without --quiet; yields ``advance()``."""
+    """A rich progress bar on stderr for batches, only on a terminal and without --quiet: files done of
+    ``total``, findings so far and the file just finished. Yields ``advance(file_result)``."""
     if quiet or total < 2 or not sys.stderr.isatty():
-        yield lambda: None
+        yield lambda file_result: None
         return
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("scanning", total=total)
-        yield lambda: progress.advance(task)
+    findings = 0
+    columns = (TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[found]} findings  {task.fields[current]}"))
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("scanning", total=total, found=0, current="")
+
+        def advance(file_result) -> None:
+            nonlocal findings
+            findings += len(file_result.findings)
+            progress.update(task, advance=1, found=findings, current=escape(file_result.path[-60:]))
+
+        yield advance
+
+
+@contextlib.contextmanager
+def errors_only(quiet: bool):
+    """With ``quiet`` (--quiet), the library's log shows errors only for the duration of the block."""
+    logger = logging.getLogger("lora_audit")
+    previous = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)

@@ -10,7 +10,7 @@ import typer
 
 from lora_audit.cli.options import AttackModelOption, BaseOption, DeviceOption, checked_device
 from lora_audit.cli.output import Interrupted, check_report_path, interrupts_held, open_output
-from lora_audit.cli.progress import scan_progress
+from lora_audit.cli.progress import errors_only, scan_progress
 from lora_audit.errors import UsageError
 
 EXIT_CODES = """Exit codes: 0 no finding at or above --fail-on; 1 findings at or above it;
@@ -37,7 +37,7 @@ def scan(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Files scanned in parallel. \\[default: 1]"),
     redact: bool = typer.Option(False, "--redact", help="Mask metadata values in the evidence (keys stay)."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy file (default: ./lora-audit.toml, or the \\[tool.lora-audit] table of ./pyproject.toml)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Errors only on stderr: no progress bar, no warnings (the report itself is unchanged)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Per-module weight statistics in the console report."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: scan only the i-th of n deterministic shards of the batch (by a hash of each path; the shards' union is the batch exactly once)."),
     resume: bool = typer.Option(False, "--resume", help="With -f jsonl -o FILE: skip the files FILE already records (same path, size and mtime) and append the rest."),
@@ -95,10 +95,10 @@ def scan(
                                                  **({"owner_far": rules.owner_far} if rules.owner_far else {})))
     streamed = 0
     with open_output(output, keep_partial=format is Format.jsonl, keep_lines=_file_line if resume else None) as stream, \
-            scan_progress(len(files) + len(collected.not_followed), quiet) as advance:
+            scan_progress(len(files) + len(collected.not_followed), quiet) as advance, errors_only(quiet):
         def on_result(file_result) -> None:
             nonlocal streamed
-            advance()
+            advance(file_result)
             if format is Format.jsonl:
                 line = jsonl_file_line(file_result) + "\n"
                 with interrupts_held():
