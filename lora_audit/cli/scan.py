@@ -59,7 +59,7 @@ def scan(
     from lora_audit.scan.collect import collect_files
     from lora_audit.scan.engine import ScanOptions, scan_batch
 
-    device = checked_device(device)
+    device = checked_device(device) if attack and not skip_weights else device  # a static scan imports no torch
     given = [flag for flag, value in (("--references", references), ("--attack-model", attack_model), ("--base", base),
                                       ("--face-weights", face_weights), ("--reconstructions", reconstructions))
              if value is not None]
@@ -182,9 +182,9 @@ def rules(
 
 
 def _shard(text: str) -> tuple[int, int]:
-    """``"2/8"`` -> (2, 8), or a usage error."""
+    """``"2/8"`` -> (2, 8), or a usage error (the range is checked by ``Collection.shard``)."""
     index, _, count = text.partition("/")
-    if not (index.isdigit() and count.isdigit()) or not 1 <= int(index) <= int(count):
+    if not (index.isdigit() and count.isdigit()):
         raise UsageError(f"--shard must be i/n with 1 <= i <= n, got {text!r}")
     return int(index), int(count)
 
