@@ -31,6 +31,9 @@ _RULES = [
          "Check that this is a LoRA file; lora-audit recognises kohya, LyCORIS and diffusers/PEFT layouts."),
     Rule("LA004", "link-not-followed", Severity.INFO, "A symbolic link out of the scanned folder was not followed",
          "Scan the folder it points into, or pass --follow-links to read such links where they point."),
+    Rule("LA005", "federated-update", Severity.INFO, "Federated-learning update: gradients or a LoRA update, not a LoRA",
+         "A client's shared update can be inverted back into its training photos "
+         "(lora-audit invert-gradients); share it only with clipping and noise (DP-SGD) or secure aggregation."),
     # Metadata leaks.
     Rule("LA101", "caption-tags", Severity.HIGH, "Training captions and tags are stored in the metadata",
          "Remove ss_tag_frequency (lora-audit strip, or train with --no_metadata)."),
@@ -47,6 +50,9 @@ _RULES = [
          "in PNG text chunks; remove them (lora-audit strip)."),
     Rule("LA107", "trainer-config", Severity.MEDIUM, "A trainer configuration dump is stored in the metadata",
          "Trainer configs carry paths, names and captions; remove them (lora-audit strip)."),
+    Rule("LA108", "dp-guarantee", Severity.INFO, "Trained with differential privacy: the stated guarantee",
+         "Read what the epsilon protects: one training image, not the person, when the person is in every "
+         "photo. Check the identity verdict (--references) as well: DP bounds one photo's influence only."),
     # Weight problems.
     Rule("LA201", "non-finite-weights", Severity.HIGH, "Weights contain NaN or Inf values",
          "The training diverged or the file is damaged; retrain or re-export."),
@@ -55,6 +61,9 @@ _RULES = [
     Rule("LA203", "shape-mismatch", Severity.MEDIUM, "LoRA module that cannot be applied as stored",
          "Its down and up matrices do not share a rank, its alpha is not a usable number, or two layouts "
          "claim the same module (the message says which); loaders disagree on such a module. Re-export the LoRA."),
+    Rule("LA204", "non-linear-adapter", Severity.INFO, "Non-linear adapters (LoDA): measured through their linearisation",
+         "The weight statistics and the attack read dW = act'(0) * scale * up @ down, the adapter's first-order "
+         "effect; its non-linear part is not measured. Scan the LoRA-adapter variant too if you have one."),
     # Identity leakage from the weights (the weight-to-image attack).
     Rule("LA301", "identity-reconstruction", Severity.HIGH, "The weights alone reconstruct one identity",
          "Anyone holding the file can render the person it was trained on. Do not publish a LoRA of a "

@@ -24,7 +24,7 @@ import numpy as np
 
 from lora_audit.weights import LoraFile, LoraModule
 
-FACTORED_KINDS = ("lora", "locon", "dora")
+FACTORED_KINDS = ("lora", "locon", "dora", "loda")  # LoDA: its first-order dW (weights/loda.py)
 
 
 class ModuleSketcher:

@@ -148,11 +148,21 @@ class DiffusionBase:
         states of both text encoders concatenated, [B, 77, 2048], and ``text_encoder_2``'s pooled,
         projected embedding [B, 1280] (as ``StableDiffusionXLPipeline.encode_prompt``, no clip skip).
         """
+        return self.encode_tokens(self.tokenize(prompts))
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, ...]:
+        """Token ids of ``prompts`` for each text encoder, [B, L] each (one, or SDXL's two)."""
+        tokenizers = (self.tokenizer,) if self.text_encoder_2 is None else (self.tokenizer, self.tokenizer_2)
+        return tuple(self._ids(tokenizer, prompts) for tokenizer in tokenizers)
+
+    def encode_tokens(self, ids: tuple[torch.Tensor, ...]) -> Conditioning:
+        """:meth:`encode` from token ids (:meth:`tokenize`): a pure function of the ids and the
+        encoders' parameters, which per-example gradients (``torch.func``) need."""
         if self.text_encoder_2 is None:
-            return Conditioning(self.text_encoder(self._ids(self.tokenizer, prompts))[0])
+            return Conditioning(self.text_encoder(ids[0])[0])
         hidden, pooled = [], None
-        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            out = encoder(self._ids(tokenizer, prompts), output_hidden_states=True)
+        for tokens, encoder in zip(ids, (self.text_encoder, self.text_encoder_2)):
+            out = encoder(tokens, output_hidden_states=True)
             if pooled is None and out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds [B, P]
                 pooled = out[0]
             hidden.append(out.hidden_states[-2])
@@ -266,3 +276,19 @@ class DiffusionBase:
                         guidance_scale=guidance_scale, num_inference_steps=steps, generator=generator,
                         output_type="np", height=self.image_size, width=self.image_size, **kwargs)
         return np.asarray(out.images, dtype=np.float32)
+
+
+class Denoiser(torch.nn.Module):
+    """A base's text encoders and UNet as one module tree, (noisy, t, token ids) -> UNet output, so
+    that ``torch.func.functional_call`` swaps the adapter parameters of all of them at once (the
+    per-example gradients of DP-SGD)."""
+
+    def __init__(self, base: DiffusionBase):
+        super().__init__()
+        self.unet = base.unet
+        self.text_encoders = torch.nn.ModuleList(base.text_encoders())
+        self._base = [base]  # not a submodule: the tree above already holds its parts
+
+    def forward(self, noisy: torch.Tensor, t: torch.Tensor, ids: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        base = self._base[0]  # noisy [b, C, h, w], t [b], ids ([b, L], ...) -> [b, C, h, w]
+        return base.unet(noisy, t, **base.unet_kwargs(base.encode_tokens(ids))).sample

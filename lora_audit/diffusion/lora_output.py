@@ -1,4 +1,4 @@
-"""Writing a fine-tuning result as LoRA files: the final LoRA and its snapshots."""
+"""Writing a fine-tuning result as adapter files (LoRA, or LoDA): the final adapter and its snapshots."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from lora_audit.errors import InputError
+from lora_audit.weights.loda import save_loda
 from lora_audit.weights.writer import kohya_training_metadata, save_lora
 
 if TYPE_CHECKING:
@@ -27,6 +28,14 @@ def check_outputs(output: Path, snapshot_steps: list[int], overwrite: bool = Fal
         raise InputError("output", output, f"{', '.join(taken)} already exist(s)", fix=("force", "to replace"))
 
 
+def check_layout(adapter: str, layout: str, kohya_metadata: bool = False) -> None:
+    """Refuse, before any training, a LoRA-only layout or kohya metadata for LoDA adapters."""
+    if adapter == "loda" and layout != "peft":
+        raise InputError("layout", layout, "is a LoRA layout; LoDA adapters are written in their own")
+    if adapter == "loda" and kohya_metadata:
+        raise InputError("kohya_metadata", None, "describes kohya LoRA training, not LoDA adapters")
+
+
 def save_finetune(result: FinetuneResult, output: Path, *, layout: str = "peft",
                   metadata: Mapping[str, str] | None = None, kohya_metadata: bool = False,
                   family: str, num_images: int) -> list[Path]:
@@ -35,18 +44,27 @@ def save_finetune(result: FinetuneResult, output: Path, *, layout: str = "peft",
 
     Rank and alpha are the recipe's (``result.config``). Every file carries ``metadata``; with
     ``kohya_metadata`` also kohya's leaky ``ss_*`` training keys (trigger, ``num_images``, steps,
-    ``family`` as the base model version) for that snapshot's step.
+    ``family`` as the base model version) for that snapshot's step. A LoDA result is written in the
+    LoDA layout (``layout`` must be peft, the default); a DP-SGD result's final file states its
+    guarantee (``lora_audit.dp.*``; a snapshot's would be another epsilon, so snapshots do not).
     """
     config = result.config
     alpha = config.alpha if config.alpha is not None else config.rank
+    check_layout(config.adapter, layout, kohya_metadata)
     paths = []
     for step, state in sorted(result.snapshots.items()):
-        path = output if step == config.steps else snapshot_path(output, step)
+        final = step == config.steps
+        path = output if final else snapshot_path(output, step)
         meta = dict(metadata or {})
         if kohya_metadata:
             meta.update(kohya_training_metadata(trigger=result.trigger, class_word="person", num_images=num_images,
                                                 steps=step, rank=config.rank, alpha=alpha,
                                                 base_model_version=family, output_name=output.stem))
-        save_lora(str(path), state, layout=layout, rank=config.rank, alpha=alpha, metadata=meta)
+        if final and result.privacy is not None:
+            meta.update(result.privacy.metadata())
+        if config.adapter == "loda":
+            save_loda(str(path), state, rank=config.rank, alpha=alpha, activation=config.loda_activation, metadata=meta)
+        else:
+            save_lora(str(path), state, layout=layout, rank=config.rank, alpha=alpha, metadata=meta)
         paths.append(path)
     return paths

@@ -30,6 +30,7 @@ from lora_audit.identity.scoring import (DEFAULT_OWNER_FAR, LeakScore, Operating
 from lora_audit.results import Finding
 from lora_audit.rules import make_finding
 from lora_audit.scan.check import Check, Subject
+from lora_audit.weights.dp_metadata import DPGuarantee, read_dp_guarantee
 
 log = logging.getLogger("lora_audit")
 
@@ -132,7 +133,8 @@ class IdentityCheck(Check):
             else:
                 generic = self._generic_faces(loaded) if isinstance(null, OperatingPoint) else None
                 score = score_leak(result.images, faces, loaded.embedder, null, far=o.owner_far, generic=generic)
-                findings.append(verdict_finding(score, consistent=weights.rule_id == "LA301"))
+                findings.append(verdict_finding(score, consistent=weights.rule_id == "LA301",
+                                                privacy=read_dp_guarantee(subject.lora.metadata)))
                 if unused:
                     findings.append(_unused_photos(unused, len(faces)))
         return findings
@@ -205,11 +207,13 @@ def _consistency(value: float, generic: dict, result, grid: Path) -> Finding:
                         f"vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std)", evidence)
 
 
-def verdict_finding(score: LeakScore, consistent: bool | None = None) -> Finding:
+def verdict_finding(score: LeakScore, consistent: bool | None = None,
+                    privacy: DPGuarantee | str | None = None) -> Finding:
     """LA304 when the reconstructions match the owner's photos, else LA305, with the score as evidence.
 
     ``consistent``: whether the same scan found the reconstructions consistent (LA301) or not (LA302);
-    the message then says how the two findings fit together.
+    the message then says how the two findings fit together. ``privacy``: the DP guarantee the file
+    states (:func:`~lora_audit.weights.dp_metadata.read_dp_guarantee`), which the message then weighs.
     """
     rule_id, says = ("LA304", "match") if score.leaks else ("LA305", "do not match")
     if score.far is not None:
@@ -222,6 +226,11 @@ def verdict_finding(score: LeakScore, consistent: bool | None = None) -> Finding
                f"(paper score {score.paper_score:.3f}), {against}")
     if consistent is not None:
         message += "; " + _STORIES[score.leaks, consistent]
+    if isinstance(privacy, DPGuarantee):
+        message += (f"; the file was trained with DP-SGD, epsilon {privacy.epsilon:.3g} per training image (LA108)"
+                    + (": DP did not stop this leak" if score.leaks else
+                       ", which bounds each photo's influence, not the person's (the group epsilon over "
+                       f"{privacy.instance_images} photos is {privacy.group_epsilon():.3g})"))
     return make_finding(rule_id, message, score.to_evidence())
 
 

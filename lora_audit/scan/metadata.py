@@ -41,6 +41,7 @@ from lora_audit.results import Finding
 from lora_audit.rules import make_finding
 from lora_audit.scan.check import MAX_LISTED, Check, Subject
 from lora_audit.weights.json_text import parse_json
+from lora_audit.weights.dp_metadata import PREFIX, DPGuarantee, read_dp_guarantee
 
 TAG_FREQUENCY_KEYS = ("ss_tag_frequency",)
 DATASET_KEYS = ("ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_datasets")
@@ -110,15 +111,24 @@ def check_metadata(metadata: dict[str, str], *, redact: bool = False, max_value_
 
 
 class MetadataCheck(Check):
-    """The metadata privacy rules LA101-LA107 as a scan check."""
+    """The metadata privacy rules LA101-LA107 as a scan check, and the DP guarantee a file states (LA108)."""
 
-    rule_ids = tuple(f"LA10{i}" for i in range(1, 8))
+    rule_ids = tuple(f"LA10{i}" for i in range(1, 9))
 
     def __init__(self, redact: bool = False):
         self.redact = redact
 
     def run(self, subject: Subject) -> list[Finding]:
-        return check_metadata(subject.lora.metadata, redact=self.redact)
+        findings = check_metadata(subject.lora.metadata, redact=self.redact)
+        guarantee = read_dp_guarantee(subject.lora.metadata)
+        if isinstance(guarantee, DPGuarantee):
+            findings.append(make_finding("LA108", f"trained with {guarantee.summary()}",
+                                         {**{k.removeprefix(PREFIX): v for k, v in guarantee.metadata().items()},
+                                          "group_epsilon": f"{guarantee.group_epsilon():.4g}"}))
+        elif guarantee is not None:
+            findings.append(make_finding("LA108", f"the file states a DP guarantee that cannot be read ({guarantee}): "
+                                         "treat it as trained without DP", {"problem": guarantee}))
+        return findings
 
 
 def sensitive_keys(metadata: dict[str, str]) -> set[str]:

@@ -1,16 +1,17 @@
 """Weight checks: non-finite values (LA201), incomplete (LA202) or mismatched (LA203) LoRA pairs (LA203
 also covers a module given in two layouts and an unusable alpha), and files with no LoRA tensor at
-all (LA003)."""
+all (LA003); non-linear LoDA adapters, measured through their first-order dW (LA204)."""
 
 from __future__ import annotations
 
 from lora_audit.results import Finding
 from lora_audit.rules import make_finding
 from lora_audit.scan.check import MAX_LISTED, Check, Subject, listing
+from lora_audit.weights.loda import ACTIVATION_KEY, DEFAULT_ACTIVATION
 
 
 class WeightCheck(Check):
-    rule_ids = ("LA003", "LA201", "LA202", "LA203")
+    rule_ids = ("LA003", "LA201", "LA202", "LA203", "LA204")
 
     def __init__(self, read_data: bool = True):
         self.read_data = read_data  # False: header only, no NaN/Inf check
@@ -40,6 +41,13 @@ class WeightCheck(Check):
                 "LA203", f"{len(lora.problems.bad_alpha)} module(s) have an unusable alpha (not a finite number "
                 "or unreadable); their weights were audited with alpha = rank (LA203: a part that does not "
                 "fit)", dict(list(lora.problems.bad_alpha.items())[:MAX_LISTED])))
+        loda = [m for m in lora.modules if m.kind == "loda"]
+        if loda:
+            findings.append(make_finding(
+                "LA204", f"{len(loda)} LoDA module(s): non-linear adapters, measured (statistics, attack) through "
+                f"their first-order dW = act'(0) * scale * up @ down",
+                {"activation": lora.metadata.get(ACTIVATION_KEY, f"{DEFAULT_ACTIVATION} (not stated)"),
+                 "first_order_scale": f"{loda[0].scale:.4g}", "rank": str(loda[0].rank), "modules": listing([m.name for m in loda])}))
         problems = lora.problems
         if not lora.modules and not (problems.orphaned or problems.mismatched or problems.conflicting):
             findings.append(make_finding("LA003", f"none of the {len(lora.tensors)} tensors belong to a known LoRA layout",

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 # (suffix, layout, role), longest suffixes first so that ".lora_down.weight" wins over ".weight".
 _SUFFIXES: list[tuple[str, str, str]] = [
+    (".loda_down.weight", "loda", "down"),  # LoDA adapters (weights/loda.py)
+    (".loda_up.weight", "loda", "up"),
     (".lora_down.weight", "kohya", "down"),
     (".lora_up.weight", "kohya", "up"),
     (".lora_mid.weight", "lycoris", "mid"),
@@ -90,7 +92,7 @@ class ParsedKey:
     """One tensor name split into its canonical module name, layout family and role."""
 
     module: str  # canonical dotted name with component prefix
-    layout: str  # kohya | lycoris | peft | diffusers-old
+    layout: str  # kohya | lycoris | peft | diffusers-old | loda
     role: str  # down | up | mid | alpha | dora_scale | hada_* | lokr_*
 
 

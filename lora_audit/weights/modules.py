@@ -16,6 +16,7 @@ import numpy as np
 
 from lora_audit.weights.json_text import parse_json
 from lora_audit.weights.keys import parse_key
+from lora_audit.weights.loda import LAYOUT as LODA, linear_scale
 from lora_audit.weights.safetensors_file import FLOAT_DTYPES, TensorInfo
 
 Reader = Callable[[str], np.ndarray]
@@ -27,8 +28,8 @@ class LoraModule:
     """One adapted module, in canonical form."""
 
     name: str  # e.g. unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q
-    kind: str  # lora | locon | dora | loha | lokr
-    layout: str  # kohya | lycoris | peft | diffusers-old
+    kind: str  # lora | locon | dora | loha | lokr | loda
+    layout: str  # kohya | lycoris | peft | diffusers-old | loda
     keys: dict[str, str]  # role -> tensor name in the file
     rank: int
     alpha: float
@@ -75,7 +76,7 @@ def group_modules(tensors: dict[str, TensorInfo], metadata: dict[str, str],
             continue
         found = layouts[name]
         layout = "lycoris" if "lycoris" in found else min(found, default="kohya")
-        module = _build_module(name, keys, layout, tensors, read, peft_config, problems)
+        module = _build_module(name, keys, layout, tensors, read, peft_config, metadata, problems)
         if module is not None:
             modules.append(module)
     return modules, problems
@@ -87,7 +88,7 @@ def file_layout(modules: list[LoraModule]) -> str:
     return counts.most_common(1)[0][0] if counts else "unknown"
 
 
-def _build_module(name, keys, layout, tensors, read, peft_config, problems) -> LoraModule | None:
+def _build_module(name, keys, layout, tensors, read, peft_config, metadata, problems) -> LoraModule | None:
     roles = set(keys) - {"alpha", "dora_scale"}
     if not roles:
         problems.orphaned[name] = sorted(keys)
@@ -112,7 +113,9 @@ def _build_module(name, keys, layout, tensors, read, peft_config, problems) -> L
         problems.mismatched[name] = _shapes(keys, tensors)
         return None
     rank = down[0]
-    if layout == "peft" and (peft_config.present or "alpha" not in keys):
+    if layout == LODA:  # non-linear: its first-order dW (weights/loda.py)
+        alpha, scale, bad = linear_scale(metadata, rank)
+    elif layout == "peft" and (peft_config.present or "alpha" not in keys):
         alpha, scale, bad = peft_config.alpha_and_scale(name, rank)
     else:  # kohya, or diffusers' network_alphas (PEFT names with .alpha tensors)
         alpha, bad = _read_alpha(keys, read, rank)
@@ -120,7 +123,7 @@ def _build_module(name, keys, layout, tensors, read, peft_config, problems) -> L
     if bad:
         problems.bad_alpha[name] = bad
     shape = (up[0], down[1], *(mid or down)[2:])
-    kind = "dora" if "dora_scale" in keys else "locon" if len(shape) == 4 else "lora"
+    kind = "loda" if layout == LODA else "dora" if "dora_scale" in keys else "locon" if len(shape) == 4 else "lora"
     return LoraModule(name, kind, layout, keys, rank, alpha, scale, shape)
 
 
