@@ -218,18 +218,19 @@ def test_dp_finetune_writes_its_guarantee_and_round_trips_through_the_reader(bas
     assert "LA108" in findings and "LA003" not in findings
     assert findings["LA108"].evidence["privacy_unit"].startswith("one training image")
     assert float(findings["LA108"].evidence["group_epsilon"]) == pytest.approx(3 * privacy.epsilon, rel=1e-3)
+    assert "cannot verify" in findings["LA108"].message
     assert ("LA204" in findings) == (adapter == "loda")
 
 
 def test_dp_noise_changes_the_update(base, images, class_images):
     """The noise is really added: the same setting repeats exactly, a larger sigma leads elsewhere."""
     def run(sigma):
-        config = FinetuneConfig(rank=2, steps=3, seed=2, lr=1e-2, dp=DPConfig(noise_multiplier=sigma, sample_rate=1.0,
-                                                                              max_grad_norm=1.0, accountant="rdp"))
+        config = FinetuneConfig(rank=2, steps=3, seed=2, lr=1e-2, dp=DPConfig(
+            noise_multiplier=sigma, sample_rate=1.0, max_grad_norm=1.0, accountant="rdp", noise_seed=7))
         return finetune_lora(base, images, config, class_images=class_images).final
 
     quiet, again, loud = run(0.5), run(0.5), run(1e3)
-    assert all(torch.equal(quiet[k], again[k]) for k in quiet)
+    assert all(torch.equal(quiet[k], again[k]) for k in quiet)  # a fixed noise seed repeats
     assert any(not torch.allclose(quiet[k], loud[k], atol=1e-4) for k in quiet)
 
 
@@ -245,6 +246,8 @@ def test_loda_layout_is_refused_for_lora_only_formats():
         check_layout("loda", "kohya")
     with pytest.raises(InputError, match="kohya"):
         check_layout("loda", "peft", kohya_metadata=True)
+    with pytest.raises(InputError, match="outside any DP guarantee"):
+        check_layout("lora", "kohya", kohya_metadata=True, dp=True)
     check_layout("lora", "kohya", kohya_metadata=True)
 
 
@@ -255,7 +258,11 @@ def test_a_dp_claim_that_cannot_be_read_is_reported_not_trusted(tmp_path):
     save_loda(str(path), state, rank=2, alpha=2.0, metadata={"lora_audit.dp.epsilon": "0.1"})
     findings = {f.rule_id: f for f in scan_file(str(path), ScanOptions()).findings}
     assert "cannot be read" in findings["LA108"].message and "missing" in findings["LA108"].message
+    assert "LA204" in findings
     good = DPGuarantee(2.0, 1e-5, 1.0, 0.01, 0.25, 10, "prv", dataset_size=21, instance_images=5)
     assert read_dp_guarantee(good.metadata()) == good
     assert "group privacy" in good.summary() and math.isclose(good.group_epsilon(), 10.0)
+    assert math.isclose(good.group_delta(), 5 * math.exp(4 * 2.0) * 1e-5) and "no meaningful guarantee" in good.summary()
+    for key, value in (("delta", "1.5"), ("sample_rate", "0"), ("steps", "-3"), ("epsilon", "-1")):
+        assert "out of range" in read_dp_guarantee({**good.metadata(), f"lora_audit.dp.{key}": value}), key
     assert read_dp_guarantee({**good.metadata(), "lora_audit.dp.epsilon": "inf"}) == "lora_audit.dp.epsilon = 'inf' is not finite"

@@ -181,6 +181,10 @@ def _record(shard: Path) -> dict:
 
 def _check_manifest(out: Path, config: ShadowConfig, base_path: str | None) -> None:
     recipe = {k: v for k, v in asdict(config).items() if k != "identities"}  # more identities may be added later
+    defaults = FinetuneConfig()  # the defences' fields, when unused, stay out: older manifests still match
+    for key in ("adapter", "loda_activation", "dp"):
+        if recipe["finetune"][key] == getattr(defaults, key):
+            del recipe["finetune"][key]
     manifest = {"config": recipe, "base": base_path or "toy"}
     path = out / MANIFEST
     wanted = json.loads(json.dumps(manifest))  # tuples -> lists, as they come back from disk

@@ -28,6 +28,8 @@ def shadow(
     base: BaseOption = None,
     steps: int = typer.Option(_RECIPE.steps, "--steps", min=1, help="Fine-tuning steps per identity."),
     snapshot_steps: str = typer.Option(",".join(map(str, ShadowConfig.snapshot_steps)), "--snapshot-steps", help="Comma-separated steps r stored per trajectory (each <= --steps)."),
+    dp_epsilon: Optional[float] = typer.Option(None, "--dp-epsilon", help="Fine-tune the shadows with DP-SGD at this "
+                                               "epsilon (finetune --dp's defaults): an adaptive attacker's shadows."),
     jobs: JobsOption = 1,
     device: DeviceOption = None,
 ) -> int:
@@ -36,6 +38,7 @@ def shadow(
     from pathlib import Path
 
     from lora_audit.attack.shadow import build_shadows
+    from lora_audit.diffusion.dp import DPConfig
 
     snapshots, device = int_list(snapshot_steps, "--snapshot-steps"), checked_device(device)
     size = ShadowConfig.image_size
@@ -45,7 +48,7 @@ def shadow(
         size = load_base(base, device).image_size
     config = ShadowConfig(identities=identities, first_identity=first_identity, snapshot_steps=snapshots,
                           images_dir=images, image_size=size,
-                          finetune=replace(_RECIPE, steps=steps))
+                          finetune=replace(_RECIPE, steps=steps, dp=None if dp_epsilon is None else DPConfig(epsilon=dp_epsilon)))
     with stage_progress() as report:
         summary = build_shadows(config, Path(out), base, jobs, lambda d, t, m: report("shadow", d, t, m), device)
     typer.echo(f"{summary['identities']} shadow trajectories in {out} ({summary['trained_now']} fine-tuned now)")

@@ -1,4 +1,5 @@
-"""``evaluate``: the attack and its baselines on held-out toy victims, written as results.md."""
+"""``evaluate``: the attack and its baselines on held-out toy victims, written as results.md;
+``evaluate-defences``: utility and leak of the DP-SGD and LoDA defences."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import typer
 from lora_audit.cli.options import (AttackModelOption, BaseOption, DeviceOption, LatentsOption, SamplingStepsOption,
                                     SeedsOption, checked_device)
 from lora_audit.cli.progress import stage_progress
+from lora_audit.diffusion.dp import DPConfig
+from lora_audit.errors import UsageError
+from lora_audit.toyworld.lab.defences import DEFENCE_IDENTITIES, DefenceConfig
 from lora_audit.toyworld.lab.evaluate import EvaluationConfig
 
 commands = typer.Typer()
@@ -55,3 +59,62 @@ def evaluate(
                f"(oracle {result['summary']['oracle']['mean_similarity']:.3f}); owner verdict TPR {verdict['tpr']:.0%}, "
                f"FPR {verdict['fpr']:.0%}")
     return 0
+
+
+@commands.command("evaluate-defences", epilog="Exit codes: 0 written; 4 usage error. Resumes: runs already "
+                  "under OUT are kept. See docs/defences.md.")
+def evaluate_defences(
+    out: str = typer.Option("build/defences", "--out", "-o", help="Working directory (one adapter file and JSON per run)."),
+    identities: int = typer.Option(DefenceConfig.identities, "--identities", min=2, max=len(DEFENCE_IDENTITIES),
+                                   help="Held-out toy identities (ids from 302000)."),
+    epsilons: str = typer.Option("none,16,8,4,1", "--epsilons", help="Comma-separated target epsilons; none = no DP."),
+    adapters: str = typer.Option("lora,loda", "--adapters", help="Comma-separated: lora, loda."),
+    steps: int = typer.Option(DefenceConfig.steps, "--steps", min=1, help="Fine-tuning steps of every run (DP or not)."),
+    sample_rate: float = typer.Option(DPConfig.sample_rate, "--sample-rate", help="DP-SGD sampling rate over the 21 training images."),
+    max_grad_norm: float = typer.Option(DPConfig.max_grad_norm, "--max-grad-norm", help="DP-SGD per-image clipping norm."),
+    attack_model: AttackModelOption = None,
+    docs: Optional[str] = typer.Option(None, "--docs", help="Also write the table and the leak-utility plot here "
+                                       "(defences_table.md, img/defences/leak_vs_utility.png)."),
+    summary_only: bool = typer.Option(False, "--summary-only", help="Run nothing: summarise the runs under OUT so far."),
+    device: DeviceOption = None,
+) -> int:
+    """Toy world: utility and leak of DP-SGD and LoDA fine-tunes, adapter x epsilon, on held-out identities."""
+    from pathlib import Path
+
+    from lora_audit.diffusion.finetune import ADAPTERS
+    from lora_audit.toyworld.lab.defences import defences_markdown, plot_leak_against_utility, run_defences
+
+    wanted = [a.strip() for a in adapters.split(",") if a.strip()]
+    if not wanted or any(a not in ADAPTERS for a in wanted):
+        raise UsageError(f"--adapters {adapters!r}: expected a comma-separated list of {', '.join(ADAPTERS)}")
+    config = DefenceConfig(identities=identities, epsilons=_epsilons(epsilons), adapters=tuple(wanted), steps=steps,
+                           dp=DPConfig(epsilon=1.0, sample_rate=sample_rate, max_grad_norm=max_grad_norm))
+    if docs is not None and not Path(docs).is_dir():
+        raise UsageError(f"--docs {docs}: no such folder")
+    with stage_progress() as report:
+        summary = run_defences(Path(out), config, attack_model=attack_model, device=checked_device(device),
+                               progress=lambda d, t, m: report("defences", d, t, m), run=not summary_only)
+    if not summary["settings"]:
+        raise UsageError(f"-o {out}: no setting has finished runs for two identities yet")
+    table = defences_markdown(summary)
+    if docs is not None:
+        (Path(docs) / "defences_table.md").write_text(table)
+        plot_leak_against_utility(summary, Path(docs) / "img" / "defences" / "leak_vs_utility.png")
+    typer.echo(table, nl=False)
+    typer.echo(f"wrote {Path(out) / 'defences.json'}" + (f" and the table and plot under {docs}" if docs else ""))
+    return 0
+
+
+def _epsilons(text: str) -> tuple[float | None, ...]:
+    values = []
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        try:
+            value = None if part == "none" else float(part)
+        except ValueError:
+            raise UsageError(f"--epsilons {text!r}: {part!r} is neither a number nor none") from None
+        if value is not None and not value > 0:
+            raise UsageError(f"--epsilons {text!r}: epsilons must be > 0")
+        values.append(value)
+    if not values:
+        raise UsageError("--epsilons is empty")
+    return tuple(values)

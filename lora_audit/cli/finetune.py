@@ -35,7 +35,7 @@ def finetune(
     snapshot_steps: str = typer.Option("", "--snapshot-steps", help="Comma-separated steps whose LoRA is also written (OUTPUT stem + _step_N)."),
     text_encoder: bool = typer.Option(_RECIPE.text_encoder_lora, "--text-encoder/--no-text-encoder", help="Also train a LoRA on the text encoder (SDXL: both)."),
     adapter: str = typer.Option(_RECIPE.adapter, "--adapter", help="lora, or loda: a down-projection, GELU and "
-                                "up-projection beside each target (DP-LoDA), written in the LoDA layout."),
+                                "up-projection beside each target (with --dp: DP-LoDA), written in the LoDA layout."),
     dp: bool = typer.Option(False, "--dp", help="Train with DP-SGD: per-image gradient clipping, Gaussian noise, "
                             "Poisson sampling over the photos and class images. The epsilon protects ONE training "
                             "image; a person in all N photos gets only N x epsilon (group privacy)."),
@@ -67,8 +67,8 @@ def finetune(
         raise UsageError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     if adapter not in ADAPTERS:
         raise UsageError(f"unknown adapter {adapter!r}; expected one of {', '.join(ADAPTERS)}")
-    check_layout(adapter, layout, kohya_metadata)
-    privacy = _dp_config(dp, epsilon, delta, max_grad_norm, noise_multiplier, sample_rate, accountant)
+    check_layout(adapter, layout, kohya_metadata, dp)
+    privacy = _dp_config(dp, epsilon, delta, max_grad_norm, noise_multiplier, sample_rate, accountant, steps)
     snapshots = int_list(snapshot_steps, "--snapshot-steps")
     check_outputs(Path(output), [step for step in snapshots if step != steps], force)  # before any training
     pipeline = load_base(base, checked_device(device))
@@ -85,12 +85,11 @@ def finetune(
         typer.echo(f"privacy spent: epsilon {guarantee.epsilon:.3f} at delta {guarantee.delta:g} "
                    f"(noise multiplier {guarantee.noise_multiplier:.4g}, clipping {guarantee.max_grad_norm:g}, "
                    f"sample rate {guarantee.sample_rate:g}, {guarantee.steps} steps, {guarantee.accountant}) "
-                   f"per training image; the person in all {guarantee.instance_images} photos: "
-                   f"epsilon {guarantee.group_epsilon():.3g} (group privacy)")
+                   f"per training image; {guarantee.person_protection()}")
     return 0
 
 
-def _dp_config(dp, epsilon, delta, max_grad_norm, noise_multiplier, sample_rate, accountant):
+def _dp_config(dp, epsilon, delta, max_grad_norm, noise_multiplier, sample_rate, accountant, steps):
     """The DP-SGD setting the flags ask for (None without --dp); flag misuse is a usage error."""
     if not dp:
         if epsilon is not None or noise_multiplier is not None:
@@ -100,5 +99,7 @@ def _dp_config(dp, epsilon, delta, max_grad_norm, noise_multiplier, sample_rate,
         raise UsageError("--dp needs exactly one of --epsilon and --noise-multiplier")
     if accountant not in ACCOUNTANTS:
         raise UsageError(f"unknown accountant {accountant!r}; expected one of {', '.join(ACCOUNTANTS)}")
-    return DPConfig(epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, noise_multiplier=noise_multiplier,
-                    sample_rate=sample_rate, accountant=accountant)
+    config = DPConfig(epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, noise_multiplier=noise_multiplier,
+                      sample_rate=sample_rate, accountant=accountant)
+    config.resolve(steps)  # the accountant's refusal comes now, before the base is loaded
+    return config

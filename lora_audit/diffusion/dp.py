@@ -36,9 +36,26 @@ class DPConfig:
     delta: float = 1e-5
     max_grad_norm: float = 0.01  # C; below every per-example norm measured on toy LoRAs (0.03-0.13)
     noise_multiplier: float | None = None  # sigma; None: derived from epsilon by the accountant
-    sample_rate: float = 0.25  # q: each record's chance to be in a step's batch
+    sample_rate: float = 0.1  # q: each record's chance to be in a step's batch (21 toy records: about 2, as the recipe)
     accountant: str = "prv"
     microbatch: int = 8  # examples per vmap chunk (memory, not privacy)
+    noise_seed: int | None = None  # None: drawn from the OS's secure source per run; set only for experiments
+
+    def resolve(self, steps: int) -> tuple[float, float]:
+        """(sigma, epsilon spent) for ``steps`` steps: the accountant's answer, or its refusal
+        (a :class:`UsageError`) before any training."""
+        sigma = self.noise_multiplier or noise_multiplier_for(self.epsilon, self.delta, self.sample_rate, steps,
+                                                              self.accountant)
+        return sigma, epsilon_spent(sigma, self.sample_rate, steps, self.delta, self.accountant)
+
+    def generator(self) -> "torch.Generator":
+        """The generator of the Poisson batches and the noise: seeded from ``secrets`` unless
+        ``noise_seed`` is given (anyone who knows the seed can subtract the noise)."""
+        import secrets
+
+        import torch
+
+        return torch.Generator().manual_seed(self.noise_seed if self.noise_seed is not None else secrets.randbits(63))
 
     def __post_init__(self):
         if (self.epsilon is None) == (self.noise_multiplier is None):
@@ -55,11 +72,23 @@ class DPConfig:
 
 def noise_multiplier_for(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv") -> float:
     """The smallest sigma (to Opacus' tolerance) whose ``steps`` Poisson-sampled steps spend at most ``epsilon``."""
-    from opacus.accountants.utils import get_noise_multiplier
+    get_noise_multiplier = _opacus().accountants.utils.get_noise_multiplier
+    try:
+        with _accountant_notes_silenced():
+            return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                              steps=steps, accountant=accountant))
+    except (MemoryError, ValueError, OverflowError) as e:  # e.g. "The privacy budget is too low."
+        raise UsageError(f"no noise multiplier reaches epsilon {epsilon:g} at delta {delta:g}, sample rate "
+                         f"{sample_rate:g} and {steps} steps ({e}); allow a larger epsilon or fewer steps") from None
 
-    with _accountant_notes_silenced():
-        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                          steps=steps, accountant=accountant))
+
+def _opacus():
+    """Opacus (the ``dp`` extra), or a usage error that says how to install it."""
+    try:
+        import opacus.accountants.utils  # noqa: F401  (loads opacus.accountants with it)
+    except ImportError:
+        raise UsageError("DP-SGD's accountant needs Opacus: pip install 'lora-privacy-audit[dp]'") from None
+    return opacus
 
 
 @contextlib.contextmanager
@@ -77,9 +106,7 @@ def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta
     A noise multiplier too small for the PRV accountant's grid (it would need petabytes) is a
     :class:`UsageError` that says so, not a MemoryError.
     """
-    from opacus.accountants import create_accountant
-
-    ledger = create_accountant(accountant)
+    ledger = _opacus().accountants.create_accountant(accountant)
     ledger.history = [(noise_multiplier, sample_rate, steps)]
     try:
         with _accountant_notes_silenced():

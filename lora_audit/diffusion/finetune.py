@@ -114,6 +114,9 @@ def finetune_lora(base: DiffusionBase, instance_images: np.ndarray, config: Fine
 
     if config.adapter not in ADAPTERS:
         raise UsageError(f"unknown adapter {config.adapter!r}; expected one of {', '.join(ADAPTERS)}")
+    if config.loda_activation not in SLOPE_AT_ZERO:
+        raise UsageError(f"unknown LoDA activation {config.loda_activation!r}; expected one of {', '.join(SLOPE_AT_ZERO)}")
+    accounted = config.dp.resolve(config.steps) if config.dp is not None else None  # refused before any work
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -134,7 +137,8 @@ def finetune_lora(base: DiffusionBase, instance_images: np.ndarray, config: Fine
             snapshots, losses = _train(base, instance_images, class_images, instance_prompt, config, rng, progress)
             privacy = None
         else:
-            snapshots, losses, privacy = _train_dp(base, instance_images, class_images, instance_prompt, config, progress)
+            snapshots, losses, privacy = _train_dp(base, instance_images, class_images, instance_prompt, config,
+                                                   accounted, progress)
     return FinetuneResult(trigger, instance_prompt, snapshots, losses, time.perf_counter() - start, config, privacy)
 
 
@@ -209,9 +213,10 @@ def _train(base, instance_images, class_images, instance_prompt, config, rng, pr
     return snapshots, losses
 
 
-def _train_dp(base, instance_images, class_images, instance_prompt, config, progress):
+def _train_dp(base, instance_images, class_images, instance_prompt, config, accounted, progress):
     """DP-SGD over the records (instance photos and class images): Poisson batches, per-example
-    gradients clipped to C, Gaussian noise, AdamW on the noisy mean; the guarantee from the accountant."""
+    gradients clipped to C, Gaussian noise, AdamW on the noisy mean; ``accounted`` = (sigma, epsilon)
+    from the accountant. ``losses`` holds the (unreleased) mean loss of each step that drew a batch."""
     import torch
     import torch.nn.functional as F
     from torch.func import functional_call
@@ -226,14 +231,13 @@ def _train_dp(base, instance_images, class_images, instance_prompt, config, prog
     prompts = [instance_prompt] * n_instance + [config.class_prompt] * (size - n_instance)
     tokens = base.tokenize(prompts)  # one [N, L] per text encoder
     weights = torch.tensor([1.0] * n_instance + [config.prior_loss_weight] * (size - n_instance), device=base.device)
-    sigma = dp.noise_multiplier or dpsgd.noise_multiplier_for(dp.epsilon, dp.delta, dp.sample_rate, config.steps, dp.accountant)
-    spent = dpsgd.epsilon_spent(sigma, dp.sample_rate, config.steps, dp.delta, dp.accountant)  # before training: it may refuse
+    sigma, spent = accounted
     denoiser = Denoiser(base)
     params = {name: p for name, p in denoiser.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr)
     scheduler = base.train_scheduler()
     v_prediction = scheduler.config.prediction_type == "v_prediction"
-    noise_rng = torch.Generator().manual_seed(int(np.random.default_rng([config.seed, 0xD9]).integers(2**62)))
+    noise_rng = dp.generator()
 
     def example_loss(p, noisy, t, target, weight, *ids):  # one record: [C, h, w], [], [C, h, w], [], [L]...
         pred = functional_call(denoiser, p, (noisy[None], t[None], tuple(i[None] for i in ids)), strict=False)
@@ -257,7 +261,6 @@ def _train_dp(base, instance_images, class_images, instance_prompt, config, prog
             losses.append(float(values.mean()))
         else:  # an empty Poisson batch still takes a (pure-noise) step
             summed = {name: torch.zeros_like(p) for name, p in params.items()}
-            losses.append(float("nan"))
         noisy = dpsgd.privatised_gradient(summed, noise_multiplier=sigma, max_norm=dp.max_grad_norm,
                                           expected_batch=dp.sample_rate * size, generator=noise_rng)
         for name, p in params.items():
@@ -266,7 +269,7 @@ def _train_dp(base, instance_images, class_images, instance_prompt, config, prog
         if step in snapshot_steps:
             snapshots[step] = adapter_state_dict(base, config)
         if progress is not None:
-            progress(step, config.steps, {"loss": losses[-1]})
+            progress(step, config.steps, {"loss": losses[-1] if losses else float("nan")})
     base.unet.eval()
     privacy = DPGuarantee(epsilon=spent, delta=dp.delta, noise_multiplier=sigma, max_grad_norm=dp.max_grad_norm,
                           sample_rate=dp.sample_rate, steps=config.steps, accountant=dp.accountant,

@@ -1,7 +1,7 @@
 """LoDA adapters (Liu et al., arXiv 2406.05257) on a frozen model: inject, read out, load, remove.
 
 Each adapted ``nn.Linear`` W becomes :class:`LodaLinear`: y = W x + (alpha / r) * up(act(down(x))),
-down [r, in] initialised N(0, 1/r), up [out, r] initialised to zero, so a fresh adapter changes
+down [r, in] initialised normal with std 1/r, up [out, r] initialised to zero, so a fresh adapter changes
 nothing. Target modules are matched like PEFT's ``target_modules`` (the module path, or a suffix of
 it after a dot). The file layout is :mod:`lora_audit.weights.loda`'s.
 """
@@ -14,9 +14,10 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
-from lora_audit.weights.loda import DOWN_SUFFIX, UP_SUFFIX
+from lora_audit.weights.loda import DOWN_SUFFIX, SLOPE_AT_ZERO, UP_SUFFIX
 
 _ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
+assert _ACTIVATIONS.keys() == SLOPE_AT_ZERO.keys()  # every activation a file may name, and only those
 
 
 class LodaLinear(nn.Module):

@@ -28,8 +28,12 @@ def check_outputs(output: Path, snapshot_steps: list[int], overwrite: bool = Fal
         raise InputError("output", output, f"{', '.join(taken)} already exist(s)", fix=("force", "to replace"))
 
 
-def check_layout(adapter: str, layout: str, kohya_metadata: bool = False) -> None:
-    """Refuse, before any training, a LoRA-only layout or kohya metadata for LoDA adapters."""
+def check_layout(adapter: str, layout: str, kohya_metadata: bool = False, dp: bool = False) -> None:
+    """Refuse, before any training, a LoRA-only layout or kohya metadata for LoDA adapters, and
+    kohya's leaky training metadata (captions, folder names) in a file that claims DP."""
+    if dp and kohya_metadata:
+        raise InputError("kohya_metadata", None, "writes the training captions and folder names into the file, "
+                         "outside any DP guarantee; leave it out with --dp")
     if adapter == "loda" and layout != "peft":
         raise InputError("layout", layout, "is a LoRA layout; LoDA adapters are written in their own")
     if adapter == "loda" and kohya_metadata:
@@ -50,7 +54,7 @@ def save_finetune(result: FinetuneResult, output: Path, *, layout: str = "peft",
     """
     config = result.config
     alpha = config.alpha if config.alpha is not None else config.rank
-    check_layout(config.adapter, layout, kohya_metadata)
+    check_layout(config.adapter, layout, kohya_metadata, result.privacy is not None)
     paths = []
     for step, state in sorted(result.snapshots.items()):
         final = step == config.steps

@@ -227,10 +227,9 @@ def verdict_finding(score: LeakScore, consistent: bool | None = None,
     if consistent is not None:
         message += "; " + _STORIES[score.leaks, consistent]
     if isinstance(privacy, DPGuarantee):
-        message += (f"; the file was trained with DP-SGD, epsilon {privacy.epsilon:.3g} per training image (LA108)"
+        message += (f"; the file states DP-SGD training, epsilon {privacy.epsilon:.3g} per training image (LA108)"
                     + (": DP did not stop this leak" if score.leaks else
-                       ", which bounds each photo's influence, not the person's (the group epsilon over "
-                       f"{privacy.instance_images} photos is {privacy.group_epsilon():.3g})"))
+                       f", which bounds each photo's influence, not the person's ({privacy.person_protection()})"))
     return make_finding(rule_id, message, score.to_evidence())
 
 

@@ -122,9 +122,11 @@ class MetadataCheck(Check):
         findings = check_metadata(subject.lora.metadata, redact=self.redact)
         guarantee = read_dp_guarantee(subject.lora.metadata)
         if isinstance(guarantee, DPGuarantee):
-            findings.append(make_finding("LA108", f"trained with {guarantee.summary()}",
+            findings.append(make_finding("LA108", f"the file states it was trained with {guarantee.summary()} "
+                                         "(a claim in its metadata: lora-audit cannot verify it)",
                                          {**{k.removeprefix(PREFIX): v for k, v in guarantee.metadata().items()},
-                                          "group_epsilon": f"{guarantee.group_epsilon():.4g}"}))
+                                          "group_epsilon": f"{guarantee.group_epsilon():.4g}",
+                                          "group_delta": f"{guarantee.group_delta():.3g}"}))
         elif guarantee is not None:
             findings.append(make_finding("LA108", f"the file states a DP guarantee that cannot be read ({guarantee}): "
                                          "treat it as trained without DP", {"problem": guarantee}))

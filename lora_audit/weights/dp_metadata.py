@@ -12,7 +12,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Mapping
 
 PREFIX = "lora_audit.dp."
-IMAGE_UNIT = "one training image (an instance photo or a class image)"
+IMAGE_UNIT = "one training image (an instance photo or a class image); the number of images is treated as public"
 
 
 @dataclass(frozen=True)
@@ -32,15 +32,33 @@ class DPGuarantee:
 
     def group_epsilon(self, k: int | None = None) -> float:
         """The epsilon for a group of ``k`` records (default: all the subject's photos), by group
-        privacy: k * epsilon (with delta growing to k * e^((k-1) epsilon) * delta)."""
-        return (k if k is not None else max(self.instance_images, 1)) * self.epsilon
+        privacy: k * epsilon."""
+        return self._group(k) * self.epsilon
+
+    def group_delta(self, k: int | None = None) -> float:
+        """The delta that goes with :meth:`group_epsilon`: k * e^((k-1) epsilon) * delta (inf past floats)."""
+        k = self._group(k)
+        try:
+            return k * math.exp((k - 1) * self.epsilon) * self.delta
+        except OverflowError:
+            return math.inf
+
+    def _group(self, k: int | None) -> int:
+        return k if k is not None else max(self.instance_images, 1)
+
+    def person_protection(self) -> str:
+        """What the guarantee means for the person in all their photos."""
+        if self.instance_images <= 1:
+            return "the person has one photo: the per-image guarantee is theirs"
+        eps, delta = self.group_epsilon(), self.group_delta()
+        meaningless = eps > 10 or delta > 1e-3  # delta far above 1e-3 allows whole records to be released
+        return (f"the person, in all {self.instance_images} photos, only by group privacy: epsilon {eps:.3g}, "
+                f"delta {delta:.2g}" + (" (no meaningful guarantee)" if meaningless else ""))
 
     def summary(self) -> str:
         """One line: what is guaranteed, for what unit, and what that means for the person."""
-        person = (f"; the person, in all {self.instance_images} photos, only by group privacy "
-                  f"(epsilon {self.group_epsilon():.3g})" if self.instance_images > 1 else "")
         return (f"DP-SGD (epsilon {self.epsilon:.3g}, delta {self.delta:.1e}, {self.accountant} accountant) "
-                f"per {self.privacy_unit}{person}")
+                f"per training image; {self.person_protection()}")
 
     def metadata(self) -> dict[str, str]:
         return {PREFIX + f.name: repr(value) if isinstance(value, float) else str(value)
@@ -66,4 +84,10 @@ def read_dp_guarantee(metadata: Mapping[str, str]) -> DPGuarantee | None | str:
         if isinstance(value, float) and not math.isfinite(value):
             return f"{PREFIX}{f.name} = {keys[f.name][:40]!r} is not finite"
         values[f.name] = value
-    return DPGuarantee(**values)
+    guarantee = DPGuarantee(**values)
+    ranges = {"epsilon": guarantee.epsilon > 0, "delta": 0 < guarantee.delta < 1,
+              "noise_multiplier": guarantee.noise_multiplier > 0, "max_grad_norm": guarantee.max_grad_norm > 0,
+              "sample_rate": 0 < guarantee.sample_rate <= 1, "steps": guarantee.steps > 0,
+              "dataset_size": guarantee.dataset_size >= 0, "instance_images": guarantee.instance_images >= 0}
+    wrong = [name for name, ok in ranges.items() if not ok]
+    return f"{PREFIX}{wrong[0]} = {keys[wrong[0]][:40]!r} is out of range" if wrong else guarantee
