@@ -266,3 +266,57 @@ def test_a_dp_claim_that_cannot_be_read_is_reported_not_trusted(tmp_path):
     for key, value in (("delta", "1.5"), ("sample_rate", "0"), ("steps", "-3"), ("epsilon", "-1")):
         assert "out of range" in read_dp_guarantee({**good.metadata(), f"lora_audit.dp.{key}": value}), key
     assert read_dp_guarantee({**good.metadata(), "lora_audit.dp.epsilon": "inf"}) == "lora_audit.dp.epsilon = 'inf' is not finite"
+
+
+def test_the_dp_loop_clips_at_c_and_steps_with_the_noised_gradient(base, images, class_images, monkeypatch):
+    """Wiring: the clipping gets the configured C, the noise gets sigma C and q N, and the optimiser
+    steps with exactly the privatised gradient (a mutation of any of these fails here)."""
+    calls, stepped = [], []
+    real_clip, real_noise = dpsgd.clipped_sum, dpsgd.privatised_gradient
+
+    def clip(grads, max_norm):
+        calls.append(("clip", max_norm))
+        return real_clip(grads, max_norm)
+
+    def noise(summed, **kwargs):
+        out = real_noise(summed, **kwargs)
+        calls.append(("noise", kwargs["noise_multiplier"], kwargs["max_norm"], kwargs["expected_batch"]))
+        stepped.append({k: v.clone() for k, v in out.items()})
+        return out
+
+    grads_seen = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        grads_seen.append([p.grad.clone() for group in self.param_groups for p in group["params"]])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(dpsgd, "clipped_sum", clip)
+    monkeypatch.setattr(dpsgd, "privatised_gradient", noise)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    config = FinetuneConfig(rank=2, steps=3, seed=2, dp=DPConfig(noise_multiplier=2.0, sample_rate=1.0,
+                                                                 max_grad_norm=0.07, accountant="rdp", noise_seed=1))
+    finetune_lora(base, images, config, class_images=class_images)
+    assert [c for c in calls if c[0] == "clip"] == [("clip", 0.07)] * 3  # q = 1: every step draws every record
+    assert [c for c in calls if c[0] == "noise"] == [("noise", 2.0, 0.07, 5.0)] * 3  # q N = 1 * (3 + 2)
+    assert len(grads_seen) == 3
+    for seen, noised in zip(grads_seen, stepped):
+        assert len(seen) == len(noised)
+        for g, expected in zip(seen, noised.values()):
+            assert torch.equal(g, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])  # v-prediction; two text encoders with the pooled embedding
+def test_dp_sgd_and_loda_run_on_the_real_families(family, tmp_path):
+    from lora_audit.families import load_base
+    from lora_audit.testing.pipelines import write_pipeline
+
+    sd = load_base(str(write_pipeline(family, tmp_path / family)), "cpu")
+    photos = np.random.default_rng(0).random((2, sd.image_size, sd.image_size, 3)).astype(np.float32)
+    expected = {"sd2": {"unet", "text_encoder"}, "sdxl": {"unet", "text_encoder", "text_encoder_2"}}[family]
+    for adapter in ("lora", "loda"):
+        config = FinetuneConfig(rank=2, steps=2, adapter=adapter, dp=DPConfig(epsilon=8.0, sample_rate=1.0, noise_seed=0))
+        result = finetune_lora(sd, photos, config, class_images=photos)
+        assert {k.split(".")[0] for k in result.final} == expected
+        assert all(torch.isfinite(v).all() for v in result.final.values()) and result.privacy.epsilon <= 8.0
