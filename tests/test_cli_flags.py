@@ -21,7 +21,7 @@ from report_checks import (comparable, parse_html_report, parse_json_report, par
                            parse_sarif_report)
 
 COMMANDS = ["scan", "strip", "rules", "finetune", "shadow", "train-attack", "reconstruct", "evaluate", "toy build",
-            "toy photos"]
+            "toy photos", "fl-client", "invert-gradients", "evaluate-gradients", "evaluate-defences"]
 TESTS = Path(__file__).parent
 
 

@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from lora_audit import __version__
-from lora_audit.cli import attack, evaluate, finetune, scan, toy
+from lora_audit.cli import attack, evaluate, federated, finetune, scan, toy
 from lora_audit.cli.options import error_message, printable
 from lora_audit.cli.output import Interrupted, interrupt
 from lora_audit.errors import LoraAuditError
@@ -58,7 +58,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for module in (scan, finetune, attack, evaluate):
+for module in (scan, finetune, attack, evaluate, federated):
     app.add_typer(module.commands)
 app.add_typer(toy.commands, name="toy")
 

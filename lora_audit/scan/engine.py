@@ -34,6 +34,7 @@ from lora_audit.weights.lora_file import LoraFile
 from lora_audit.weights.pickle_file import looks_like_pickle
 from lora_audit.weights.safetensors_file import check_file
 from lora_audit.weights.stats import weight_stats
+from lora_audit.weights.update_file import is_update, update_facts
 
 log = logging.getLogger("lora_audit")
 
@@ -223,11 +224,26 @@ def _scan_into(path: str, options: ScanOptions, result: FileResult, identity: Ch
         return
     with LoraFile(path) as lora:
         subject = Subject(path, lora)
+        if is_update(lora.metadata):  # a federated client update: its facts, not a LoRA analysis
+            result.findings.extend(_update_findings(path, subject, options))
+            return
         for check in options.checks():
             result.findings.extend(check.run(subject))
         result.stats = subject.stats = weight_stats(lora, per_module=options.weights)
         if identity is not None and _attackable(result):
             result.findings.extend(_identity_findings(identity, subject, result))
+
+
+def _update_findings(path: str, subject: Subject, options: ScanOptions) -> list:
+    """LA005 with the update's static facts, and the metadata checks (an update's metadata can leak too);
+    no LoRA-layout (LA003) or weight (LA2xx) checks and no identity attack: it is not a LoRA."""
+    lora = subject.lora
+    facts = update_facts(path, lora.metadata, {name: info.shape for name, info in lora.tensors.items()})
+    metadata_findings = [f for check in options.checks() if isinstance(check, MetadataCheck)
+                         for f in check.run(subject)]
+    message = (f"a federated client update ({facts.what}) of batch {facts.batch_size}: {facts.tensor_count} tensors, "
+               f"{facts.parameter_count:,} parameters; a server can invert it into the client's photos")
+    return [make_finding("LA005", message, facts.evidence()), *metadata_findings]
 
 
 def _identity_findings(identity: Check, subject: Subject, result: FileResult) -> list:
