@@ -283,9 +283,9 @@ def plot_leak_against_utility(summary: dict, path: Path) -> Path:
         xerr = np.abs(np.array([r["oracle_rank1"]["interval"] for r in rows]).T - x)
         yerr = np.abs(np.array([r["attack_rank1"]["interval"] for r in rows]).T - y)
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=adapter)
-        for r, xi, yi in zip(rows, x, y):
+        for i, (r, xi, yi) in enumerate(zip(rows, x, y)):  # labels staggered: DP points crowd near the origin
             ax.annotate("no DP" if r["target_epsilon"] is None else f"eps {r['target_epsilon']:g}", (xi, yi),
-                        textcoords="offset points", xytext=(5, 5), fontsize=8)
+                        textcoords="offset points", xytext=(6, 6 + 11 * i), fontsize=8, color=ax.lines[-1].get_color())
     chance = summary["settings"][0]["chance_rank1"]
     ax.axhline(2 * chance, color="grey", linestyle=":", label="2 x chance (attack)")
     ax.axvline(0.8, color="grey", linestyle="--", label="owner keeps rank-1 80%")
@@ -293,7 +293,9 @@ def plot_leak_against_utility(summary: dict, path: Path) -> Path:
     ax.set_ylabel("leak: weight-to-image attack rank-1")
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title(f"{summary['settings'][0]['identities']} held-out toy identities, 95% intervals")
+    counts = sorted({r["identities"] for r in summary["settings"]})
+    ax.set_title(f"{'-'.join(map(str, (counts[0], counts[-1]) if len(counts) > 1 else counts))} held-out toy "
+                 "identities per point, 95% intervals", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
