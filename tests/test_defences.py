@@ -9,14 +9,13 @@ import torch
 from torch.func import functional_call
 
 from lora_audit.diffusion import dp as dpsgd
-from lora_audit.diffusion.base import Denoiser, DiffusionBase
+from lora_audit.diffusion.base import Denoiser
 from lora_audit.diffusion.dp import DPConfig
 from lora_audit.diffusion.finetune import FinetuneConfig, finetune_lora
 from lora_audit.diffusion.loda import LodaLinear, inject_loda, loda_applied, loda_state_dict, remove_loda
 from lora_audit.diffusion.lora_output import check_layout, save_finetune
 from lora_audit.errors import InputError, UsageError
 from lora_audit.scan.engine import ScanOptions, scan_file
-from lora_audit.toyworld.pipeline import ToyBaseConfig, make_toy_pipeline
 from lora_audit.toyworld.renderer import render_batch
 from lora_audit.weights import open_lora
 from lora_audit.weights.dp_metadata import DPGuarantee, read_dp_guarantee
@@ -24,15 +23,13 @@ from lora_audit.weights.loda import linear_scale, save_loda
 
 
 @pytest.fixture(scope="module")
-def base():
-    pipe = make_toy_pipeline(ToyBaseConfig.tiny())
-    pipe.set_progress_bar_config(disable=True)
-    return DiffusionBase(pipe, "toy")
+def base(tiny_toy_base):
+    return tiny_toy_base
 
 
 @pytest.fixture(scope="module")
-def images():
-    return render_batch([300_000] * 3, [0, 1, 2], seed=0, size=16)
+def images(toy_images):
+    return toy_images
 
 
 @pytest.fixture(scope="module")

@@ -5,23 +5,18 @@ import pytest
 import torch
 
 from lora_audit.diffusion.finetune import FinetuneConfig, finetune_lora, random_trigger
-from lora_audit.diffusion.base import DiffusionBase
-from lora_audit.toyworld.pipeline import ToyBaseConfig, make_toy_pipeline
-from lora_audit.toyworld.renderer import render_batch
 from lora_audit.weights import open_lora
 from lora_audit.weights.writer import kohya_training_metadata, save_lora
 
 
 @pytest.fixture(scope="module")
-def base():
-    pipe = make_toy_pipeline(ToyBaseConfig.tiny())
-    pipe.set_progress_bar_config(disable=True)
-    return DiffusionBase(pipe, "toy")
+def base(tiny_toy_base):
+    return tiny_toy_base
 
 
 @pytest.fixture(scope="module")
-def images():
-    return render_batch([300_000] * 3, [0, 1, 2], seed=0, size=16)
+def images(toy_images):
+    return toy_images
 
 
 def test_random_trigger_is_a_rare_word():

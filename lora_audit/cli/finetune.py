@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-from types import SimpleNamespace
 from typing import Optional
 
 import typer
@@ -15,7 +13,6 @@ from lora_audit.diffusion.finetune import FinetuneConfig
 from lora_audit.errors import UsageError
 
 _RECIPE = FinetuneConfig()
-_DP = SimpleNamespace(**{f.name: f.default for f in fields(DPConfig)})
 
 commands = typer.Typer()
 
@@ -41,14 +38,14 @@ def finetune(
                             "image; a person in all N photos gets only N x epsilon (group privacy)."),
     epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Target epsilon (with --dp); "
                                             "the noise multiplier is derived by the accountant."),
-    delta: float = typer.Option(_DP.delta, "--delta"),
-    max_grad_norm: float = typer.Option(_DP.max_grad_norm, "--max-grad-norm",
+    delta: float = typer.Option(DPConfig.delta, "--delta"),
+    max_grad_norm: float = typer.Option(DPConfig.max_grad_norm, "--max-grad-norm",
                                         help="Per-image clipping norm C."),
     noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier",
                                                      help="sigma, instead of --epsilon (the spent epsilon is reported)."),
-    sample_rate: float = typer.Option(_DP.sample_rate, "--sample-rate",
+    sample_rate: float = typer.Option(DPConfig.sample_rate, "--sample-rate",
                                       help="Each image's chance to be in a step's batch."),
-    accountant: str = typer.Option(_DP.accountant, "--accountant", help="prv or rdp (Opacus)."),
+    accountant: str = typer.Option(DPConfig.accountant, "--accountant", help="prv or rdp (Opacus)."),
     device: DeviceOption = None,
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT (and its _step_N snapshots) if they exist."),
 ) -> int:

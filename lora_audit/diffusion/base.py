@@ -122,6 +122,12 @@ class DiffusionBase:
         """The text encoders whose outputs the UNet reads (one, or SDXL's two)."""
         return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
 
+    def components(self, text_encoders: bool = True) -> dict:
+        """The adaptable models by the component name LoRA files use: ``unet`` and (unless
+        ``text_encoders`` is False) ``text_encoder`` (and SDXL's ``text_encoder_2``)."""
+        names = ("text_encoder", "text_encoder_2")
+        return {"unet": self.unet, **(dict(zip(names, self.text_encoders())) if text_encoders else {})}
+
     @property
     def device(self) -> torch.device:
         return self.unet.device

@@ -283,20 +283,13 @@ def adapter_state_dict(base: DiffusionBase, config: FinetuneConfig) -> dict[str,
         return lora_state_dict(base, config.text_encoder_lora)
     from lora_audit.diffusion.loda import loda_state_dict
 
-    models = {"unet": base.unet}
-    if config.text_encoder_lora:
-        models.update(zip(("text_encoder", "text_encoder_2"), base.text_encoders()))
-    return loda_state_dict(models)
+    return loda_state_dict(base.components(config.text_encoder_lora))
 
 
 def lora_state_dict(base: DiffusionBase, with_text_encoder: bool = False) -> dict[str, torch.Tensor]:
     """The current LoRA weights in diffusers/PEFT layout (``unet.<module>.lora_A.weight``), detached copies."""
     from peft.utils import get_peft_model_state_dict
 
-    state = {f"unet.{k}": v.detach().clone().cpu()
-             for k, v in get_peft_model_state_dict(base.unet, adapter_name=ADAPTER).items()}
-    if with_text_encoder:  # every text encoder the UNet reads: text_encoder (and SDXL's text_encoder_2)
-        for component, encoder in zip(("text_encoder", "text_encoder_2"), base.text_encoders()):
-            state.update({f"{component}.{k}": v.detach().clone().cpu()
-                          for k, v in get_peft_model_state_dict(encoder, adapter_name=ADAPTER).items()})
-    return state
+    return {f"{component}.{k}": v.detach().clone().cpu()  # text encoders: text_encoder (and SDXL's text_encoder_2)
+            for component, model in base.components(with_text_encoder).items()
+            for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER).items()}

@@ -195,8 +195,7 @@ def oracle_images(base, result, samples: int, sampling_steps: int, seed: int = 0
     config = result.config
     if config.adapter == "loda":
         alpha = config.alpha if config.alpha is not None else config.rank
-        models = {"unet": base.unet, **dict(zip(("text_encoder", "text_encoder_2"), base.text_encoders()))}
-        applied = loda_applied(models, result.final, rank=config.rank, alpha=alpha, activation=config.loda_activation)
+        applied = loda_applied(base.components(), result.final, rank=config.rank, alpha=alpha, activation=config.loda_activation)
     else:
         applied = base.patched(result.deltas())
     with applied:
