@@ -10,7 +10,11 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = "1.1"  # 1.1: sha256, autov2, mtime, same_as and hub per file
+from lora_audit.evidence import Evidence
+
+# 1.1: sha256, autov2, mtime, same_as and hub per file.
+# 2.0: evidence keys are snake_case and values are JSON values (numbers, lists and objects with a count), not text.
+SCHEMA_VERSION = "2.0"
 
 
 class Severity(enum.IntEnum):
@@ -45,7 +49,7 @@ class Finding:
     severity: Severity
     title: str
     message: str
-    evidence: dict[str, str] = field(default_factory=dict)  # key -> (truncated / redacted) value
+    evidence: Evidence = field(default_factory=dict)  # snake_case key -> JSON value (lora_audit.evidence)
     remediation: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,7 +124,7 @@ class FileResult:
     def from_dict(cls, data: dict[str, Any]) -> "FileResult":
         """A result read back from a report (``--resume``): findings and identity, not the statistics."""
         findings = [Finding(rule_id=f["rule_id"], severity=Severity.parse(f["severity"]), title=f["title"],
-                            message=f["message"], evidence=dict(f.get("evidence") or {}),
+                            message=f["message"], evidence=_evidence(f.get("evidence") or {}),
                             remediation=f.get("remediation", "")) for f in data.get("findings", [])]
         return cls(path=data["path"], findings=findings, error=data.get("error"), size_bytes=data.get("size_bytes"),
                    seconds=data.get("seconds") or 0.0, sha256=data.get("sha256"), mtime=data.get("mtime"),
@@ -141,6 +145,11 @@ class FileResult:
             "findings": [f.to_dict() for f in self.findings],
             "stats": self.stats.to_dict() if self.stats is not None else None,
         }
+
+
+def _evidence(data: dict[str, Any]) -> Evidence:
+    """Evidence read back from a report, its lists and objects copied."""
+    return {k: list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
 @dataclass

@@ -6,8 +6,10 @@ Rule ids never change meaning. A policy file may disable a rule or change its se
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lora_audit.evidence import clean
 from lora_audit.results import Finding, Severity
 
 
@@ -91,8 +93,9 @@ RULES: dict[str, Rule] = {r.id: r for r in _RULES}
 RULE_NAMES: dict[str, str] = {r.name: r.id for r in _RULES}
 
 
-def make_finding(rule_id: str, message: str, evidence: dict[str, str] | None = None) -> Finding:
-    """A finding of ``rule_id`` with the rule's default severity, title and remediation."""
+def make_finding(rule_id: str, message: str, evidence: Mapping[str, object] | None = None) -> Finding:
+    """A finding of ``rule_id`` with the rule's default severity, title and remediation; its
+    ``evidence`` checked and rounded (:func:`lora_audit.evidence.clean`)."""
     rule = RULES[rule_id]
     return Finding(rule_id=rule.id, severity=rule.severity, title=rule.title, message=message,
-                   evidence=dict(evidence or {}), remediation=rule.remediation)
+                   evidence=clean(evidence or {}), remediation=rule.remediation)

@@ -1,6 +1,7 @@
 """Parse every report format back and check it: JSON/JSONL against the JSON Schemas shipped in
-lora_audit/reports/schemas/, SARIF against the official 2.1.0 schema;
-and the identity rules (LA301/LA302, LA304/LA305) as a finding's evidence implies them.
+lora_audit/reports/schemas/ and every finding's evidence against its shape (:func:`check_evidence`),
+SARIF against the official 2.1.0 schema; and the identity rules (LA301/LA302, LA304/LA305) as a
+finding's evidence implies them.
 
 Imported by test modules (pytest puts ``tests/`` on ``sys.path``); it holds no tests itself.
 """
@@ -8,15 +9,18 @@ Imported by test modules (pytest puts ``tests/`` on ``sys.path``); it holds no t
 from __future__ import annotations
 
 import json
+import re
 from importlib.resources import files
 
 import jsonschema
 
+from lora_audit.evidence import MAX_ITEMS, count_key
 from lora_audit.reports.json_report import schema
 
 JSON_REPORT = schema("report")  # the JSON Schemas that ship in the package
 JSONL_LINE = schema("jsonl-line")
 SEVERITIES = ["info", "low", "medium", "high", "critical"]
+SNAKE_CASE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def strict_loads(text: str):
@@ -41,11 +45,27 @@ def check_counts(summary: dict, files: list[dict]) -> None:
         assert f["max_severity"] == (None if worst is None else SEVERITIES[worst]), f["path"]
 
 
+def check_evidence(files: list[dict]) -> None:
+    """Every finding's evidence is machine-readable: snake_case keys, no text cut with "(+N more)",
+    each list or object at most MAX_ITEMS long and with its total under its count key."""
+    for f in files:
+        for finding in f["findings"]:
+            evidence, where = finding["evidence"], (f["path"], finding["rule_id"])
+            for key, value in evidence.items():
+                assert SNAKE_CASE.match(key), (where, key)
+                texts = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+                assert not any(isinstance(t, str) and t.endswith("more)") for t in texts), (where, key)
+                if isinstance(value, (list, dict)):
+                    total = evidence.get(count_key(key))
+                    assert isinstance(total, int) and len(value) == min(total, MAX_ITEMS), (where, key)
+
+
 def parse_json_report(text: str) -> dict:
-    """The JSON report, validated against :data:`JSON_REPORT`, with consistent counts."""
+    """The JSON report, validated against :data:`JSON_REPORT` and :func:`check_evidence`, with consistent counts."""
     report = strict_loads(text)
     _valid(JSON_REPORT, report)
     check_counts(report["summary"], report["files"])
+    check_evidence(report["files"])
     return report
 
 
@@ -60,6 +80,7 @@ def parse_jsonl_report(text: str) -> tuple[list[dict], dict]:
     _valid(JSONL_LINE, summary)
     assert summary["type"] == "summary"
     check_counts(summary, files)
+    check_evidence(files)
     return files, summary
 
 
@@ -89,8 +110,7 @@ def comparable(report: dict) -> dict:
 
 def measured_consistency(evidence: dict) -> tuple[float, float]:
     """(identity consistency, threshold) as an LA301/LA302 finding's evidence states them."""
-    threshold = float(evidence["generic faces"].rsplit("(threshold ", 1)[1].rstrip(")"))
-    return float(evidence["identity consistency"]), threshold
+    return evidence["identity_consistency"], evidence["threshold"]
 
 
 def consistency_rule(evidence: dict) -> str:
@@ -101,10 +121,9 @@ def consistency_rule(evidence: dict) -> str:
 
 def verdict_rule(evidence: dict, owner_far: float = 0.01) -> str:
     """The exact gallery rule: LA304 when at most ``owner_far`` of the impostor photo sets score as high."""
-    far = evidence["impostor FAR"]
-    reached = 0 if far.startswith("<") else int(far.split("(", 1)[1].split(" of ")[0])
-    impostors = int(evidence["owner rank"].split(" of ")[1].split()[0]) - 1
-    return "LA304" if reached / impostors <= owner_far else "LA305"
+    reached = round(evidence["impostor_far"] * evidence["impostors"])  # the FAR is a share of the gallery
+    assert evidence["photo_sets"] == evidence["impostors"] + 1
+    return "LA304" if reached / evidence["impostors"] <= owner_far else "LA305"
 
 
 def generic_reference(monkeypatch, mean: float) -> None:

@@ -25,7 +25,7 @@ from lora_audit.toyworld.pipeline import ToyBaseConfig, make_toy_pipeline
 from lora_audit.toyworld.family import TOY_METADATA
 from lora_audit.weights import open_lora
 from lora_audit.weights.writer import save_lora
-from report_checks import consistency_rule, generic_reference, measured_consistency, verdict_rule
+from report_checks import consistency_rule, generic_reference, measured_consistency, parse_json_report, verdict_rule
 
 RECIPE = FinetuneConfig(rank=2, steps=3, num_class_images=2, class_sampling_steps=2)
 SHADOWS = ShadowConfig(identities=3, photos=2, image_size=16, snapshot_steps=(2, 3), finetune=RECIPE)
@@ -288,11 +288,13 @@ def test_identity_check_findings(world, monkeypatch):
     for mean, rule in ((value - 0.01, "LA301"), (value + 0.01, "LA302")):
         generic_reference(monkeypatch, mean)
         (forced,) = identity_findings(IdentityCheck(options), world["lora"])
-        assert forced.rule_id == rule and forced.evidence["identity consistency"] == f"{value:.3f}"
-        assert forced.evidence["generic faces"] == f"{mean:.3f} +/- 0.000 (threshold {mean:.3f})"
+        assert forced.rule_id == rule and forced.evidence["identity_consistency"] == pytest.approx(value, abs=1e-3)
+        assert forced.evidence["generic_consistency_mean"] == pytest.approx(mean, rel=1e-3)
+        assert forced.evidence["generic_consistency_std"] == 0.0
+        assert forced.evidence["threshold"] == pytest.approx(mean, rel=1e-3)
         assert forced.severity.label == ("high" if rule == "LA301" else "info")
     (missing,) = identity_findings(IdentityCheck(IdentityOptions()), world["lora"], "sd1")
-    assert missing.rule_id == "LA303" and missing.evidence["missing"] == "--base, --attack-model"
+    assert missing.rule_id == "LA303" and missing.evidence["missing"] == ["--base", "--attack-model"]
     assert missing.message == ("no weight-to-image attack for a sd1 LoRA without --base (a local diffusers "
                                "pipeline directory for sd1) and --attack-model (an attack model trained with "
                                "`lora-audit train-attack` for sd1)")
@@ -331,22 +333,25 @@ def test_references_with_facenet_use_its_published_threshold_and_name_unused_pho
     check = IdentityCheck(options)
     findings = {f.rule_id: f for f in identity_findings(check, world["lora"])}
     (verdict,) = [findings[r] for r in ("LA304", "LA305") if r in findings]
-    assert verdict.evidence["threshold"].startswith("0.459 (deepface's published Facenet512 threshold")
-    similarity = float(verdict.evidence["owner similarity"].split()[0])
+    assert verdict.evidence["threshold"] == pytest.approx(0.459, abs=5e-4)
+    assert verdict.evidence["threshold_source"].startswith("deepface's published Facenet512 threshold")
+    similarity = verdict.evidence["owner_similarity"]
     assert verdict.rule_id == ("LA304" if similarity >= 0.459 else "LA305")  # the operating point decides
-    assert verdict.evidence["impostor FAR"].startswith("not measured (no gallery")
-    assert verdict.evidence["generic faces null"].endswith("groups of the base model's generic faces score as high against the owner's photos")
-    assert "1 reference photos" in verdict.evidence["images"]
+    assert verdict.evidence["impostor_far"] is None
+    assert verdict.evidence["impostor_far_note"].startswith("not measured (no gallery")
+    assert 0 <= verdict.evidence["generic_null_reached"] <= verdict.evidence["generic_null_groups"] == 8
+    assert verdict.evidence["reference_photos"] == 1
     assert findings["LA306"].message.startswith("1 of 2 reference photos not used: grey.png: ")
-    assert set(findings["LA306"].evidence) == {"grey.png"}
+    assert set(findings["LA306"].evidence["photos"]) == {"grey.png"} and findings["LA306"].evidence["photo_count"] == 1
     # Both verdicts on the same reconstructions: an operating point just below / just above their similarity.
     for threshold, rule in ((similarity - 0.01, "LA304"), (similarity + 0.01, "LA305")):
         embedder.verification_threshold = lambda t=threshold: (t, "a forced operating point")
         check._owners.clear()  # the owner's null is read again; the generic faces stay cached (seconds of FaceNet)
         forced = {f.rule_id: f for f in identity_findings(check, world["lora"])}
         assert rule in forced and ({"LA304", "LA305"} - {rule}).isdisjoint(forced)
-        assert forced[rule].evidence["threshold"] == f"{threshold:.3f} (a forced operating point)"
-        assert forced[rule].evidence["owner similarity"] == verdict.evidence["owner similarity"]
+        assert forced[rule].evidence["threshold"] == pytest.approx(threshold, rel=1e-3)
+        assert forced[rule].evidence["threshold_source"] == "a forced operating point"
+        assert forced[rule].evidence["owner_similarity"] == verdict.evidence["owner_similarity"]
 
 
 def test_a_crashing_attack_is_an_error_not_a_skip(world, tmp_path, monkeypatch):
@@ -377,7 +382,7 @@ def test_a_missing_face_embedder_is_la303_and_a_bad_input_stops_the_scan(world, 
     options = IdentityOptions(attack_model=str(world["root"] / "attack"), base=str(world["root"] / "base"),
                               out_dir=tmp_path, latents=2, seeds=1, sampling_steps=2)
     (finding,) = identity_findings(IdentityCheck(options), world["lora"])
-    assert finding.rule_id == "LA303" and finding.evidence == {"missing": "face_weights"}
+    assert finding.rule_id == "LA303" and finding.evidence == {"missing": ["face_weights"], "missing_count": 1}
     broken = tmp_path / "broken"
     shutil.copytree(world["root"] / "attack", broken)
     (broken / "attack.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
@@ -403,7 +408,7 @@ def test_unusable_references_keep_the_weights_finding(world, tmp_path, monkeypat
     detecting.face_embedder = get_family("toy").face_embedder
     monkeypatch.setitem(families._REGISTRY, "toy", detecting)
     assert main(args + ["--references", str(tmp_path / "photos")]) == 0
-    findings = json.loads((tmp_path / "r.json").read_text())["files"][0]["findings"]
+    findings = parse_json_report((tmp_path / "r.json").read_text())["files"][0]["findings"]
     rules = [f["rule_id"] for f in findings]
     assert rules[0] == consistency_rule(findings[0]["evidence"]) and rules[1:] == ["LA307"]  # the weights-only finding survives
 
@@ -427,7 +432,8 @@ def test_cached_generic_faces_serve_only_the_embedder_that_measured_them(world, 
                                   latents=2, seeds=1, sampling_steps=2)
         (finding,) = identity_findings(IdentityCheck(options), world["lora"])
         assert len(calls) == expected_calls
-        assert (finding.evidence["generic faces"].startswith("0.500 +/- 0.010")) == (expected_calls == 0)
+        generic = (finding.evidence["generic_consistency_mean"], finding.evidence["generic_consistency_std"])
+        assert (generic == (0.5, 0.01)) == (expected_calls == 0)
 
 
 def test_cli_train_and_reconstruct(world, tmp_path, capsys):
@@ -463,7 +469,7 @@ def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path
     args = ["scan", str(world["lora"]), str(sd1), "-f", "json", "-o", str(report), "--attack-model", str(root / "attack"),
             "--base", str(root / "base"), "--fail-on", "info"]
     assert main(args) == 1
-    files = {f["path"]: f for f in json.loads(report.read_text())["files"]}
+    files = {f["path"]: f for f in parse_json_report(report.read_text())["files"]}
     (toy,) = [f for f in files[str(world["lora"])]["findings"] if f["rule_id"].startswith("LA3")]
     assert toy["rule_id"] == consistency_rule(toy["evidence"])
     grid = toy["evidence"]["grid"]
@@ -476,10 +482,11 @@ def test_scan_adds_the_identity_finding_and_names_missing_inputs(world, tmp_path
     for k, image in enumerate(world["trajectories"][-1].images):
         Image.fromarray(image).save(photos / f"me_{k}.png")
     assert main(args + ["--references", str(photos)]) == 1
-    verdicts = [f for f in json.loads(report.read_text())["files"][0]["findings"] if f["rule_id"] in ("LA304", "LA305")]
+    verdicts = [f for f in parse_json_report(report.read_text())["files"][0]["findings"]
+                if f["rule_id"] in ("LA304", "LA305")]
     assert len(verdicts) == 1 and verdicts[0]["rule_id"] == verdict_rule(verdicts[0]["evidence"])
-    assert "toy world: 200 identities x 2 photos" in verdicts[0]["evidence"]["threshold"]
-    assert verdicts[0]["evidence"]["owner rank"].endswith("of 201 photo sets (the owner's and 200 others)")
+    assert "toy world: 200 identities x 2 photos" in verdicts[0]["evidence"]["threshold_source"]
+    assert (verdicts[0]["evidence"]["photo_sets"], verdicts[0]["evidence"]["impostors"]) == (201, 200)
     assert main(args + ["--references", str(tmp_path / "nowhere")]) == 4
     (other,) = [f for f in files[str(sd1)]["findings"] if f["rule_id"].startswith("LA3")]
     assert other["rule_id"] == "LA303"  # the given attack model is for the toy family, not sd1
@@ -505,7 +512,7 @@ def test_the_owner_far_comes_from_the_policy(world, tmp_path, monkeypatch):
         assert main(args + ["--policy", str(tmp_path / "policy.toml")]) == 0
         (verdict,) = [f for f in json.loads((tmp_path / "r.json").read_text())["files"][0]["findings"]
                       if f["rule_id"] in ("LA304", "LA305")]
-        assert verdict["rule_id"] == rule and f"at FAR {float(far):g}" in verdict["evidence"]["threshold"]
+        assert verdict["rule_id"] == rule and verdict["evidence"]["target_far"] == float(far)
         assert verdict_rule(verdict["evidence"], float(far)) == rule  # the evidence states why
     for bad in ("0", "1.5", "true", '"0.01"'):
         (tmp_path / "policy.toml").write_text(f"owner_far = {bad}\n")
@@ -594,5 +601,28 @@ def test_evaluate_reports_the_verdict_row_and_the_steps_curve(world, tmp_path, c
     assert vae["mean_similarity_ci"][0] <= vae["mean_similarity"] <= vae["mean_similarity_ci"][1]
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "true-positive rate 100% [" in text and "| step r | rank-1 | mean similarity |" in text
+    assert "img/results_steps.png" in text and (tmp_path / "docs" / "img" / "results_steps.png").is_file()
+    first = min(results["victims"])
+    assert f"lora-audit shadow -o {root / 'shadows'} -n 3 --first-identity {first}" in text  # how the victims were made
     assert len(list((tmp_path / "work" / "loras").glob("*_step_*.safetensors"))) == 6
     assert main(["evaluate", str(root / "shadows"), "--owner-far", "2"]) == 4
+
+
+def test_evaluate_resumes_from_each_victims_record_and_redoes_those_of_other_settings(world, tmp_path):
+    root = world["root"]
+    argv = ["evaluate", str(root / "shadows"), "--attack-model", str(root / "attack"), "--base", str(root / "base"),
+            "-o", str(tmp_path / "work"), "--docs", str(tmp_path / "docs"), "--latents", "1", "--seeds", "1",
+            "--sampling-steps", "2"]
+    assert main(argv) == 0
+    records = sorted((tmp_path / "work" / "victims").glob("*.json"))
+    assert len(records) == 3 and len(list((tmp_path / "work" / "victims").glob("*.npz"))) == 3
+    first = json.loads(records[0].read_text())
+    first["scores"]["vae"] = [9.0, 0.0, 0.0]  # a record the next run must read, not remake
+    records[0].write_text(json.dumps(first))
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert results["scores"]["vae"][0] == [9.0, 0.0, 0.0]
+    assert main([*argv, "--sampling-steps", "3"]) == 0  # other settings: every record is made again
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert results["scores"]["vae"][0] != [9.0, 0.0, 0.0]
+    assert json.loads(records[0].read_text())["key"]["config"]["sampling_steps"] == 3

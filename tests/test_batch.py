@@ -84,6 +84,30 @@ def test_resume_skips_what_the_report_records_and_appends_the_rest(tmp_path):
     assert main(["scan", str(batch), "--no-attack", "-f", "jsonl", "-o", str(tmp_path / "bad.jsonl"), "--resume"]) == 4
 
 
+def test_resume_reads_evidence_back_and_refuses_a_report_of_another_schema(tmp_path, capsys):
+    from lora_audit.results import SCHEMA_VERSION, FileResult
+    from lora_audit.scan.resume import recorded
+
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    S.save_synthetic(batch / "leaky.safetensors", S.as_kohya(S.make_lora("sd15", rank=2, max_modules=2)),
+                     S.leaky_kohya_metadata())
+    report = tmp_path / "r.jsonl"
+    args = ["scan", str(batch), "--no-attack", "-f", "jsonl", "-o", str(report), "--fail-on", "critical"]
+    assert main(args) == 0
+    (line,) = [json.loads(x) for x in report.read_text().splitlines() if '"type": "file"' in x]
+    (earlier,) = recorded(str(report))
+    written = {k: v for k, v in line.items() if k not in ("type", "schema_version")}
+    assert earlier.findings and earlier.to_dict() == {**written, "stats": None}  # evidence as written; no statistics
+    old = {**line, "schema_version": "1.1", "findings": [{**line["findings"][0], "evidence": {"ss tag frequency": "x"}}]}
+    report.write_text(json.dumps(old) + "\n")
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"report schema 1.1; this lora-audit writes {SCHEMA_VERSION}" in err
+    assert isinstance(FileResult.from_dict(old), FileResult)  # an old record still loads (as text evidence)
+
+
 @pytest.fixture
 def hub_cache(tmp_path):
     """A hub cache with huggingface_hub's layout: 2 repos, 3 revisions, one blob in two snapshots."""

@@ -150,8 +150,9 @@ def test_scan_every_format_from_the_cli_parses_back(toy, tmp_path, capsys):
 def test_scan_redact_masks_values_and_keeps_the_exit_code(toy, capsys):
     assert main(["scan", toy["leaky"], "-f", "json", "--redact"]) == 1
     report = parse_json_report(capsys.readouterr().out)
-    evidence = {k: v for f in report["files"][0]["findings"] for k, v in f["evidence"].items()}
-    assert "ss_tag_frequency" in evidence and "jane" not in json.dumps(report).lower()
+    shown = {k: v for f in report["files"][0]["findings"] for k, v in f["evidence"].get("metadata", {}).items()}
+    assert "ss_tag_frequency" in shown and "jane" not in json.dumps(report).lower()
+    assert all(v.startswith("<redacted ") for v in shown.values())
     assert main(["scan", toy["leaky"], "-f", "json"]) == 1
     assert "jane" in capsys.readouterr().out.lower()  # without --redact the values show
     assert main(["scan", toy["leaky"], "--redact=maybe"]) == 4
@@ -241,8 +242,10 @@ def test_toy_build_through_the_cli_installs_under_out(toy):
     installed = toy["out"] / "installed"
     assert sorted(p.name for p in installed.iterdir()) == ["data", "docs", "weights_samples"]
     assert {p.name for p in Path(toy["attack"]).iterdir()} == {"attack.json", "attack.safetensors"}
-    for stage in ("embedder", "base", "victims", "shadows", "attack", "install"):
+    for stage in ("embedder", "base", "victims", "shadows", "attack", "install", "figures"):
         assert (toy["out"] / stage / "metrics.json").is_file(), stage
+    assert {p.name for p in (installed / "docs" / "img").iterdir()} >= {
+        "toy_base_samples.png", "contact_sheet.png", "attack_reconstructions.png", "attack_curves.png"}
 
 
 def test_toy_build_stage_reruns_only_that_stage(toy, tmp_path, capsys):
@@ -253,7 +256,7 @@ def test_toy_build_stage_reruns_only_that_stage(toy, tmp_path, capsys):
     assert main(["toy", "build", "--tiny", "--out", str(out), "--stage", "victims", "--stage", "embedder"]) == 0
     assert (out / "victims" / "metrics.json").is_file()
     assert others == {s: (out / s / "metrics.json").stat().st_mtime_ns for s in others}
-    assert "stages embedder, base, victims, shadows, attack, install" in capsys.readouterr().out
+    assert "stages embedder, base, victims, shadows, attack, install, figures" in capsys.readouterr().out
     assert main(["toy", "build", "--tiny", "--out", str(out), "--stage", "everything"]) == 4
 
 
@@ -295,6 +298,14 @@ def test_toy_build_install_into_a_checkout_and_refusal_of_anything_else(toy, tmp
         "attack.json", "attack.safetensors"}
     assert (checkout / "weights_samples" / "tiny_peft.safetensors").read_bytes() == Path(toy["victim"]).read_bytes()
     assert json.loads((out / "install" / "metrics.json").read_text())["installed_into"] == str(checkout.resolve())
+    figures = checkout / "docs" / "img"
+    for png in figures.glob("*.png"):
+        png.unlink()
+    fresh = tmp_path / "fresh"  # no build at all: the figures are drawn from what the checkout holds
+    assert main(["toy", "build", "--tiny", "--out", str(fresh), "--stage", "figures", "--install", str(checkout)]) == 0
+    assert sorted(p.name for p in figures.iterdir()) == ["attack_reconstructions.png", "contact_sheet.png",
+                                                         "toy_base_samples.png"]
+    assert sorted(p.name for p in fresh.iterdir()) == ["figures"]
 
 
 def test_toy_photos_every_flag_and_refusal_without_force(tmp_path, capsys):
@@ -396,15 +407,15 @@ def test_train_attack_final_only_lr_beta_module_dropout(toy, tmp_path, capsys):
     out = tmp_path / "attack"
     assert main(["train-attack", str(toy["shadows"]), "-o", str(out), "--base", toy["base"], "--steps", "2",
                  "--shadows-per-step", "1", "--validation", "1", "--final-only", "--lr", "0.002", "--beta", "0.01",
-                 "--module-dropout", "0.25", "--latent-rank", "3", "--prompts", "8", "--device", "cpu"]) == 0
+                 "--module-dropout", "0.25", "--latent-rank", "3", "--prompts", "8", "--seed", "7", "--device", "cpu"]) == 0
     training = json.loads((out / "attack.json").read_text())["training"]
     config = training["config"]
     assert (config["final_only"], config["lr"], config["beta"], config["module_dropout"]) == (True, 0.002, 0.01, 0.25)
-    assert (config["latent_rank"], config["prompts"], config["steps"]) == (3, 8, 2)
+    assert (config["latent_rank"], config["prompts"], config["steps"], config["seed"]) == (3, 8, 2, 7)
     assert training["training_pairs"] == 2  # --final-only: one pair (the final weights) per training shadow
     capsys.readouterr()
     for bad in (["--module-dropout", "0.99"], ["--module-dropout", "-0.1"], ["--lr", "x"], ["--beta", "x"],
-                ["--steps", "0"], ["--latent-rank", "0"], ["--prompts", "1"], ["--device", "abacus"]):
+                ["--steps", "0"], ["--latent-rank", "0"], ["--prompts", "1"], ["--device", "abacus"], ["--seed", "-1"]):
         assert main(["train-attack", str(toy["shadows"]), "-o", str(tmp_path / "bad"), "--base", toy["base"],
                      *bad]) == 4, bad
     assert not (tmp_path / "bad").exists()

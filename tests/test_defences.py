@@ -214,7 +214,9 @@ def test_dp_finetune_writes_its_guarantee_and_round_trips_through_the_reader(bas
     findings = {f.rule_id: f for f in scan_file(str(out), ScanOptions()).findings}
     assert "LA108" in findings and "LA003" not in findings
     assert findings["LA108"].evidence["privacy_unit"].startswith("one training image")
-    assert float(findings["LA108"].evidence["group_epsilon"]) == pytest.approx(3 * privacy.epsilon, rel=1e-3)
+    assert findings["LA108"].evidence["group_epsilon"] == pytest.approx(3 * privacy.epsilon, rel=1e-3)
+    assert findings["LA108"].evidence["steps"] == privacy.steps
+    assert findings["LA108"].evidence["epsilon"] == pytest.approx(privacy.epsilon, rel=1e-3)
     assert "cannot verify" in findings["LA108"].message
     assert ("LA204" in findings) == (adapter == "loda")
 

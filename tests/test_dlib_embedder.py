@@ -183,7 +183,7 @@ def test_the_verdict_with_dlib_names_its_operating_point(embedder):
     other = score_leak(reconstructions, someone, embedder, null)
     assert not other.leaks and other.similarity < COSINE_THRESHOLD
     finding = verdict_finding(match)
-    assert finding.rule_id == "LA304" and "dlib" in finding.evidence["threshold"]
+    assert finding.rule_id == "LA304" and "dlib" in finding.evidence["threshold_source"]
     assert verdict_finding(other).rule_id == "LA305"
 
 
@@ -192,6 +192,8 @@ def test_the_consistency_finding_names_the_embedder(embedder, tmp_path):
     result = SimpleNamespace(step=100, step_source="metadata", latents=2, seeds=2)
     finding = _consistency(0.95, generic, result, tmp_path / "grid.png")
     assert finding.rule_id == "LA301" and finding.evidence["embedder"] == embedder.fingerprint()
+    assert (finding.evidence["step"], finding.evidence["step_source"]) == (100, "metadata")
+    assert finding.evidence["threshold"] == pytest.approx(0.83) and finding.evidence["identity_consistency"] == 0.95
 
 
 def test_a_missing_install_is_a_clear_missing_input(monkeypatch):

@@ -18,7 +18,8 @@ from lora_audit.federated.quality import image_scores, match, psnr, ssim
 from lora_audit.scan.engine import scan_file
 from lora_audit.toyworld.photos import identity_photos
 from lora_audit.toyworld.pipeline import ToyBaseConfig, make_toy_pipeline
-from lora_audit.weights.update_file import KEYS, read_update, update_facts, write_update
+from lora_audit.rules import make_finding
+from lora_audit.weights.update_file import KEYS, UpdateFacts, read_update, update_facts, write_update
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +212,17 @@ def test_scan_reports_an_update_as_such(world, tmp_path, what):
     assert ids.count("LA005") == 1 and result.error is None
     assert not [i for i in ids if i == "LA003" or i.startswith("LA2") or i.startswith("LA3")]
     evidence = next(f for f in result.findings if f.rule_id == "LA005").evidence
-    assert evidence["what"] == what and evidence["batch_size"] == "2" and evidence["model_id"].startswith("toy:")
-    assert int(evidence["tensors"]) > 0 and int(evidence["parameters"].replace(",", "")) > 0
+    assert evidence["what"] == what and evidence["batch_size"] == 2 and evidence["model_id"].startswith("toy:")
+    assert evidence["tensor_count"] > 0 and evidence["parameter_count"] > 0
+    assert evidence["local_steps"] == (2 if what == "lora-update" else 1)
+
+
+def test_update_evidence_has_numbers_and_the_defence_as_an_object():
+    facts = UpdateFacts("gradient", 2, "toy:x", 3, 1200, defence={"clip_norm": 1.0, "mode": "dp", "sizes": [1, 2]})
+    evidence = make_finding("LA005", "m", facts.evidence()).evidence
+    assert evidence == {"what": "gradient", "batch_size": 2, "model_id": "toy:x", "tensor_count": 3,
+                        "parameter_count": 1200, "local_steps": 1,
+                        "defence": {"clip_norm": "1.0", "mode": "dp", "sizes": "[1, 2]"}, "defence_count": 3}
 
 
 def test_cli_commands_write_and_fail_in_one_line(world, tmp_path, capsys):

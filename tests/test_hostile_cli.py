@@ -11,10 +11,13 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from report_checks import parse_json_report
 
 import lora_audit.testing.synthetic as S
 from lora_audit.cli import main
+from lora_audit.evidence import MAX_ITEMS
 from lora_audit.scan.metadata import check_metadata, sensitive_keys
 from lora_audit.weights import open_lora
 
@@ -222,6 +225,17 @@ def test_png_text_chunks_of_a_cover_image_are_capped():
     metadata = {"ssmd_cover_images": json.dumps([base64.b64encode(png).decode("ascii")])}
     (finding,) = [f for f in check_metadata(metadata) if f.rule_id == "LA106"]
     assert "10000 PNG text chunk(s)" in finding.message
-    assert len(finding.evidence) == 1 + 8 + 1  # the image, 8 chunks, "+N more"
-    assert "ssmd_cover_images +9992 more" in finding.evidence
-    assert "ssmd_cover_images[0] k7" in finding.evidence and "ssmd_cover_images[0] k8" not in finding.evidence
+    shown = finding.evidence["metadata"]
+    assert len(shown) == MAX_ITEMS and finding.evidence["metadata_count"] == 1 + 10_000  # the image, then its chunks
+    assert list(shown)[:2] == ["ssmd_cover_images", "ssmd_cover_images[0] k0"]
+    assert f"ssmd_cover_images[0] k{MAX_ITEMS - 2}" in shown and f"ssmd_cover_images[0] k{MAX_ITEMS - 1}" not in shown
+
+
+def test_a_file_of_more_tensors_than_evidence_lists_hold_gives_a_capped_list_and_the_total(tmp_path, capsys):
+    total = MAX_ITEMS + 150
+    path = tmp_path / "many.safetensors"
+    S.save_synthetic(path, {f"not_a_lora.t{i:04d}": np.zeros(1, np.float32) for i in range(total)}, {})
+    assert main([*SCAN, str(path), "-f", "json"]) == 0  # LA003 is low
+    (finding,) = parse_json_report(capsys.readouterr().out)["files"][0]["findings"]
+    assert finding["rule_id"] == "LA003" and finding["evidence"]["tensor_count"] == total
+    assert finding["evidence"]["tensors"] == [f"not_a_lora.t{i:04d}" for i in range(MAX_ITEMS)]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lora_audit.scan.engine import scan_file
-from lora_audit.testing.synthetic import encode_safetensors, leaky_kohya_metadata
+from lora_audit.testing.synthetic import leaky_kohya_metadata
 from lora_audit.weights import open_lora
 from lora_audit.weights import stats as stats_module
 from lora_audit.weights.safetensors_file import _finite, _to_float64
@@ -271,14 +271,15 @@ def test_unusable_peft_alpha_is_a_module_problem(tmp_path, config):
     assert result.error is None
     assert rules_of(result) == rules_of(good) | {"LA203"}  # every metadata finding is kept
     (finding,) = [f for f in result.findings if f.rule_id == "LA203"]
-    assert "alpha" in finding.message and P in finding.evidence
-    assert len(finding.evidence[P]) < 200 and "alpha = rank (4)" in finding.evidence[P]
+    modules = finding.evidence["modules"]
+    assert "alpha" in finding.message and P in modules and finding.evidence["module_count"] == len(modules)
+    assert len(modules[P]) < 200 and "alpha = rank (4)" in modules[P]
     stats = {m.name: m for m in result.stats.modules}
     assert stats[P].alpha == 4 and math.isfinite(stats[P].dw_norm) and math.isfinite(stats[P].effective_rank)
     other = stats[P.replace("to_k", "to_v")]  # the rest is kept
     assert math.isfinite(other.dw_norm) and other.alpha == (4 if "alpha_pattern" in config else stats[P].alpha)
     if "alpha_pattern" in config:
-        assert P.replace("to_k", "to_v") not in finding.evidence
+        assert P.replace("to_k", "to_v") not in modules
 
 
 @pytest.mark.parametrize("alpha", [np.nan, np.inf, -np.inf])
@@ -292,7 +293,7 @@ def test_non_finite_kohya_alpha_tensor_is_a_module_problem(tmp_path, alpha):
     (module,) = result.stats.modules
     assert module.alpha == 4 and math.isfinite(module.dw_norm)
     (finding,) = [f for f in result.findings if f.rule_id == "LA203"]
-    assert P in finding.evidence and "alpha" in finding.evidence[P]
+    assert "alpha" in finding.evidence["modules"][P]
 
 
 def test_finite_absurd_alpha_is_no_module_problem(tmp_path):
@@ -344,7 +345,7 @@ def test_kohya_and_peft_pairs_on_one_module_are_not_merged(tmp_path):
     assert result.error is None and "LA203" in rules_of(result)
     (finding,) = [f for f in result.findings if f.rule_id == "LA203"]
     assert "two layouts" in finding.message
-    assert finding.evidence == {P: "kohya: alpha, down, up; peft: down, up"}
+    assert finding.evidence == {"modules": {P: "kohya: alpha, down, up; peft: down, up"}, "module_count": 1}
     assert [m.name for m in result.stats.modules] == [P.replace("to_k", "to_v")]  # the rest is audited
     with open_lora(path) as lora:
         assert P in lora.problems.conflicting and P not in {m.name for m in lora.modules}
@@ -367,7 +368,7 @@ def test_lora_and_loha_factors_on_one_module_are_not_merged(tmp_path):
         f"{K}.hada_w1_b": g(2, 768), f"{K}.hada_w2_a": g(320, 2), f"{K}.hada_w2_b": g(2, 768)})
     result = scan_file(path)
     (finding,) = [f for f in result.findings if f.rule_id == "LA203"]
-    assert "two layouts or kinds" in finding.message and P in finding.evidence
+    assert "two layouts or kinds" in finding.message and P in finding.evidence["modules"]
     assert result.stats.module_count == 0
 
 

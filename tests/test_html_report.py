@@ -46,11 +46,12 @@ def _grid(path) -> str:
 
 def _identity_result(grid: str) -> ScanResult:
     consistency = make_finding("LA301", "the weights alone decode to one consistent identity",
-                               {"identity consistency": "0.517", "generic faces": "0.073 +/- 0.026 (threshold 0.150)",
-                                "grid": grid})
+                               {"identity_consistency": 0.517, "generic_consistency_mean": 0.073,
+                                "generic_consistency_std": 0.026, "threshold": 0.151, "grid": grid})
     verdict = make_finding("LA304", "the reconstructions match the owner's photos",
-                           {"owner similarity": "0.538 (paper score 0.769)", "owner rank": "1 of 201 photo sets",
-                            "impostor FAR": "< 0.005", "images": "8 reconstructions, 5 reference photos"})
+                           {"owner_similarity": 0.538, "paper_score": 0.769, "owner_rank": 1, "photo_sets": 201,
+                            "impostor_far": 0.0, "impostor_far_note": "< 0.005", "threshold": 0.31,
+                            "reconstructions": 8, "reference_photos": 5})
     return ScanResult(files=[FileResult("victim.safetensors", findings=[consistency, verdict], size_bytes=300_000),
                              FileResult(f"{HOSTILE}.safetensors", error=f"bad header {HOSTILE}")])
 
@@ -88,7 +89,12 @@ def test_the_identity_grid_is_embedded_beside_the_scores_and_verdict(tmp_path):
     page = out.getvalue()
     (data,) = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert base64.b64decode(data) == (tmp_path / "grid.png").read_bytes()
-    for text in ("0.517", "0.538 (paper score 0.769)", "1 of 201 photo sets", "LA304", "reference photos are not embedded"):
+    for text in ("<th>identity consistency</th><td>0.517</td>",
+                 "<th>consistency threshold (mean + 3 std)</th><td>0.151</td>",
+                 "<th>owner similarity</th><td>0.538</td>", "<th>paper score</th><td>0.769</td>",
+                 "<th>photo sets ranked</th><td>201</td>", "<th>impostor FAR</th><td>&lt; 0.005</td>",
+                 "<th>similarity threshold</th><td>0.31</td>", "<th>reference photos</th><td>5</td>",
+                 "LA304", "reference photos are not embedded"):
         assert text in page
     assert re.findall(r'\b(?:src|href)="(?!data:|#)', page) == []  # nothing fetched, links stay in the page
     missing = io.StringIO()

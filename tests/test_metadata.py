@@ -128,8 +128,15 @@ def by_rule(findings) -> dict:
     return {f.rule_id: f for f in findings}
 
 
+def shown(finding) -> dict[str, str]:
+    """A metadata finding's evidence: ``metadata`` (where in the metadata -> value shown) and its count."""
+    assert set(finding.evidence) == {"metadata", "metadata_count"}
+    assert finding.evidence["metadata_count"] >= len(finding.evidence["metadata"])
+    return finding.evidence["metadata"]
+
+
 def all_text(finding) -> str:
-    return finding.message + " " + " ".join(finding.evidence.values())
+    return finding.message + " " + " ".join(shown(finding).values())
 
 
 # --- negative ----------------------------------------------------------------------------------
@@ -149,25 +156,25 @@ def test_empty_metadata_has_no_findings():
 def test_la101_caption_tags_counts_and_top_tags():
     f = by_rule(check_metadata(kohya_leaky()))["LA101"]
     assert f.severity == Severity.HIGH
-    assert f.evidence == {"ss_tag_frequency": "4 tags: woman (200), sks woman (20), smiling (4), outdoors (3)"}
+    assert shown(f) == {"ss_tag_frequency": "4 tags: woman (200), sks woman (20), smiling (4), outdoors (3)"}
     assert "4 caption tag(s) from 2 dataset folder(s)" in f.message
 
 
 def test_la101_reads_tag_frequency_inside_ss_datasets():
     f = by_rule(check_metadata({"ss_datasets": kohya_datasets()}))["LA101"]
-    assert f.evidence["ss_datasets"] == "2 tags: sks woman (12), red hair (5)"
+    assert shown(f)["ss_datasets"] == "2 tags: sks woman (12), red hair (5)"
 
 
 def test_la101_tag_frequency_that_is_not_json_is_still_reported():
     f = by_rule(check_metadata({"ss_tag_frequency": "sks woman, smiling"}))["LA101"]
-    assert f.evidence == {"ss_tag_frequency": "sks woman, smiling"}
+    assert shown(f) == {"ss_tag_frequency": "sks woman, smiling"}
 
 
 def test_la102_dataset_folder_names():
     md = kohya_leaky()
     md["ss_datasets"] = kohya_datasets()
     f = by_rule(check_metadata(md))["LA102"]
-    assert f.evidence == {
+    assert shown(f) == {
         "ss_dataset_dirs": "10_jane doe woman",
         "ss_reg_dataset_dirs": "1_woman",
         "ss_datasets": "portraits, reg_women",
@@ -188,7 +195,7 @@ def test_la102_dataset_folder_names():
 ])
 def test_la103_finds_local_paths(key, value, path):
     f = by_rule(check_metadata({key: value}))["LA103"]
-    assert f.evidence == {key: path}
+    assert shown(f) == {key: path}
 
 
 @pytest.mark.parametrize("value", [
@@ -217,8 +224,15 @@ def test_la104_free_text_fields():
           "modelspec.author": "John Doe", "name": "jane_lora", "ssmd_display_name": "Jane", "ssmd_rating": "7",
           "ssmd_keywords": "sks woman"}
     f = by_rule(check_metadata(md))["LA104"]
-    assert list(f.evidence) == ["ss_output_name", "modelspec.title", "modelspec.author", "name", "ssmd_display_name"]
+    assert list(shown(f)) == ["ss_output_name", "modelspec.title", "modelspec.author", "name", "ssmd_display_name"]
     assert f.severity == Severity.LOW
+
+
+def test_many_leaking_keys_are_all_in_the_evidence_and_the_message_names_eight():
+    md = {f"ssmd_note{i:02d}": f"note {i} about jane" for i in range(20)}
+    f = by_rule(check_metadata(md))["LA104"]
+    assert list(shown(f)) == sorted(md) and f.evidence["metadata_count"] == 20
+    assert f.message == "Free-text fields are set: " + ", ".join(sorted(md)[:8]) + ", +12 more"
 
 
 def test_la104_ignores_default_titles_and_name_template():
@@ -229,21 +243,21 @@ def test_la105_trigger_phrases_and_instance_tokens():
     md = {"modelspec.trigger_phrase": "sks woman", "ssmd_keywords": "sks woman, jdoe",
           "trigger_words": json.dumps(["ohwx", "jane"]), "ss_datasets": kohya_datasets()}
     f = by_rule(check_metadata(md))["LA105"]
-    assert f.evidence == {"modelspec.trigger_phrase": "sks woman", "ssmd_keywords": "sks woman, jdoe",
+    assert shown(f) == {"modelspec.trigger_phrase": "sks woman", "ssmd_keywords": "sks woman, jdoe",
                           "trigger_words": "ohwx, jane", "ss_datasets class_tokens": "sks woman"}
 
 
 def test_la106_cover_image_dimensions_and_png_parameters():
     f = by_rule(check_metadata(kohya_leaky(), max_value_chars=400))["LA106"]
-    assert f.evidence["ssmd_cover_images"] == f"PNG 512x768, {len(COVER)} bytes"
-    assert f.evidence["ssmd_cover_images[0] parameters"].startswith("photo of sks woman, jane doe, smiling")
-    assert f.evidence["modelspec.thumbnail"].startswith("PNG 64x64")
+    assert shown(f)["ssmd_cover_images"] == f"PNG 512x768, {len(COVER)} bytes"
+    assert shown(f)["ssmd_cover_images[0] parameters"].startswith("photo of sks woman, jane doe, smiling")
+    assert shown(f)["modelspec.thumbnail"].startswith("PNG 64x64")
     assert "2 embedded image(s)" in f.message and "1 PNG text chunk(s)" in f.message
 
 
 def test_la106_undecodable_cover_is_still_an_image():
     f = by_rule(check_metadata({"ssmd_cover_images": json.dumps(["%%%not base64%%%"])}))["LA106"]
-    assert f.evidence == {"ssmd_cover_images": "undecodable image data"}
+    assert shown(f) == {"ssmd_cover_images": "undecodable image data"}
 
 
 def test_la107_onetrainer_config_shows_paths_and_prompts():
@@ -252,14 +266,21 @@ def test_la107_onetrainer_config_shows_paths_and_prompts():
               "concepts": [{"name": "jane", "path": "/home/jane/photos"}],
               "samples": [{"prompt": "photo of sks woman at the beach"}]}
     f = by_rule(check_metadata({"ot_config": json.dumps(config)}, max_value_chars=500))["LA107"]
-    assert f.evidence["ot_config"] == ("workspace_dir=/home/jane/ot/workspace; concepts[0].path=/home/jane/photos; "
+    assert shown(f)["ot_config"] == ("workspace_dir=/home/jane/ot/workspace; concepts[0].path=/home/jane/photos; "
                                        "samples[0].prompt=photo of sks woman at the beach")
+
+
+def test_la107_quotes_the_first_values_of_a_long_config_and_says_how_many():
+    config = json.dumps({f"dir{i}": f"/home/jane/d{i}" for i in range(12)})
+    value = shown(by_rule(check_metadata({"ot_config": config}, max_value_chars=1000))["LA107"])["ot_config"]
+    assert value.startswith("12 values, the first 8: dir0=/home/jane/d0; ") and "dir7=" in value
+    assert "dir8" not in value
 
 
 def test_la107_network_args_only_with_paths_or_text():
     assert "LA107" not in by_rule(check_metadata({"ss_network_args": json.dumps({"conv_dim": "8", "algo": "lokr"})}))
     f = by_rule(check_metadata({"ss_network_args": json.dumps({"preset": "/home/jane/full.toml"})}))["LA107"]
-    assert f.evidence == {"ss_network_args": "preset=/home/jane/full.toml"}
+    assert shown(f) == {"ss_network_args": "preset=/home/jane/full.toml"}
 
 
 def test_ai_toolkit_metadata():
@@ -281,15 +302,15 @@ def test_redaction_keeps_keys_and_hides_every_value():
     assert {f.rule_id for f in findings} == {"LA101", "LA102", "LA103", "LA104", "LA105", "LA106", "LA107"}
     secrets = ["jane", "Jane", "sks", "/home", "smiling", "Steps: 20", "holiday", "portraits", "iVBOR"]
     for f in findings:
-        assert all(v.startswith("<redacted ") and v.endswith(" chars>") for v in f.evidence.values())
+        assert all(v.startswith("<redacted ") and v.endswith(" chars>") for v in shown(f).values())
         assert not any(s in all_text(f) for s in secrets), f
-    assert "ss_sd_model_name" in by_rule(findings)["LA103"].evidence
+    assert "ss_sd_model_name" in shown(by_rule(findings)["LA103"])
 
 
 def test_evidence_is_truncated():
     md = {"modelspec.description": "Jane Doe " * 100, "ss_sd_model_name": "/home/jane/" + "x" * 300}
     for f in check_metadata(md, max_value_chars=20):
-        for value in f.evidence.values():
+        for value in shown(f).values():
             assert len(value) <= 20 and value.endswith("…")
 
 
@@ -337,15 +358,15 @@ del _NO_WORDS["LA106"]
 def test_malformed_values_do_not_raise(value, expected):
     md = {key: value for key in SENSITIVE_KEYS | {"ss_network_args", "training_info", "ss_sd_model_name"}}
     findings = check_metadata(md)
-    assert {f.rule_id: set(f.evidence) for f in findings} == expected  # malformed values are still reported
-    assert all(len(v) <= 120 for f in findings for v in f.evidence.values())  # as bounded excerpts
-    reported = set().union(*(set(f.evidence) for f in findings))
+    assert {f.rule_id: set(shown(f)) for f in findings} == expected  # malformed values are still reported
+    assert all(len(v) <= 120 for f in findings for v in shown(f).values())  # as bounded excerpts
+    reported = set().union(*(set(shown(f)) for f in findings))
     assert reported <= sensitive_keys(md) <= set(md)  # what a finding names, strip removes
 
 
 def test_double_encoded_tag_frequency_is_read():
     md = {"ss_tag_frequency": json.dumps(json.dumps({"10_jane": {"sks": "7"}}))}
-    assert by_rule(check_metadata(md))["LA101"].evidence == {"ss_tag_frequency": "1 tags: sks (7)"}
+    assert shown(by_rule(check_metadata(md))["LA101"]) == {"ss_tag_frequency": "1 tags: sks (7)"}
 
 
 def test_png_text_chunks_reads_text_ztxt_and_itxt():
@@ -383,7 +404,7 @@ _VALUES = st.text(max_size=200) | _JSON.map(json.dumps) | _BASE64
 def test_check_metadata_never_raises(md, redact, max_chars):
     for f in check_metadata(md, redact=redact, max_value_chars=max_chars):
         assert f.rule_id.startswith("LA1")
-        assert all(len(v) <= max(1, max_chars) for v in f.evidence.values()) or redact
+        assert all(len(v) <= max(1, max_chars) for v in shown(f).values()) or redact
     sensitive_keys(md)
 
 
@@ -400,11 +421,11 @@ def test_megabyte_values_are_checked_and_capped(key):
     """Megabyte values are checked and their evidence stays bounded (their speed: benchmarks/)."""
     for value in ("a" * 1_000_000, "/a" + "b" * 1_000_000, "C:\\" + "a" * 1_000_000, "a " * 500_000):
         for finding in check_metadata({key: value}):
-            assert finding.rule_id.startswith("LA1") and all(len(v) <= 120 for v in finding.evidence.values())
+            assert finding.rule_id.startswith("LA1") and all(len(v) <= 120 for v in shown(finding).values())
 
 
 def test_a_thumbnail_that_names_a_local_file_is_a_path():
     for value, path in (("/home/jane/pics/me.png", "/home/jane/pics/me.png"), ("C:\\Users\\jane\\me.png", "C:\\Users\\jane\\me.png")):
         (finding,) = check_metadata({"modelspec.thumbnail": value})
-        assert finding.rule_id == "LA103" and path in finding.evidence["modelspec.thumbnail"]
+        assert finding.rule_id == "LA103" and path in shown(finding)["modelspec.thumbnail"]
     assert check_metadata({"modelspec.thumbnail": "https://example.com/me.png"}) == []

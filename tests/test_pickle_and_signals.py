@@ -120,13 +120,15 @@ def test_real_torch_checkpoints_import_only_allowed_globals(tmp_path):
         assert found.truncated is None
 
 
-def test_evidence_lists_every_import_cut_at_eight(tmp_path):
+def test_evidence_lists_every_import_and_the_message_names_eight(tmp_path):
     globals_ = [f"mod{i}\nname{i}\n" for i in range(11)] + ["collections\nOrderedDict\n"]
     path = tmp_path / "many.pkl"
     path.write_bytes(b"(" + b"".join(b"c" + g.encode() for g in globals_) + b"t.")
-    evidence = _la002(path).evidence
-    assert evidence["imports"].startswith("collections.OrderedDict, mod0.name0,") and "(+4 more)" in evidence["imports"]
-    assert evidence["imports outside the allow-list"].endswith("(+3 more)")
+    finding = _la002(path)
+    unsafe = sorted(f"mod{i}.name{i}" for i in range(11))
+    assert finding.evidence["imports"] == ["collections.OrderedDict", *unsafe] and finding.evidence["import_count"] == 12
+    assert finding.evidence["unsafe_imports"] == unsafe and finding.evidence["unsafe_import_count"] == 11
+    assert finding.message.endswith("would import " + ", ".join(unsafe[:8]) + ", +3 more")
 
 
 def test_raw_pickles_and_zip_archives_are_labelled_apart(tmp_path):

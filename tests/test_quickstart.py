@@ -44,13 +44,13 @@ def test_quickstart_scan_of_the_shipped_samples(tmp_path, monkeypatch):
     assert report["summary"]["exit_code"] == 1 and report["summary"]["fail_on"] == "high"
 
     leaky = {x["rule_id"]: x for x in files["sd15_kohya_leaky.safetensors"]["findings"]}
-    assert "sks woman" in leaky["LA101"]["evidence"]["ss_tag_frequency"]  # the captions a user would see
+    assert "sks woman" in leaky["LA101"]["evidence"]["metadata"]["ss_tag_frequency"]  # the captions a user would see
     assert leaky["LA106"]["severity"] == "high" and leaky["LA303"]["severity"] == "info"
     for name in ("toy_kohya", "toy_kohya_leaky", "toy_peft", "toy_peft_b"):
         (identity,) = [x for x in files[f"{name}.safetensors"]["findings"] if x["rule_id"].startswith("LA3")]
         assert identity["rule_id"] == consistency_rule(identity["evidence"]) == "LA301", name
         assert identity["severity"] == "high"
-        assert identity["evidence"]["reconstructions"] == "4 z samples x 2 seeds"  # the scan's defaults
+        assert (identity["evidence"]["latents"], identity["evidence"]["seeds"]) == (4, 2)  # the scan's defaults
         grid = Path(identity["evidence"]["grid"])
         assert grid.is_file() and grid.parent == tmp_path / "report_reconstructions"  # next to -o
     assert _listing(ROOT / "lora-audit-reconstructions") == before  # nothing written into the checkout

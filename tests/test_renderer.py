@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from lora_audit.toyworld import identities
 from lora_audit.toyworld.renderer import (
@@ -18,11 +17,9 @@ from lora_audit.toyworld.renderer import (
     HAIR_STYLES,
     attributes,
     caption,
-    contact_sheet,
     identity,
     render,
     render_batch,
-    save_contact_sheet,
 )
 
 PUBLIC = identities.PUBLIC.start
@@ -120,11 +117,3 @@ def test_images_of_one_identity_are_closer_than_images_of_different_identities()
     assert ratio(images) < 0.8  # whole image: background and lighting vary freely
     assert ratio(images[:, :, 6:26, 8:24]) < 0.6  # the face itself
     assert np.abs(images[:, 0] - images[:, 1]).mean() > 0.02  # but images are not copies
-
-
-def test_contact_sheet_grid_and_png(tmp_path):
-    sheet = contact_sheet([PUBLIC, PUBLIC + 1], images_per_identity=3, size=16, scale=2)
-    assert sheet.dtype == np.uint8
-    assert sheet.shape == (2 * (32 + 2) + 2, 3 * (32 + 2) + 2, 3)
-    path = save_contact_sheet(tmp_path / "sheet.png", [PUBLIC], images_per_identity=2, size=16, scale=1)
-    assert np.asarray(Image.open(path)).shape == (16 + 2, 2 * 17 + 1, 3)

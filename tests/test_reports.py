@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 
 from lora_audit.errors import UsageError
+from lora_audit.evidence import MAX_ITEMS, items, per_item
 from lora_audit.reports import FORMATS, write_report
 from lora_audit.reports.json_report import jsonl_file_line, jsonl_summary_line
 from lora_audit.reports.sarif import to_sarif
@@ -31,19 +32,23 @@ def _stats(modules: int = 4, norm: float = 1.0) -> WeightStats:
 
 def _scan() -> ScanResult:
     critical = Finding("LA106", Severity.CRITICAL, "Images are embedded in the metadata",
-                       "2 embedded images", {"modelspec.thumbnail": "data:image/png;base64,iVBO..."},
+                       "2 embedded images",
+                       per_item("metadata", {"modelspec.thumbnail": "data:image/png;base64,iVBO..."}),
                        "Remove them.")
     info = Finding("LA003", Severity.INFO, "No LoRA tensors recognised", "0 LoRA pairs")
     return ScanResult(files=[
         FileResult("models/clean.safetensors", stats=_stats(), size_bytes=2048, seconds=0.01),
         FileResult("models/people/jdoe.safetensors", stats=_stats(), size_bytes=5 << 20, findings=[
-            make_finding("LA103", "ss_output_dir holds a home directory", {"ss_output_dir": "/home/jdoe/out"}),
-            make_finding("LA101", "42 caption tags", {"ss_tag_frequency": '{"img": {"jdoe": 12}}'}),
+            make_finding("LA103", "ss_output_dir holds a home directory",
+                         per_item("metadata", {"ss_output_dir": "/home/jdoe/out"})),
+            make_finding("LA101", "42 caption tags",
+                         per_item("metadata", {"ss_tag_frequency": '{"img": {"jdoe": 12}}'})),
             critical,
-            make_finding("LA104", "ss_training_comment is set", {"ss_training_comment": "for my sister"}),
+            make_finding("LA104", "ss_training_comment is set",
+                         per_item("metadata", {"ss_training_comment": "for my sister"})),
         ]),
         FileResult("sub\\win\\other.safetensors", stats=_stats(), findings=[
-            make_finding("LA101", "3 caption tags", {"ss_tag_frequency": '{"a": {"b": 1}}'}), info,
+            make_finding("LA101", "3 caption tags", per_item("metadata", {"ss_tag_frequency": '{"a": {"b": 1}}'})), info,
         ]),
         FileResult("broken/bad file.safetensors", error="header length 999999 exceeds file size 12",
                    findings=[make_finding("LA001", "header length 999999 exceeds file size 12")]),
@@ -140,12 +145,59 @@ def test_console_colour_on_request_only():
 
 def test_console_shows_untrusted_text_literally():
     evil = Finding("LA104", Severity.LOW, "Free text", "comment [bold red]x[/]",
-                   {"ss_training_comment": "hi\x1b[2J\x07there\nnext"})
+                   per_item("metadata", {"ss_training_comment": "hi\x1b[2J\x07there\nnext", "k\x1b[31m": "v"}))
     out = _render(ScanResult(files=[FileResult("a[red].safetensors", findings=[evil])]), "console",
                   color=False)
     assert "\x1b" not in out and "\x07" not in out
     assert "a[red].safetensors" in out and "[bold red]x[/]" in out
-    assert "hi\\x1b[2J\\x07there\\nnext" in out
+    assert "hi\\x1b[2J\\x07there\\nnext" in out and "k\\x1b[31m: v" in out
+
+
+def _capped() -> Finding:
+    """A finding with a capped list, a capped object and numbers."""
+    names = [f"t{i}" for i in range(MAX_ITEMS + 5)]
+    modules = per_item("modules", dict.fromkeys(names, "has only up"))
+    return make_finding("LA202", "orphans", {**items("tensors", names), **modules, "rank": 4,
+                                             "first_order_scale": 0.123456, "impostor_far": None})
+
+
+def test_evidence_keys_are_checked_and_floats_rounded():
+    finding = make_finding("LA304", "m", {"similarity": 0.123456, "psnr_db": float("inf"), "rank": 1, "leaks": True})
+    assert finding.evidence == {"similarity": 0.1235, "psnr_db": None, "rank": 1, "leaks": True}
+    with pytest.raises(ValueError):
+        make_finding("LA304", "m", {"owner similarity": "0.41"})
+    with pytest.raises(TypeError):
+        make_finding("LA201", "m", {"tensors": [1, 2]})
+    capped = _capped().evidence
+    assert len(capped["tensors"]) == len(capped["modules"]) == MAX_ITEMS
+    assert capped["tensor_count"] == capped["module_count"] == MAX_ITEMS + 5
+
+
+def test_evidence_round_trips_through_json_and_the_schemas_check_its_shape():
+    from lora_audit.reports.json_report import schema
+
+    data = _strict_loads(_render(ScanResult(files=[FileResult("a.safetensors", findings=[_capped()])]), "json"))
+    record = data["files"][0]
+    assert FileResult.from_dict(record).to_dict() == record  # what --resume reads back
+    validator = jsonschema.Draft202012Validator(schema("report"))
+    validator.validate(data)
+    for broken in ({"owner similarity": 0.4}, {"tensors": [1]}, {"tensor_count": "5"}, {"modules": {"a": 1}},
+                   {"modules": {"a": {"b": "c"}}}):
+        record["findings"][0]["evidence"] = broken
+        assert not validator.is_valid(data), broken
+
+
+def test_every_report_renders_capped_lists_objects_and_numbers_readably():
+    result = ScanResult(files=[FileResult("a.safetensors", findings=[_capped()])])
+    out = _render(result, "console", color=False)
+    assert "tensors: t0, t1," in out and "t99, +5 more" in out and "tensor_count" not in out
+    assert "modules:" in out and "  t0: has only up" in out and "+5 more" in out.split("modules:")[1]
+    assert "rank: 4" in out and "first_order_scale: 0.1235" in out and "impostor_far: n/a" in out
+    (res,) = to_sarif(result)["runs"][0]["results"]
+    text = res["message"]["text"]
+    assert "tensors=t0, t1," in text and "t99, +5 more; modules=t0=has only up, " in text and "rank=4" in text
+    page = _render(result, "html")
+    assert "<code>t0</code>: has only up" in page and "<li>+5 more</li>" in page and "t99, +5 more" in page
 
 
 def test_console_verbose_lists_top_modules_by_norm():
@@ -227,10 +279,11 @@ def test_sarif_keeps_a_policy_disabled_la001_out_but_notifies_the_error():
 
 def test_sarif_undecodable_filename_is_percent_encoded():
     path = b"models/caf\xe9.safetensors".decode("utf-8", "surrogateescape")  # a Latin-1 name on Linux
-    result = ScanResult(files=[FileResult(path, findings=[make_finding("LA104", "title", {"modelspec.title": "x"})])])
+    finding = make_finding("LA104", "title", per_item("metadata", {"modelspec.title": "x"}))
+    result = ScanResult(files=[FileResult(path, findings=[finding])])
     run = to_sarif(result)["runs"][0]
     assert run["artifacts"][0]["location"]["uri"] == "models/caf%E9.safetensors"
-    assert len(run["results"][0]["partialFingerprints"]["loraAuditFinding/v1"]) == 64
+    assert len(run["results"][0]["partialFingerprints"]["loraAuditFinding/v2"]) == 64
     json.dumps(run)
 
 

@@ -14,6 +14,7 @@ from report_checks import sarif_schema, strict_loads
 import lora_audit.reports.sarif as sarif
 import lora_audit.testing.synthetic as S
 from lora_audit.cli import main
+from lora_audit.evidence import per_item
 from lora_audit.results import FileResult, ScanResult, Severity
 from lora_audit.rules import RULES, make_finding
 
@@ -98,23 +99,36 @@ def test_a_file_outside_the_current_directory_keeps_an_absolute_uri(project, tmp
 
 
 def test_fingerprints_ignore_evidence_values_and_the_grid_path():
-    def one(evidence):
-        return sarif.fingerprint(make_finding("LA301", "m", evidence), "a.safetensors")
+    def one(evidence, rule="LA301"):
+        return sarif.fingerprint(make_finding(rule, "m", evidence), "a.safetensors")
 
-    assert one({"identity consistency": "0.91", "grid": "/tmp/x/grid.png"}) == \
-        one({"identity consistency": "0.42", "grid": "out/grid.png"}) == one({"identity consistency": "0.1"})
-    assert one({"identity consistency": "0.9"}) != sarif.fingerprint(
-        make_finding("LA302", "m", {"identity consistency": "0.9"}), "a.safetensors")
-    assert sarif.fingerprint(make_finding("LA101", "m", {"k": "v"}), os.path.abspath("a.safetensors")) == \
-        sarif.fingerprint(make_finding("LA101", "other", {"k": "w"}), "./a.safetensors")
+    assert one({"identity_consistency": 0.91, "grid": "/tmp/x/grid.png"}) == \
+        one({"identity_consistency": 0.42, "grid": "out/grid.png"}) == one({"identity_consistency": 0.1})
+    assert one({"identity_consistency": 0.9}) != one({"identity_consistency": 0.9}, "LA302")
+    spellings = (("m", "v", os.path.abspath("a.safetensors")), ("other", "w", "./a.safetensors"))
+    prints = {sarif.fingerprint(make_finding("LA101", message, per_item("metadata", {"k": value})), path)
+              for message, value, path in spellings}
+    assert len(prints) == 1
+
+
+def test_fingerprints_tell_per_item_names_apart_but_not_their_values_or_counts():
+    def leak(metadata, total=None):
+        return sarif.fingerprint(make_finding("LA102", "m", per_item("metadata", metadata, total)), "a.safetensors")
+
+    dirs = leak({"ss_dataset_dirs": "10_jane doe"})
+    assert dirs == leak({"ss_dataset_dirs": "<redacted 11 chars>"}) == leak({"ss_dataset_dirs": "x"}, total=300)
+    assert dirs != leak({"ss_reg_dataset_dirs": "10_jane doe"}) != leak({"ss_dataset_dirs": "x", "ss_datasets": "y"})
+    orphans = [make_finding("LA202", "m", per_item("modules", {name: "has only lora_up"})) for name in ("a", "b")]
+    assert len({sarif.fingerprint(f, "a.safetensors") for f in orphans}) == 2
 
 
 def test_status_rules_are_notifications_and_a_raised_one_is_an_alert():
     raised = make_finding("LA303", "attack not run")
     raised.severity = Severity.HIGH  # as a policy [severity] table does
     findings = [make_finding("LA302", "clean"), make_finding("LA305", "no match"),
-                make_finding("LA306", "1 photo unused", {"p.png": "no face"}), make_finding("LA004", "link"),
-                make_finding("LA101", "captions", {"ss_tag_frequency": "{}"}), raised]
+                make_finding("LA306", "1 photo unused", per_item("photos", {"p.png": "no face"})),
+                make_finding("LA004", "link"),
+                make_finding("LA101", "captions", per_item("metadata", {"ss_tag_frequency": "{}"})), raised]
     run = _valid(sarif.to_sarif(ScanResult(files=[FileResult("a.safetensors", findings=findings)])))["runs"][0]
     assert [r["ruleId"] for r in run["results"]] == ["LA101", "LA303"]
     kinds = {n["associatedRule"]["id"]: n["properties"]["kind"]
@@ -126,7 +140,7 @@ def test_status_rules_are_notifications_and_a_raised_one_is_an_alert():
 def test_more_results_than_a_run_holds_are_split_into_runs_of_their_own_category(monkeypatch):
     monkeypatch.setattr(sarif, "MAX_RESULTS_PER_RUN", 3)
     def leaky(n):
-        return [make_finding("LA104", f"text {i}", {f"key{i}": "v"}) for i in range(n)]
+        return [make_finding("LA104", f"text {i}", per_item("metadata", {f"key{i}": "v"})) for i in range(n)]
     files = [FileResult("a.safetensors", findings=leaky(2)), FileResult("b.safetensors", findings=leaky(2)),
              FileResult("c.safetensors"), FileResult("d.safetensors", findings=leaky(7)),
              FileResult("e.safetensors", error="empty file", findings=[make_finding("LA001", "empty")])]

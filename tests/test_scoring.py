@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -141,9 +144,12 @@ def test_an_operating_point_says_what_it_was_made_for_and_a_generic_null_is_meas
     generic[0] = embedder.embed(recon)  # one group exactly as close to the owner as the reconstructions
     score = score_leak(recon, refs, embedder, at, generic=generic)
     assert score.far is None and score.rank is None and score.generic_null == (1, 8)
-    evidence = score.to_evidence()
-    assert evidence["impostor FAR"].startswith("not measured")
-    assert "one pair of photos" in evidence["statistic"] and evidence["generic faces null"].startswith("1 of 8 groups")
+    evidence = verdict_finding(score).evidence
+    assert evidence["impostor_far"] is None and evidence["impostor_far_note"].startswith("not measured")
+    assert "owner_rank" not in evidence and "target_far" not in evidence and evidence["impostors"] == 0
+    assert evidence["threshold"] == pytest.approx(similarity, rel=1e-3) and evidence["threshold_source"] == "test"
+    assert "one pair of photos" in evidence["statistic"]
+    assert (evidence["generic_null_reached"], evidence["generic_null_groups"]) == (1, 8)
 
 
 def test_findings_and_the_rules_to_add(embedder):
@@ -157,11 +163,33 @@ def test_findings_and_the_rules_to_add(embedder):
     assert "rank 1 of 101 photo sets" in leak.message and "none of 100 other people's photo sets" in leak.message
     assert leak.message.endswith("the weights decode to one consistent identity (LA301), and it is the owner's")
     assert clean.message.endswith("the reconstructions show no consistent identity either (LA302)")
-    assert "test: 100 identities" in leak.evidence["threshold"] and leak.evidence["owner rank"].startswith("1 of 101")
-    assert all(isinstance(v, str) for v in leak.evidence.values())
+    assert "test: 100 identities" in leak.evidence["threshold_source"]
+    assert (leak.evidence["owner_rank"], leak.evidence["photo_sets"], leak.evidence["impostors"]) == (1, 101, 100)
     for finding in (leak, clean):
         rule = RULES[finding.rule_id]
         assert (finding.severity, finding.title, finding.remediation) == (rule.severity, rule.title, rule.remediation)
+
+
+def test_verdict_evidence_holds_the_scores_as_numbers(embedder):
+    face = _noise(5)
+    gallery = _gallery(np.eye(embedder.dim)[1:101])
+    for recon, refs in ((face[None], face[None]), (np.stack([_noise(2), _noise(3)]), np.stack([_noise(2), _noise(4)]))):
+        score = score_leak(recon, refs, embedder, gallery)
+        evidence = verdict_finding(score).evidence
+        for key, value in (("owner_similarity", score.similarity), ("paper_score", score.paper_score),
+                           ("threshold", score.threshold), ("target_far", score.target_far),
+                           ("impostor_far", score.far), ("best_pair_similarity", score.best_pair_similarity),
+                           ("best_pair_ssim", score.ssim)):
+            assert isinstance(evidence[key], float) and evidence[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
+        assert (evidence["owner_rank"], evidence["impostors"]) == (score.rank, score.impostors)
+        assert (evidence["reconstructions"], evidence["reference_photos"]) == (score.reconstructions, score.references)
+        assert evidence["threshold_source"] == score.source and evidence["statistic"] == score.statistic
+        if math.isinf(score.psnr):  # identical images
+            assert evidence["best_pair_psnr_db"] is None
+        else:
+            assert evidence["best_pair_psnr_db"] == pytest.approx(score.psnr, rel=1e-3)
+        json.dumps(evidence, allow_nan=False)
+    assert math.isinf(score_leak(face[None], face[None], embedder, gallery).psnr)  # the first case was identical
 
 
 def test_reference_crops_find_faces_and_report_the_rest(tmp_path):

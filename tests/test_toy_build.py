@@ -152,7 +152,7 @@ def test_installed_artefacts_load_and_scan(built, capsys, monkeypatch):
         generic_reference(monkeypatch, mean)
         assert main(args) == code  # LA301 is high, LA302 info
         (forced,) = json.loads(capsys.readouterr().out)["files"][0]["findings"]
-        assert forced["rule_id"] == rule and forced["evidence"]["identity consistency"] == f"{value:.3f}"
+        assert forced["rule_id"] == rule and forced["evidence"]["identity_consistency"] == pytest.approx(value, abs=1e-3)
 
 
 def test_without_an_install_root_everything_is_installed_under_out(built):
@@ -210,11 +210,12 @@ def test_install_into_a_source_checkout(built, tmp_path, monkeypatch):
     into = dataclasses.replace(config, install_root=tmp_path)
     assert (into.package_data, into.samples_dir, into.docs_dir) == (
         tmp_path / "lora_audit" / "toyworld" / "data", tmp_path / "weights_samples", tmp_path / "docs")
-    again = build(into, stages=("install",))  # installed elsewhere before: not finished for this target
-    assert again["install"]["installed_into"] == str(tmp_path.resolve())
+    again = build(into, stages=("install", "figures"))  # installed elsewhere before: not finished for this target
+    assert again["install"]["installed_into"] == again["figures"]["installed_into"] == str(tmp_path.resolve())
     assert {p.name for p in (into.package_data / "attack").iterdir()} == {"attack.json", "attack.safetensors"}
     assert (into.package_data / "base" / "toy_pipeline.json").is_file()
     assert "lora-audit toy build --jobs 2 --install ." in (into.samples_dir / "README.md").read_text()
     assert (into.docs_dir / "img" / "attack_reconstructions.png").is_file()
+    assert again["figures"]["drawn"] == ["img/toy_base_samples.png", "img/contact_sheet.png", "img/attack_reconstructions.png"]
     _no_stage_may_run(monkeypatch)  # installed into this target already: not done again
-    assert build(into, stages=("install",)) == again
+    assert build(into, stages=("install", "figures")) == again

@@ -242,10 +242,11 @@ def plot_curves(curves: list[dict], path: Path) -> None:
     left.plot(steps, [c["mse"] for c in curves], label="train diffusion MSE", alpha=0.6)
     if curves[0]["val_mse"] is not None:
         left.plot(steps, [c["val_mse"] for c in curves], label="held-out MSE (z = mu)")
-    left.set_xlabel("step")
+    left.set_xlabel("attack training step")
+    left.set_ylabel("diffusion loss (MSE)")
     left.legend()
     right.plot(steps, [c["kl"] for c in curves], color="tab:red")
-    right.set_xlabel("step")
+    right.set_xlabel("attack training step")
     right.set_ylabel("KL per dimension")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -69,6 +69,7 @@ def train_attack(
     module_dropout: float = typer.Option(_TRAIN.module_dropout, "--module-dropout", min=0.0, max=0.95, help="Share of module tokens hidden from the encoder at each training step (a regulariser)."),
     latent_rank: int = typer.Option(_TRAIN.latent_rank, "--latent-rank", min=1, help="Coefficients of z: principal directions of the face-description embeddings kept."),
     prompts: int = typer.Option(_TRAIN.prompts, "--prompts", min=2, help="Face descriptions embedded to span the latent (a family may have fewer)."),
+    seed: int = typer.Option(_TRAIN.seed, "--seed", min=0, help="Training seed (initialisation, batches, noise): repeat a training at several seeds to see its spread."),
     device: DeviceOption = None,
 ) -> int:
     """Train the weight-to-image VAE attack on shadow trajectories."""
@@ -84,7 +85,7 @@ def train_attack(
     pipeline = load_base(base, device)
     config = replace(_TRAIN, steps=steps, shadows_per_step=shadows_per_step, lr=lr, beta=beta,
                      validation=validation, final_only=final_only, module_dropout=module_dropout,
-                     latent_rank=latent_rank, prompts=prompts)
+                     latent_rank=latent_rank, prompts=prompts, seed=seed)
     with stage_progress() as report:
         model = train(pipeline, trajectories, config, Path(out), lambda s, t, m: report("train", s, t, m))
     held_out = model.config.training["final"].get("val_mse")

@@ -75,7 +75,7 @@ def evaluate_defences(
     attack_model: AttackModelOption = None,
     docs: Optional[str] = typer.Option(None, "--docs", help="Also write the table and the leak-utility plot here "
                                        "(defences_table.md, img/defences/leak_vs_utility.png)."),
-    summary_only: bool = typer.Option(False, "--summary-only", help="Run nothing: summarise the runs under OUT so far."),
+    summary_only: bool = typer.Option(False, "--summary-only", help="Run nothing: summarise the finished runs under OUT of the settings --adapters and --epsilons name."),
     device: DeviceOption = None,
 ) -> int:
     """Toy world: utility and leak of DP-SGD and LoDA fine-tunes, adapter x epsilon, on held-out identities."""

@@ -168,24 +168,35 @@ def summarise(out: Path) -> dict:
     return summary
 
 
+METHOD_NAMES = {"gidm": "GIDM", "gidm+": "GIDM+", "ig": "Inverting Gradients", "dlg": "DLG"}
+
+
+def cell_label(cell: str) -> str:
+    """A readable name of a grid cell: ``b1-unknown-gidm+`` -> ``GIDM+ (noise, t unknown)``."""
+    parts = cell.split("-", 2)
+    if len(parts) != 3 or parts[2] not in METHOD_NAMES:
+        return cell
+    return f"{METHOD_NAMES[parts[2]]} (noise, t {parts[1]})"
+
+
 def figure(out: Path, cells: list[str], identities: list[int], path: Path, image: int = 0) -> Path:
     """A PNG with one row per identity: its private photo, then each cell's reconstruction of it
-    (image ``image`` of the batch), from the runs' saved arrays; cells without the run are left white."""
-    rows = []
+    (image ``image`` of the batch), from the runs' saved arrays, headed by the method; cells without
+    the run are left white."""
+    from lora_audit.figures import save_labelled_grid
+
+    rows, labels = [], []
     for identity in identities:
-        row = None
-        recons = []
+        photo, recons = None, []
         for cell in cells:
             saved = out / "runs" / cell / f"{identity}.npy"
             if saved.is_file():
                 pair = np.load(saved)  # [2, B, H, W, 3]: matched private photos, reconstructions
-                row = pair[0][image] if row is None else row
+                photo = pair[0][image] if photo is None else photo
                 recons.append(pair[1][image])
             else:
                 recons.append(None)
-        if row is None:
-            continue
-        rows.append(np.stack([row] + [r if r is not None else np.ones_like(row) for r in recons]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(grid(rows), path, scale=3)
-    return path
+        if photo is not None:
+            rows.append([photo, *recons])
+            labels.append(f"identity {identity}")
+    return save_labelled_grid(path, rows, labels, ["private photo", *(cell_label(c) for c in cells)], scale=3)

@@ -88,23 +88,24 @@ class LeakScore:
             return f"< {1 / self.impostors:.2g} (none of {self.impostors} other people's photo sets scores as high)"
         return f"{self.far:.3g} ({reached} of {self.impostors} other people's photo sets score as high)"
 
-    def to_evidence(self) -> dict[str, str]:
-        """Formatted values for a finding's evidence."""
-        evidence = {"owner similarity": f"{self.similarity:.3f} (paper score {self.paper_score:.3f})"}
+    def to_evidence(self) -> dict[str, object]:
+        """The score as a finding's evidence: numbers as numbers; ``owner_rank``, ``photo_sets`` and
+        ``target_far`` with a gallery only, ``impostor_far`` None without one; ``best_pair_psnr_db`` is
+        infinite for identical images (None in a finding, :func:`lora_audit.evidence.clean`)."""
+        evidence: dict[str, object] = {"owner_similarity": self.similarity, "paper_score": self.paper_score}
         if self.rank is not None:
-            evidence["owner rank"] = f"{self.rank} of {self.impostors + 1} photo sets (the owner's and {self.impostors} others)"
-        at = f" at FAR {self.target_far:g}" if self.target_far is not None else ""
-        evidence["threshold"] = f"{self.threshold:.3f}{at} ({self.source})"
-        evidence["impostor FAR"] = self.far_text()
-        evidence["statistic"] = self.statistic
+            evidence |= {"owner_rank": int(self.rank), "photo_sets": self.impostors + 1}
+        evidence |= {"impostors": self.impostors, "threshold": self.threshold}
+        if self.target_far is not None:
+            evidence["target_far"] = self.target_far
+        evidence |= {"threshold_source": self.source, "impostor_far": self.far, "impostor_far_note": self.far_text(),
+                     "statistic": self.statistic}
         if self.generic_null is not None:
             reached, groups = self.generic_null
-            evidence["generic faces null"] = (f"{reached} of {groups} groups of the base model's generic faces "
-                                              "score as high against the owner's photos")
-        evidence["best pair similarity"] = f"{self.best_pair_similarity:.3f}"
-        evidence["best pair SSIM / PSNR"] = f"{self.ssim:.3f} / {self.psnr:.1f} dB"
-        evidence["images"] = f"{self.reconstructions} reconstructions, {self.references} reference photos"
-        return evidence
+            evidence |= {"generic_null_reached": int(reached), "generic_null_groups": int(groups)}
+        return evidence | {"best_pair_similarity": self.best_pair_similarity, "best_pair_ssim": self.ssim,
+                           "best_pair_psnr_db": self.psnr, "reconstructions": self.reconstructions,
+                           "reference_photos": self.references}
 
 
 def _pair_quality(reconstruction: np.ndarray, reference: np.ndarray) -> tuple[float, float]:

@@ -16,6 +16,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from lora_audit import evidence
 from lora_audit.results import FileResult, ModuleStats, ScanResult, Severity, WeightStats
 
 SEVERITY_STYLES = {
@@ -95,12 +96,25 @@ def _print_file(console: Console, file: FileResult, verbose: bool) -> None:
         line = Text.assemble(_severity(finding.severity), "  ", (finding.rule_id, "bold"), "  ",
                              _clean(finding.title))
         _indented(console, line)
-        body = [Text(_clean(finding.message))]
-        body += [Text.assemble((f"{_clean(k)}: ", "dim"), _clean(v)) for k, v in finding.evidence.items()]
+        body = [(Text(_clean(finding.message)), 3), *_evidence_lines(finding.evidence)]
         if finding.remediation:
-            body.append(Text.assemble(("fix: ", "bold green"), _clean(finding.remediation)))
-        for text in body:
-            _indented(console, text, level=3)
+            body.append((Text.assemble(("fix: ", "bold green"), _clean(finding.remediation)), 3))
+        for text, level in body:
+            _indented(console, text, level=level)
+
+
+def _evidence_lines(found: evidence.Evidence) -> list[tuple[Text, int]]:
+    """Each evidence entry as (line, indent level); an object's items one per line below its key."""
+    lines = []
+    for key, value, more in evidence.entries(found):
+        if not isinstance(value, dict):
+            lines.append((Text.assemble((f"{_clean(key)}: ", "dim"), _clean(evidence.text(value, more))), 3))
+            continue
+        lines.append((Text(f"{_clean(key)}:", style="dim"), 3))
+        lines += [(Text.assemble((f"{_clean(k)}: ", "dim"), _clean(v)), 4) for k, v in value.items()]
+        if more:
+            lines.append((Text(f"+{more} more", style="dim"), 4))
+    return lines
 
 
 def _stats_line(stats: WeightStats) -> str:

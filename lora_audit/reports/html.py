@@ -3,10 +3,11 @@
 A batch summary table (click a column heading to sort it, a few lines of inline JavaScript), then per
 file its findings by severity and, where the identity attack ran, its reconstruction grid (embedded
 as a ``data:`` PNG from the ``grid`` path in the LA301/LA302 evidence) with the consistency score and
-the owner verdict (LA304/LA305: similarity, rank, FAR). The owner's reference photos are not
-embedded: the scan gives reports no photos, and a report that is passed around should not carry them;
-the verdict's evidence says how many were compared. Everything that comes from a scanned file (paths,
-metadata in messages and evidence) is escaped; a Content-Security-Policy forbids any fetch.
+the owner verdict (LA304/LA305: similarity, rank, FAR), each score from its finding's evidence
+(:data:`_SCORES`). The owner's reference photos are not embedded: the scan gives reports no photos,
+and a report that is passed around should not carry them; the verdict's evidence says how many were
+compared. Everything that comes from a scanned file (paths, metadata in messages and evidence) is
+escaped; a Content-Security-Policy forbids any fetch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import html
 import os
 from typing import TextIO
 
+from lora_audit import evidence
 from lora_audit.reports.json_report import unicode_text
 from lora_audit.results import FileResult, Finding, ScanResult, Severity
 
@@ -23,8 +25,16 @@ MAX_GRID_BYTES = 20 << 20  # a grid larger than this is linked by path, not embe
 _PNG = b"\x89PNG\r\n\x1a\n"
 _CONSISTENCY = ("LA301", "LA302")
 _VERDICT = ("LA304", "LA305")
-_SCORES = ("identity consistency", "generic faces", "owner similarity", "owner rank", "impostor FAR",
-           "threshold", "images")
+_SCORES = {  # the scores beside the grid: the rules they come from -> (evidence key, label)
+    _CONSISTENCY: (("identity_consistency", "identity consistency"),
+                   ("generic_consistency_mean", "generic faces' consistency (mean)"),
+                   ("generic_consistency_std", "generic faces' consistency (std)"),
+                   ("threshold", "consistency threshold (mean + 3 std)")),
+    _VERDICT: (("owner_similarity", "owner similarity"), ("paper_score", "paper score"),
+               ("owner_rank", "owner rank"), ("photo_sets", "photo sets ranked"),
+               ("impostor_far_note", "impostor FAR"), ("threshold", "similarity threshold"),
+               ("reconstructions", "reconstructions"), ("reference_photos", "reference photos")),
+}
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #1d1d1f; }
@@ -129,11 +139,19 @@ def _file_section(index: int, file: FileResult) -> str:
 
 
 def _finding_row(finding: Finding) -> str:
-    evidence = "".join(f"<li><code>{esc(k)}</code>: {esc(v)}</li>" for k, v in finding.evidence.items())
+    shown = "".join(_evidence_item(key, value, more) for key, value, more in evidence.entries(finding.evidence))
     fix = f"<p><b>fix:</b> {esc(finding.remediation)}</p>" if finding.remediation else ""
     return (f"<tr><td>{_severity(finding.severity)}</td><td>{esc(finding.rule_id)}</td>"
             f"<td><b>{esc(finding.title)}</b><p>{esc(finding.message)}</p>"
-            + (f"<ul class=\"evidence\">{evidence}</ul>" if evidence else "") + f"{fix}</td></tr>")
+            + (f"<ul class=\"evidence\">{shown}</ul>" if shown else "") + f"{fix}</td></tr>")
+
+
+def _evidence_item(key: str, value: evidence.Value, more: int) -> str:
+    """One evidence entry as a list item; an object's items as a list of their own."""
+    if not isinstance(value, dict):
+        return f"<li><code>{esc(key)}</code>: {esc(evidence.text(value, more))}</li>"
+    rows = [f"<li><code>{esc(k)}</code>: {esc(v)}</li>" for k, v in value.items()]
+    return f"<li><code>{esc(key)}</code>:<ul>{''.join(rows)}{f'<li>+{more} more</li>' if more else ''}</ul></li>"
 
 
 def _identity(findings: list[Finding]) -> str:
@@ -144,13 +162,14 @@ def _identity(findings: list[Finding]) -> str:
     verdict = next((f for f in findings if f.rule_id in _VERDICT), None)
     grid = consistency.evidence.get("grid")
     picture = _grid_image(grid) if grid else "<p class=\"note\">no reconstruction grid recorded</p>"
-    scores = "".join(f"<tr><th>{esc(k)}</th><td>{esc(f.evidence[k])}</td></tr>"
-                     for f in (consistency, verdict) if f is not None for k in _SCORES if k in f.evidence)
+    scores = "".join(f"<tr><th>{esc(label)}</th><td>{esc(evidence.text(f.evidence[key]))}</td></tr>"
+                     for f, rules in ((consistency, _CONSISTENCY), (verdict, _VERDICT)) if f is not None
+                     for key, label in _SCORES[rules] if key in f.evidence)
     lines = [f"<p class=\"verdict\">{_severity(consistency.severity)} {esc(consistency.rule_id)}: {esc(consistency.title)}</p>"]
     if verdict is not None:
         lines.append(f"<p class=\"verdict\">{_severity(verdict.severity)} {esc(verdict.rule_id)}: {esc(verdict.title)}</p>")
         lines.append("<p class=\"note\">The owner's reference photos are not embedded in this report; "
-                     "the verdict compared the reconstructions with them (see <i>images</i>).</p>")
+                     "the verdict compared the reconstructions with them (see <i>reference photos</i>).</p>")
     else:
         lines.append("<p class=\"note\">No owner verdict: the scan was given no reference photos (--references).</p>")
     return (f"<div class=\"identity\"><figure>{picture}<figcaption>reconstructions from the weights alone"

@@ -5,12 +5,14 @@ URI): a scanned file under it gets a relative ``uri`` (normalised with ``os.path
 slashes, percent-encoded, undecodable bytes of a filename kept as bytes) with ``uriBaseId: SRCROOT``,
 so ``./x``, ``x`` and ``$PWD/x`` are one artifact; a file outside it keeps an absolute ``file://`` URI
 and no base id. Weight files have no lines, so each result points at line 1 (GitHub requires a region).
-In message text, undecodable bytes are written ``\\xff``, as in the JSON report.
+In message text, evidence follows the message as ``key=value`` pairs (lists joined, an object's
+items as ``name=value``) and undecodable bytes are written ``\\xff``, as in the JSON report.
 
-Fingerprints. ``partialFingerprints`` hash the rule id, that normalised relative path and the
-finding's evidence *keys* (metadata keys, module names, photo names): never timings, measured
-scores, the grid's path or evidence values (which ``--redact`` masks), so an alert keeps its identity
-from scan to scan and from ``./x`` to ``x``. Only a file outside ``%SRCROOT%`` is named by its
+Fingerprints. ``partialFingerprints`` hash the rule id, that normalised relative path, the
+finding's evidence *keys* and the item names of its per-item objects (metadata keys, module names,
+photo names): never timings, measured scores, the grid's path or evidence values (which
+``--redact`` masks), so an alert keeps its identity from scan to scan and from ``./x`` to ``x``,
+and two different leaking metadata keys are two alerts. Only a file outside ``%SRCROOT%`` is named by its
 normalised absolute path, the one stable name it has. Two findings that would share a fingerprint
 are numbered.
 
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
+from lora_audit import evidence
 from lora_audit.reports.json_report import json_ready
 from lora_audit.results import FileResult, Finding, ScanResult, Severity
 from lora_audit.rules import RULES
@@ -52,7 +55,7 @@ SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 # derive from it.
 PROJECT_URL = "https://example.invalid/lora-audit"
 RULES_DOC_URL = f"{PROJECT_URL}/docs/rules.md"
-FINGERPRINT_KEY = "loraAuditFinding/v1"
+FINGERPRINT_KEY = "loraAuditFinding/v2"  # v2: evidence keys of report schema 2.0, with per-item names
 SRCROOT = "SRCROOT"
 MAX_RESULTS_PER_RUN = 25_000
 # Findings that report on the audit itself, as the SARIF result kind they stand for (see above).
@@ -217,7 +220,8 @@ def rule_help_uri(rule_id: str) -> str:
 def _text(finding: Finding) -> str:
     text = finding.message
     if finding.evidence:
-        text += " Evidence: " + "; ".join(f"{k}={v}" for k, v in finding.evidence.items())
+        text += " Evidence: " + "; ".join(f"{key}={evidence.text(value, more)}"
+                                          for key, value, more in evidence.entries(finding.evidence))
     return text
 
 
@@ -244,11 +248,14 @@ def _status(finding: Finding, location: dict, rule_index: int) -> dict[str, Any]
 
 
 def fingerprint(finding: Finding, path: str, root: str | None = None) -> str:
-    """The hash of rule id, normalised path and evidence keys: stable across runs and spellings of
-    the path, blind to evidence values."""
+    """The hash of rule id, normalised path, evidence keys and the item names of per-item objects
+    (``metadata/ss_dataset_dirs``): stable across runs and spellings of the path, blind to values."""
     where = relative_path(path, root) or os.path.normpath(os.path.abspath(path))
     keys = sorted(set(finding.evidence) - _VOLATILE_EVIDENCE)
-    return hashlib.sha256("\0".join([finding.rule_id, where, *keys]).encode("utf-8", "surrogateescape")).hexdigest()
+    names = sorted(f"{key}/{name}" for key in keys if isinstance(finding.evidence[key], dict)
+                   for name in finding.evidence[key])
+    parts = [finding.rule_id, where, *keys, *names]
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _fingerprints(files: list[FileResult], root: str) -> list[str]:

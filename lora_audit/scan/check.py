@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from lora_audit.results import Finding, WeightStats
 from lora_audit.weights.lora_file import LoraFile
 
-MAX_LISTED = 8  # evidence lists longer than this are cut
-
 
 @dataclass
 class Subject:
@@ -29,9 +27,3 @@ class Check(ABC):
     @abstractmethod
     def run(self, subject: Subject) -> list[Finding]:
         """The findings of this group for ``subject``; problems of the file itself raise InvalidFileError."""
-
-
-def listing(items: list[str]) -> str:
-    """``items`` joined for evidence, cut after :data:`MAX_LISTED`."""
-    shown = ", ".join(items[:MAX_LISTED])
-    return shown + (f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else "")

@@ -23,6 +23,7 @@ import numpy as np
 
 from lora_audit.attack.resolve import AttackPlan, AttackSources
 from lora_audit.errors import AttackFailedError, MissingInputError, NotAttackableError
+from lora_audit.evidence import items, per_item
 from lora_audit.families import get_family
 from lora_audit.identity.metrics import consistency
 from lora_audit.identity.scoring import (DEFAULT_OWNER_FAR, LeakScore, OperatingPoint, describe_unused,
@@ -105,7 +106,7 @@ class IdentityCheck(Check):
         loaded = self._load(plan)
         if isinstance(loaded, MissingInputError):
             return [make_finding("LA303", f"the weight-to-image attack could not run: {loaded}",
-                                 {"missing": loaded.input})]
+                                 items("missing", [loaded.input]))]
         try:
             return self._audit(subject, plan, loaded)
         except NotAttackableError as e:
@@ -129,7 +130,8 @@ class IdentityCheck(Check):
             if faces is None:
                 findings.append(make_finding(
                     "LA307", f"no verdict on the owner's face: none of the {len(unused)} photos in "
-                    f"{self.references.folder} is usable for a {plan.family} LoRA", dict(unused)))
+                    f"{self.references.folder} is usable for a {plan.family} LoRA",
+                    per_item("photos", dict(unused))))
             else:
                 generic = self._generic_faces(loaded) if isinstance(null, OperatingPoint) else None
                 score = score_leak(result.images, faces, loaded.embedder, null, far=o.owner_far, generic=generic)
@@ -186,19 +188,19 @@ def _unavailable(plan: AttackPlan) -> Finding:
     """LA303 naming the inputs the attack on ``plan.family`` still needs."""
     needed = " and ".join(f"{m.flag} ({m.what})" for m in plan.missing)
     return make_finding("LA303", f"no weight-to-image attack for a {plan.family} LoRA without {needed}",
-                        {"missing": ", ".join(m.flag for m in plan.missing)})
+                        items("missing", [m.flag for m in plan.missing]))
 
 
 def _consistency(value: float, generic: dict, result, grid: Path) -> Finding:
     """LA301 when the reconstructions are more consistent than generic faces allow, else LA302."""
     threshold = generic["mean"] + LEAK_SIGMAS * generic["std"]
     sigmas = (value - generic["mean"]) / max(generic["std"], 1e-6)
-    evidence = {"identity consistency": f"{value:.3f}",
-                "generic faces": f"{generic['mean']:.3f} +/- {generic['std']:.3f} (threshold {threshold:.3f})",
+    evidence = {"identity_consistency": float(value),
+                "generic_consistency_mean": float(generic["mean"]), "generic_consistency_std": float(generic["std"]),
+                "threshold": float(threshold),  # mean + LEAK_SIGMAS std
                 "embedder": generic.get("embedder", "not recorded"),  # its fingerprint: class and weights hash
-                "fine-tuning step r": f"{result.step:.0f} ({result.step_source})",
-                "reconstructions": f"{result.latents} z samples x {result.seeds} seeds",
-                "grid": str(grid)}
+                "step": round(result.step), "step_source": result.step_source,  # the fine-tuning step r
+                "latents": result.latents, "seeds": result.seeds, "grid": str(grid)}
     if value > threshold:
         return make_finding("LA301", f"the weights alone decode to one consistent identity: consistency "
                             f"{value:.3f} vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std above)",
@@ -244,4 +246,4 @@ _STORIES = {  # (leaks, consistent) -> how the verdict and LA301/LA302 fit toget
 def _unused_photos(unused: list[tuple[str, str]], used: int) -> Finding:
     """LA306 listing the owner's photos that could not be used, with the reason for each."""
     return make_finding("LA306", f"{len(unused)} of {len(unused) + used} reference photos not used: "
-                        + describe_unused(unused), dict(unused))
+                        + describe_unused(unused), per_item("photos", dict(unused)))

@@ -22,7 +22,8 @@ The metadata is a dict of str -> str; many values are JSON strings. Trainers wri
   unless it holds text), ``software``, ``ss_output_name`` and a one-tag ``ss_tag_frequency`` built
   from the trigger word.
 
-Messages never quote metadata values; evidence does, truncated, or masked with ``redact=True``.
+Messages never quote metadata values; evidence does (under ``metadata``: where in the metadata ->
+value), truncated, or masked with ``redact=True``.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ import struct
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from lora_audit.evidence import MAX_ITEMS, per_item, short_list
 from lora_audit.results import Finding
 from lora_audit.rules import make_finding
-from lora_audit.scan.check import MAX_LISTED, Check, Subject
+from lora_audit.scan.check import Check, Subject
 from lora_audit.weights.json_text import parse_json
-from lora_audit.weights.dp_metadata import PREFIX, DPGuarantee, read_dp_guarantee
+from lora_audit.weights.dp_metadata import DPGuarantee, read_dp_guarantee
 
 TAG_FREQUENCY_KEYS = ("ss_tag_frequency",)
 DATASET_KEYS = ("ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_datasets")
@@ -69,6 +71,7 @@ _EMPTY = {"", "none", "null", "[]", "{}", '""'}
 # Values trainers write when the user set nothing: kohya's default title, ai-toolkit's name template.
 _PLACEHOLDER = re.compile(r"(LoRA|TextualInversion|Checkpoint)@[\d.]+|\[name\]")
 _TOP_TAGS = 5
+_LEAVES_SHOWN = 8  # matching values of one trainer config quoted in its evidence
 
 _PATH_PATTERNS = [
     re.compile(r"file:/{1,3}[^\s\"'<>|]+", re.IGNORECASE),
@@ -91,7 +94,8 @@ MAX_PNG_TEXT_PER_FILE = 4 << 20  # ... and per file, all images together
 
 @dataclass
 class _Hit:
-    """One leaking metadata ``key``; ``label`` names the evidence entry when it differs from it."""
+    """One leaking metadata ``key``; ``label`` names the evidence entry when it differs from it (where in
+    the value, e.g. ``ssmd_cover_images[0] parameters``). Labels are unique within one rule's hits."""
 
     key: str
     value: str
@@ -102,11 +106,13 @@ _Check = Callable[[dict[str, str]], tuple[str, list[_Hit]] | None]
 
 
 def check_metadata(metadata: dict[str, str], *, redact: bool = False, max_value_chars: int = 120) -> list[Finding]:
-    """Findings LA101-LA107 for one file's metadata, at most one per rule, in rule order."""
+    """Findings LA101-LA107 for one file's metadata, at most one per rule, in rule order; the evidence
+    of each is ``metadata`` (label -> value shown, the first :data:`~lora_audit.evidence.MAX_ITEMS`)
+    and ``metadata_count``."""
     findings = []
     for rule_id, message, hits in _run_checks(metadata):
-        evidence = {hit.label or hit.key: _show(hit.value, redact, max_value_chars) for hit in hits}
-        findings.append(make_finding(rule_id, message, evidence))
+        shown = {hit.label or hit.key: _show(hit.value, redact, max_value_chars) for hit in hits[:MAX_ITEMS]}
+        findings.append(make_finding(rule_id, message, per_item("metadata", shown, total=len(hits))))
     return findings
 
 
@@ -124,9 +130,8 @@ class MetadataCheck(Check):
         if isinstance(guarantee, DPGuarantee):
             findings.append(make_finding("LA108", f"the file states it was trained with {guarantee.summary()} "
                                          "(a claim in its metadata: lora-audit cannot verify it)",
-                                         {**{k.removeprefix(PREFIX): v for k, v in guarantee.metadata().items()},
-                                          "group_epsilon": f"{guarantee.group_epsilon():.4g}",
-                                          "group_delta": f"{guarantee.group_delta():.3g}"}))
+                                         {**asdict(guarantee), "group_epsilon": guarantee.group_epsilon(),
+                                          "group_delta": guarantee.group_delta()}))
         elif guarantee is not None:
             findings.append(make_finding("LA108", f"the file states a DP guarantee that cannot be read ({guarantee}): "
                                          "treat it as trained without DP", {"problem": guarantee}))
@@ -263,9 +268,9 @@ def _trigger_phrases(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
 
 
 def _embedded_images(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
-    """LA106: cover images and thumbnails, with the text chunks their PNGs carry (the first
-    :data:`~lora_audit.scan.check.MAX_LISTED` of each key, then one "+N more" entry)."""
-    hits, n_images, n_chunks, text_left = [], 0, 0, MAX_PNG_TEXT_PER_FILE
+    """LA106: cover images and thumbnails, then the text chunks their PNGs carry (the images come first,
+    so capping the evidence leaves out chunks, not images)."""
+    images_found, chunks, n_images, text_left = [], [], 0, MAX_PNG_TEXT_PER_FILE
     for key in IMAGE_KEYS:
         if not _present(md, key):
             continue
@@ -276,7 +281,7 @@ def _embedded_images(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
         else:
             parsed = parse_json(md[key])
             images = [s for s in parsed if isinstance(s, str) and s] if isinstance(parsed, list) else [md[key]]
-        summaries, chunks = [], []
+        summaries = []
         for i, image in enumerate(images):
             data = _decode_image(image)
             summaries.append(_describe_image(data))
@@ -285,15 +290,12 @@ def _embedded_images(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
             text_left -= sum(len(k) + len(t) for k, t in found.items())
             chunks += [_Hit(key, text, f"{where} {keyword}") for keyword, text in found.items()]
         if summaries:
-            hits += [_Hit(key, "; ".join(summaries)), *chunks[:MAX_LISTED]]
-            if len(chunks) > MAX_LISTED:
-                hits.append(_Hit(key, "PNG text chunk(s) not listed", f"{key} +{len(chunks) - MAX_LISTED} more"))
+            images_found.append(_Hit(key, "; ".join(summaries)))
             n_images += len(summaries)
-            n_chunks += len(chunks)
-    if not hits:
+    if not images_found:
         return None
-    chunks = f", with {n_chunks} PNG text chunk(s) (generation parameters, prompts)" if n_chunks else ""
-    return f"{n_images} embedded image(s) in {_names(hits)}{chunks}", hits
+    said = f", with {len(chunks)} PNG text chunk(s) (generation parameters, prompts)" if chunks else ""
+    return f"{n_images} embedded image(s) in {_names(images_found)}{said}", images_found + chunks
 
 
 def _trainer_configs(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
@@ -308,9 +310,9 @@ def _trainer_configs(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
                    if _find_paths(text[:_MAX_SCANNED_CHARS]) or _WORDS.search(text[:_MAX_SCANNED_CHARS])]
         if telling:
             shown = [f"{_path(where)}={text[:_MAX_SCANNED_CHARS]}" if where else text[:_MAX_SCANNED_CHARS]
-                     for where, text in telling[:MAX_LISTED]]
-            more = [f"+{len(telling) - MAX_LISTED} more"] if len(telling) > MAX_LISTED else []
-            hits.append(_Hit(key, "; ".join(shown + more)))
+                     for where, text in telling[:_LEAVES_SHOWN]]
+            cut = f"{len(telling)} values, the first {_LEAVES_SHOWN}: " if len(telling) > _LEAVES_SHOWN else ""
+            hits.append(_Hit(key, cut + "; ".join(shown)))
         elif not only_text:
             hits.append(_Hit(key, md[key]))
     if not hits:
@@ -347,7 +349,8 @@ def _present(md: dict[str, str], key: str) -> bool:
 
 
 def _names(hits: list[_Hit]) -> str:
-    return ", ".join(dict.fromkeys(hit.key for hit in hits))
+    """The metadata keys of ``hits`` for a message (the first 8, then "+N more")."""
+    return short_list(list(dict.fromkeys(hit.key for hit in hits)))
 
 
 def _show(value: str, redact: bool, max_chars: int) -> str:
@@ -465,7 +468,7 @@ def _inflate(data: bytes, limit: int) -> bytes:
 
 
 def _itxt(rest: bytes, limit: int) -> str:
-    compressed, _method, rest = rest[0], rest[1], rest[2:]
+    compressed, rest = rest[0], rest[2:]  # rest[1]: the compression method (zlib is the only one)
     _language, _, rest = rest.partition(b"\0")
     _translated, _, text = rest.partition(b"\0")
     return (_inflate(text, limit) if compressed else text[:limit]).decode("utf-8", "replace")

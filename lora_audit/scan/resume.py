@@ -2,7 +2,8 @@
 
 A file is done when the report already holds a ``file`` record of the same path, size and
 modification time (a changed file is scanned again). Earlier runs' records are read back as results,
-so the new run's summary line covers the whole batch.
+so the new run's summary line covers the whole batch. A report written with another major schema
+version (1.x evidence is text under phrase keys) is refused: one report holds one schema.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import os
 
 from lora_audit.errors import InputError
-from lora_audit.results import FileResult
+from lora_audit.results import SCHEMA_VERSION, FileResult
 from lora_audit.scan.collect import Collection
 
 
@@ -26,12 +27,21 @@ def recorded(report: str) -> list[FileResult]:
                 if not line.strip():
                     continue
                 record = json.loads(line)
+                _same_schema(report, record)
                 if isinstance(record, dict) and record.get("type") == "file":
                     records[record["path"]] = FileResult.from_dict(record)  # a later record of a path wins
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise InputError("output", report, f"is not a lora-audit JSON Lines report (line {number}: "
                          f"{type(e).__name__})") from None
     return list(records.values())
+
+
+def _same_schema(report: str, record: object) -> None:
+    """InputError when ``record`` was written with another major version of the report schema."""
+    version = record.get("schema_version") if isinstance(record, dict) else None
+    if isinstance(version, str) and version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        raise InputError("output", report, f"was written with report schema {version}; this lora-audit writes "
+                         f"{SCHEMA_VERSION} and cannot add to it (write a new report, or scan without --resume)")
 
 
 def still_to_scan(collected: Collection, earlier: list[FileResult]) -> Collection:

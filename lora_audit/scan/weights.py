@@ -4,9 +4,10 @@ all (LA003); non-linear LoDA adapters, measured through their first-order dW (LA
 
 from __future__ import annotations
 
+from lora_audit.evidence import items, per_item
 from lora_audit.results import Finding
 from lora_audit.rules import make_finding
-from lora_audit.scan.check import MAX_LISTED, Check, Subject, listing
+from lora_audit.scan.check import Check, Subject
 from lora_audit.weights.loda import ACTIVATION_KEY, DEFAULT_ACTIVATION
 
 
@@ -22,34 +23,36 @@ class WeightCheck(Check):
         bad = lora.file.non_finite() if self.read_data else []
         if bad:
             findings.append(make_finding("LA201", f"{len(bad)} tensor(s) hold NaN or Inf values",
-                                         {"tensors": listing(bad)}))
+                                         items("tensors", bad)))
         if lora.problems.orphaned:
             findings.append(make_finding(
                 "LA202", f"{len(lora.problems.orphaned)} module(s) lack a partner tensor",
-                {name: "has only " + ", ".join(roles) for name, roles in list(lora.problems.orphaned.items())[:MAX_LISTED]}))
+                per_item("modules", {name: "has only " + ", ".join(roles)
+                                     for name, roles in lora.problems.orphaned.items()})))
         if lora.problems.mismatched:
             findings.append(make_finding(
                 "LA203", f"{len(lora.problems.mismatched)} module(s) have incompatible shapes",
-                dict(list(lora.problems.mismatched.items())[:MAX_LISTED])))
+                per_item("modules", lora.problems.mismatched)))
         if lora.problems.conflicting:  # LA203 semantics: the parts of the module do not belong together
             findings.append(make_finding(
                 "LA203", f"{len(lora.problems.conflicting)} module(s) hold tensors of two layouts or kinds for one "
                 "module (e.g. a kohya and a PEFT pair, or LoRA and LoHa factors); they were not merged and not "
-                "audited (LA203: parts that do not fit together)", dict(list(lora.problems.conflicting.items())[:MAX_LISTED])))
+                "audited (LA203: parts that do not fit together)", per_item("modules", lora.problems.conflicting)))
         if lora.problems.bad_alpha:  # LA203 semantics: a part of the module (its alpha) is unusable
             findings.append(make_finding(
                 "LA203", f"{len(lora.problems.bad_alpha)} module(s) have an unusable alpha (not a finite number "
                 "or unreadable); their weights were audited with alpha = rank (LA203: a part that does not "
-                "fit)", dict(list(lora.problems.bad_alpha.items())[:MAX_LISTED])))
+                "fit)", per_item("modules", lora.problems.bad_alpha)))
         loda = [m for m in lora.modules if m.kind == "loda"]
         if loda:
             findings.append(make_finding(
                 "LA204", f"{len(loda)} LoDA module(s): non-linear adapters, measured (statistics, attack) through "
                 f"their first-order dW = act'(0) * scale * up @ down",
                 {"activation": lora.metadata.get(ACTIVATION_KEY, f"{DEFAULT_ACTIVATION} (not stated)"),
-                 "first_order_scale": f"{loda[0].scale:.4g}", "rank": str(loda[0].rank), "modules": listing([m.name for m in loda])}))
+                 "first_order_scale": float(loda[0].scale), "rank": int(loda[0].rank),
+                 **items("modules", [m.name for m in loda])}))
         problems = lora.problems
         if not lora.modules and not (problems.orphaned or problems.mismatched or problems.conflicting):
             findings.append(make_finding("LA003", f"none of the {len(lora.tensors)} tensors belong to a known LoRA layout",
-                                         {"tensors": listing(lora.problems.unrecognised)}))
+                                         items("tensors", lora.problems.unrecognised)))
         return findings

@@ -191,35 +191,18 @@ def sample_grid(pipe: ToyFacePipeline, identity_ids: Sequence[int], seeds: Seque
 
     Each sample is ``pipe(caption, seed=seed)``, so any tile can be reproduced on its own.
     """
-    from PIL import Image, ImageDraw
-
+    from lora_audit.figures import save_labelled_grid
     from lora_audit.toyworld.renderer import caption, identity, render
 
     size = pipe.unet.config.sample_size
-    tile, gap, text_width, header = size * scale, 4, 330, 16
-    width = text_width + (len(seeds) + 1) * (tile + gap) + 2 * gap
-    sheet = Image.new("RGB", (width, header + len(identity_ids) * (tile + gap) + gap), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((gap, 2), f"caption (guidance {guidance_scale:g}, {num_inference_steps} steps)", fill="black")
-    draw.text((text_width, 2), "real", fill="black")
-    for col, seed in enumerate(seeds):
-        draw.text((text_width + (col + 1) * (tile + gap) + gap, 2), f"seed {seed}", fill="black")
-
-    def paste(image: np.ndarray, x: int, y: int) -> None:
-        pixels = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
-        sheet.paste(Image.fromarray(pixels).resize((tile, tile), Image.NEAREST), (x, y))
-
-    for row, identity_id in enumerate(identity_ids):
-        text = caption(identity(identity_id)).removeprefix("a face of a person with ")
-        y = header + gap + row * (tile + gap)
-        draw.multiline_text((gap, y + 4), f"#{identity_id}\n" + textwrap.fill(text, 52), fill="black")
-        paste(render(identity_id, 0, size=size), text_width, y)
-        for col, seed in enumerate(seeds):
-            sample = pipe(caption(identity(identity_id)), guidance_scale=guidance_scale,
-                          num_inference_steps=num_inference_steps, seed=seed)[0]
-            paste(sample, text_width + (col + 1) * (tile + gap) + gap, y)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+    rows, labels = [], []
+    for identity_id in identity_ids:
+        text = caption(identity(identity_id))
+        samples = [pipe(text, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, seed=seed)[0]
+                   for seed in seeds]
+        rows.append([render(identity_id, 0, size=size), None, *samples])
+        labels.append(f"identity {identity_id}\n" + textwrap.fill(text.removeprefix("a face of a person with "), 44))
+    headers = ["real render", ("", 1), (f"the base model prompted with the caption (guidance {guidance_scale:g}, "
+                                        f"{num_inference_steps} steps), seeds {', '.join(map(str, seeds))}", len(seeds))]
+    return save_labelled_grid(path, rows, labels, headers, scale=scale)
 

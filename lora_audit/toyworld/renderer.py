@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -538,27 +537,3 @@ def render_batch(identity_ids: Sequence[int], image_indices: Sequence[int], seed
     for i, (identity_id, image_index) in enumerate(zip(identity_ids, image_indices)):
         out[i] = render(int(identity_id), int(image_index), seed, size)
     return out
-
-
-def contact_sheet(identity_ids: Sequence[int], images_per_identity: int = 6, size: int = 32, scale: int = 3,
-                  seed: int = 0) -> np.ndarray:
-    """A uint8 RGB grid: one row per identity, images 0 .. images_per_identity-1, nearest-upscaled by ``scale``."""
-    gutter, tile = max(1, scale), size * scale
-    rows, cols = len(identity_ids), images_per_identity
-    sheet = np.full((rows * (tile + gutter) + gutter, cols * (tile + gutter) + gutter, 3), 255, dtype=np.uint8)
-    for r, identity_id in enumerate(identity_ids):
-        images = render_batch([identity_id] * cols, range(cols), seed, size)
-        images = (images * 255 + 0.5).astype(np.uint8).repeat(scale, axis=1).repeat(scale, axis=2)
-        for c in range(cols):
-            y, x = gutter + r * (tile + gutter), gutter + c * (tile + gutter)
-            sheet[y:y + tile, x:x + tile] = images[c]
-    return sheet
-
-
-def save_contact_sheet(path: str | Path, identity_ids: Sequence[int], images_per_identity: int = 6, size: int = 32,
-                       scale: int = 3, seed: int = 0) -> Path:
-    """Write :func:`contact_sheet` as a PNG and return its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(contact_sheet(identity_ids, images_per_identity, size, scale, seed)).save(path)
-    return path

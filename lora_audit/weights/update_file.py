@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 from lora_audit.errors import InvalidFileError
+from lora_audit.evidence import Evidence, per_item
 
 PREFIX = "lora_audit.fl."
 FORMAT_KEY = PREFIX + "format"  # the format version of the update file
@@ -37,12 +38,15 @@ class UpdateFacts:
     local_steps: int = 1
     defence: dict | None = None  # clipping / noise / sparsification the client applied, if any
 
-    def evidence(self) -> dict[str, str]:
-        facts = {"what": self.what, "batch_size": str(self.batch_size), "model_id": self.model_id,
-                 "tensors": str(self.tensor_count), "parameters": f"{self.parameter_count:,}",
-                 "local_steps": str(self.local_steps)}
+    def evidence(self) -> Evidence:
+        """The facts as a finding's evidence; ``defence`` as an object of setting -> value (JSON text when
+        the value is not a string)."""
+        facts: Evidence = {"what": self.what, "batch_size": self.batch_size, "model_id": self.model_id,
+                           "tensor_count": self.tensor_count, "parameter_count": self.parameter_count,
+                           "local_steps": self.local_steps}
         if self.defence:
-            facts["defence"] = json.dumps(self.defence, sort_keys=True)
+            facts |= per_item("defence", {str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+                                          for k, v in self.defence.items()})
         return facts
 
 

@@ -10,6 +10,8 @@ Stages, each writing into ``<out>/<stage>/`` and finished when its ``metrics.jso
   attack    train the weight-to-image VAE on them and score it on held-out identities
   install   copy the small final artefacts into ``<out>/installed/{data,weights_samples,docs}``, or,
             with ``install_root``, into that source checkout's package data, ``weights_samples/`` and ``docs/``
+  figures   draw the docs' figures of the toy world (``docs/img``) from the installed models and samples;
+            alone (``--stage figures --install .``) it redraws those of a checkout without a build
 
 A build writes nothing outside ``<out>`` and the install root it was given.
 """
@@ -35,7 +37,8 @@ from lora_audit.toyworld.pipeline import ToyBaseConfig
 from lora_audit.toyworld.lab.train_embedder import EmbedderConfig
 from lora_audit.toyworld.lab.victims import VictimConfig
 
-STAGES = ("embedder", "base", "victims", "shadows", "attack", "install")
+STAGES = ("embedder", "base", "victims", "shadows", "attack", "install", "figures")
+_INSTALLING = ("install", "figures")  # stages that write into the install target
 Progress = Callable[[str, int, int, dict], None]  # (stage, step, total, metrics)
 
 
@@ -97,19 +100,19 @@ def build(config: BuildConfig, stages: tuple[str, ...] = STAGES, progress: Progr
     if root is not None and not (root / "lora_audit" / "toyworld").is_dir():
         raise InputError("install", root, "is not a lora-audit source checkout (no lora_audit/toyworld)")
     runners = {"embedder": _embedder, "base": _base, "victims": _victims, "shadows": _shadows, "attack": _attack,
-               "install": _install}
+               "install": _install, "figures": _figures}
     metrics = {}
     installed_into = str(root.resolve()) if root is not None else None  # install again for another target
     for stage in STAGES:
         marker = config.out / stage / "metrics.json"
         finished = marker.is_file() and (
-            stage != "install" or json.loads(marker.read_text()).get("installed_into") == installed_into)
+            stage not in _INSTALLING or json.loads(marker.read_text()).get("installed_into") == installed_into)
         if stage in stages and not finished:
             start = time.perf_counter()
             report = (lambda step, total, m, s=stage: progress(s, step, total, m)) if progress else None
             result = runners[stage](config, report)
             result["seconds"] = round(time.perf_counter() - start, 1)
-            if stage == "install":
+            if stage in _INSTALLING:
                 result["installed_into"] = installed_into
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps(result, indent=2, default=str))
@@ -229,11 +232,7 @@ def _attack(config: BuildConfig, progress) -> dict:
 
 
 def _install(config: BuildConfig, progress) -> dict:
-    from lora_audit.families import load_base
     from lora_audit.testing.synthetic import write_static_samples
-    from lora_audit.toyworld.identities import PUBLIC
-    from lora_audit.toyworld.pipeline import sample_grid
-    from lora_audit.toyworld.renderer import save_contact_sheet
 
     copied = {}
     for name, keep in (("base", lambda n: n not in {"checkpoint.pt", "metrics.json"}),
@@ -255,42 +254,57 @@ def _install(config: BuildConfig, progress) -> dict:
             shutil.copy2(item, target)
         copied[f"samples/{item.name}"] = _size(target)
     copied.update({f"samples/{p.name}": p.stat().st_size for p in write_static_samples(config.samples_dir)})
-    images = config.docs_dir / "img"
-    images.mkdir(parents=True, exist_ok=True)
-    base = load_base(str(config.out / "base"))
-    sample_grid(base.pipe, [SHADOW.start + i for i in range(config.grid_identities)], seeds=range(config.grid_seeds),
-                path=images / "toy_base_samples.png", num_inference_steps=config.sampling_steps)
-    save_contact_sheet(images / "contact_sheet.png", [PUBLIC.start + i for i in range(8)], size=config.base.image_size)
-    shutil.copy2(config.out / "attack" / "curves.png", images / "attack_curves.png")
-    _attack_grid(config, images / "attack_reconstructions.png")
+    curves = config.out / "attack" / "curves.png"
+    if curves.is_file():  # only training draws them; the figures stage cannot
+        (config.docs_dir / "img").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(curves, config.docs_dir / "img" / "attack_curves.png")
     stages = {s: json.loads((config.out / s / "metrics.json").read_text())
               for s in ("embedder", "base", "victims", "shadows", "attack")}
     (config.samples_dir / "README.md").write_text(samples_readme(stages, copied))
     return {"copied_bytes": copied}
 
 
-def _attack_grid(config: BuildConfig, path: Path) -> None:
-    """One row per victim: its private photos, then the attack's reconstructions from its weights alone."""
-    from PIL import Image
+def _figures(config: BuildConfig, progress) -> dict:
+    """docs/img's toy-world figures, drawn from the installed base, attack and sample victims only."""
+    from lora_audit.families import load_base
+    from lora_audit.figures import save_labelled_grid
+    from lora_audit.toyworld.identities import PUBLIC
+    from lora_audit.toyworld.pipeline import sample_grid
+    from lora_audit.toyworld.renderer import render_batch
 
+    images = config.docs_dir / "img"
+    base = load_base(str(config.package_data / "base"))
+    size, views = base.image_size, 6
+    drawn = [sample_grid(base.pipe, [SHADOW.start + i for i in range(config.grid_identities)], seeds=range(config.grid_seeds),
+                         path=images / "toy_base_samples.png", num_inference_steps=config.sampling_steps)]
+    ids = [PUBLIC.start + i for i in range(8)]
+    drawn.append(save_labelled_grid(images / "contact_sheet.png", [list(render_batch([i] * views, range(views), 0, size)) for i in ids],
+                                    [f"identity {i}" for i in ids], [f"view {v}" for v in range(views)]))
+    drawn.append(_attack_grid(config, base, images / "attack_reconstructions.png"))
+    return {"drawn": [str(p.relative_to(config.docs_dir)) for p in drawn]}
+
+
+def _attack_grid(config: BuildConfig, base, path: Path) -> Path:
+    """One row per sample victim: its private photos, then the attack's reconstructions from its weights alone."""
     from lora_audit.attack.model import AttackModel
     from lora_audit.attack.reconstruct import reconstruct
+    from lora_audit.figures import save_labelled_grid
     from lora_audit.images import load_image_folder
-    from lora_audit.families import load_base
     from lora_audit.weights import open_lora
 
-    attack, base = AttackModel.load(config.out / "attack"), load_base(str(config.out / "base"))
-    rows = []
-    for spec in config.victims.victims:
-        photos = load_image_folder(str(config.out / "victims" / f"{spec.name}_photos"), config.victims.image_size)
-        with open_lora(str(config.out / "victims" / f"{spec.name}.safetensors")) as lora_file:
+    attack = AttackModel.load(config.package_data / "attack")
+    rows, names = [], [spec.name for spec in config.victims.victims]
+    for name in names:
+        photos = load_image_folder(str(config.samples_dir / f"{name}_photos"), base.image_size)
+        with open_lora(str(config.samples_dir / f"{name}.safetensors")) as lora_file:
             result = reconstruct(attack, base, lora_file, latents=config.attack_latents, seeds=config.attack_seeds,
                                  sampling_steps=config.sampling_steps)
-        blank = np.ones_like(photos[:1])
-        rows.append(np.concatenate([*photos, blank[0], *result.images], axis=1))  # [H, W * n, 3]
-    grid = (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255 + 0.5).astype(np.uint8)
-    image = Image.fromarray(grid)
-    image.resize((image.width * 3, image.height * 3), Image.NEAREST).save(path)
+        rows.append([*photos, None, *result.images])
+    k = config.attack_latents * config.attack_seeds
+    headers = [("the victim's private training photos", len(rows[0]) - k - 1), ("", 1),
+               (f"the attack's reconstructions from the LoRA file alone ({config.attack_latents} z x "
+                f"{config.attack_seeds} seeds)", k)]
+    return save_labelled_grid(path, rows, names, headers)
 
 
 def samples_readme(metrics: dict, sizes: dict) -> str:

@@ -267,35 +267,40 @@ def defences_markdown(summary: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+ADAPTER_NAMES = {"lora": "LoRA", "loda": "LoDA"}  # in figures
+
+
 def plot_leak_against_utility(summary: dict, path: Path) -> Path:
-    """Attack rank-1 against oracle rank-1, one curve per adapter, epsilon on the points, 95% error bars."""
+    """Utility (oracle rank-1) and leak (attack rank-1) against epsilon, one series per adapter, "no DP" last,
+    with 95% error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    for adapter in sorted({r["adapter"] for r in summary["settings"]}):
-        rows = [r for r in summary["settings"] if r["adapter"] == adapter]
-        x = np.array([r["oracle_rank1"]["rate"] for r in rows])
-        y = np.array([r["attack_rank1"]["rate"] for r in rows])
-        xerr = np.abs(np.array([r["oracle_rank1"]["interval"] for r in rows]).T - x)
-        yerr = np.abs(np.array([r["attack_rank1"]["interval"] for r in rows]).T - y)
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", capsize=3, label=adapter)
-        for i, (r, xi, yi) in enumerate(zip(rows, x, y)):  # labels staggered: DP points crowd near the origin
-            ax.annotate("no DP" if r["target_epsilon"] is None else f"eps {r['target_epsilon']:g}", (xi, yi),
-                        textcoords="offset points", xytext=(6, 6 + 11 * i), fontsize=8, color=ax.lines[-1].get_color())
-    chance = summary["settings"][0]["chance_rank1"]
-    ax.axhline(2 * chance, color="grey", linestyle=":", label="2 x chance (attack)")
-    ax.axvline(0.8, color="grey", linestyle="--", label="owner keeps rank-1 80%")
-    ax.set_xlabel("utility: trigger-prompted rank-1 (oracle)")
-    ax.set_ylabel("leak: weight-to-image attack rank-1")
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.05, 1.05)
-    counts = sorted({r["identities"] for r in summary["settings"]})
-    ax.set_title(f"{'-'.join(map(str, (counts[0], counts[-1]) if len(counts) > 1 else counts))} held-out toy "
-                 "identities per point, 95% intervals", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    settings = summary["settings"]
+    epsilons = sorted({r["target_epsilon"] for r in settings}, key=lambda e: float("inf") if e is None else e)
+    ticks = ["no DP" if e is None else f"{e:g}" for e in epsilons]
+    adapters = sorted({r["adapter"] for r in settings})
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for axis, key, title in ((axes[0], "oracle_rank1", "utility: trigger-prompted rank-1 (oracle)"),
+                             (axes[1], "attack_rank1", "leak: weight-to-image attack rank-1")):
+        for j, adapter in enumerate(adapters):
+            rows = sorted((r for r in settings if r["adapter"] == adapter), key=lambda r: epsilons.index(r["target_epsilon"]))
+            x = np.array([epsilons.index(r["target_epsilon"]) for r in rows]) + 0.12 * (j - (len(adapters) - 1) / 2)
+            y = np.array([r[key]["rate"] for r in rows])
+            error = np.abs(np.array([r[key]["interval"] for r in rows]).T - y)
+            axis.errorbar(x, y, yerr=error, marker="o", linestyle="none", capsize=3, label=ADAPTER_NAMES.get(adapter, adapter))
+        axis.axhline(settings[0]["chance_rank1"], color="grey", linestyle=":", label="chance")
+        axis.set_xticks(range(len(epsilons)), ticks)
+        axis.set_xlabel("DP-SGD target epsilon per training image")
+        axis.set_title(title, fontsize=10)
+        axis.set_ylim(-0.05, 1.05)
+    axes[0].set_ylabel("rank-1 (95% interval)")
+    axes[0].legend(fontsize=8, loc="center left")
+    counts = sorted({r["identities"] for r in settings})
+    fig.suptitle(f"{'-'.join(map(str, (counts[0], counts[-1]) if len(counts) > 1 else counts))} held-out toy "
+                 "identities per point", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

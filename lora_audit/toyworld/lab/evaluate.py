@@ -16,13 +16,16 @@ Scores use the toy face embedder: the similarity of the K images to each candida
 centre (mean embedding of 10 reference renders), candidates = all victims. Rank-1 = the true
 identity scores highest; TAR at a FAR: the share of victims whose true-identity score reaches the
 threshold that the given share of (victim, other candidate) scores reaches.
+
+Each victim's scores are kept in ``out/victims/<id>.json`` (its example images in ``<id>.npz``): an
+interrupted evaluation resumes where it stopped, and a record made under other settings is made again.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
 from string import Template
@@ -31,6 +34,9 @@ from typing import Callable
 import numpy as np
 
 METHODS = ("oracle", "latent_ceiling", "lora_class", "base", "vae_final_only", "vae")
+SHORT_LABELS = {"oracle": "oracle (true trigger)", "latent_ceiling": "latent ceiling",
+                "lora_class": "LoRA + class prompt", "base": "base model", "vae_final_only": "VAE, final only",
+                "vae": "VAE attack"}  # the methods' names in figures
 
 
 @dataclass
@@ -73,19 +79,21 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     ids = [int(t.identity) for t in trajectories]
     centres = identity_centres(embedder, ids, base.image_size)  # [n, D]
     k = config.latents * config.seeds
-    scores = {m: np.zeros((len(ids), len(ids))) for m in METHODS if m != "vae_final_only" or ablation}
-    samples, seconds = {}, {"vae": [], "vae_final_only": []}
     gallery = get_family("toy").owner_null(embedder, base.image_size, config.owner_photos)
-    verdicts = {"own": [], "other": []}  # does the scan verdict say "leaks" for the owner's / someone else's photos
-    by_step: dict[int, list[np.ndarray]] = {}  # r -> the VAE's candidate scores of each victim's LoRA at step r
+    # Everything a victim's record depends on (not the TAR's FAR or the curve, applied to the records):
+    # a record made under other settings is made again.
+    settings = {name: value for name, value in asdict(config).items() if name not in ("far", "steps_curve")}
+    key = {"victims": ids, "config": settings, "attack": str(attack_dir), "ablation": str(ablation_dir), "base": str(base_path)}
     (out / "loras").mkdir(parents=True, exist_ok=True)
-    for n, t in enumerate(trajectories):
+    (out / "victims").mkdir(parents=True, exist_ok=True)
+
+    def victim(n: int, t) -> dict:
+        """One victim's record: each method's candidate scores [n], the verdicts, the attacks' seconds."""
         final = t.steps[-1]
         path = out / "loras" / f"victim_{t.identity}.safetensors"
         save_lora(str(path), t.states[final], rank=t.rank, alpha=t.alpha, metadata=TOY_METADATA)
-        images = {}
-        deltas = t.deltas(final)
-        with base.patched(deltas):
+        images, seconds = {}, {}
+        with base.patched(t.deltas(final)):
             for method, prompt in (("oracle", INSTANCE_TEMPLATE.format(t.trigger)), ("lora_class", attack.config.class_prompt)):
                 embeds = base.encode_prompt([prompt]).detach().expand(k, -1, -1)
                 images[method] = base.generate(embeds, seed=ids[n], steps=config.sampling_steps)
@@ -101,22 +109,53 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
             with open_lora(str(path)) as lora_file:
                 images[method] = reconstruct(model, base, lora_file, latents=config.latents, seeds=config.seeds,
                                              sampling_steps=config.sampling_steps).images
-            seconds[method].append(time.perf_counter() - start)
-        for method, batch in images.items():
-            scores[method][n] = set_scores(embedder.embed(batch), centres)  # [n candidates]
+            seconds[method] = time.perf_counter() - start
+        verdicts = {}
         for whose, identity in (("own", ids[n]), ("other", ids[(n + 1) % len(ids)])):  # photos no LoRA saw
             photos = identity_photos(identity, config.owner_photos, base.image_size, first_view=100)
-            verdicts[whose].append(score_leak(images["vae"], photos, embedder, gallery, far=config.owner_far).leaks)
-        for step in t.steps if config.steps_curve else ():
+            verdicts[whose] = bool(score_leak(images["vae"], photos, embedder, gallery, far=config.owner_far).leaks)
+        np.savez_compressed(out / "victims" / f"{t.identity}.npz", photo=t.images[0].astype(np.float32) / 255,
+                            **{m: b[0] for m, b in images.items()})
+        return {"key": key, "scores": {m: set_scores(embedder.embed(b), centres).tolist() for m, b in images.items()},
+                "verdicts": verdicts, "seconds": seconds}
+
+    def steps_curve(t) -> dict:
+        """The VAE's candidate scores [n] of the victim's LoRA saved at each fine-tuning step r."""
+        steps = {}
+        for step in t.steps:
             snapshot = out / "loras" / f"victim_{t.identity}_step_{step}.safetensors"
             save_lora(str(snapshot), t.states[step], rank=t.rank, alpha=t.alpha, metadata=TOY_METADATA)
             with open_lora(str(snapshot)) as lora_file:
                 batch = reconstruct(attack, base, lora_file, latents=config.latents, seeds=config.seeds,
                                     sampling_steps=config.sampling_steps).images
-            by_step.setdefault(step, []).append(set_scores(embedder.embed(batch), centres))
-        samples[t.identity] = {"photo": t.images[0].astype(np.float32) / 255, **{m: b[0] for m, b in images.items()}}
+            steps[str(step)] = set_scores(embedder.embed(batch), centres).tolist()
+        return {"key": key, "steps": steps}
+
+    def kept(path: Path, make: Callable[[], dict], *needed: Path) -> dict:
+        """The record at ``path`` if it was made under ``key`` (and ``needed`` files exist), else ``make()`` saved."""
+        record = json.loads(path.read_text()) if path.is_file() else None
+        if record is None or record.get("key") != key or not all(p.is_file() for p in needed):
+            record = make()
+            path.write_text(json.dumps(record))
+        return record
+
+    records, curves = [], []
+    for n, t in enumerate(trajectories):
+        stem = out / "victims" / str(t.identity)
+        records.append(kept(stem.with_suffix(".json"), lambda: victim(n, t), stem.with_suffix(".npz")))
+        if config.steps_curve:  # a record of its own: a curve can be added to a finished evaluation
+            curves.append(kept(stem.with_suffix(".steps.json"), lambda: steps_curve(t)))
         if progress:
             progress(n + 1, len(trajectories), {"victim": t.identity})
+    methods = [m for m in METHODS if m != "vae_final_only" or ablation]
+    scores = {m: np.array([r["scores"][m] for r in records]) for m in methods}  # [n victims, n candidates]
+    seconds = {m: [r["seconds"][m] for r in records] for m in ("vae", "vae_final_only") if m in methods}
+    verdicts = {w: [r["verdicts"][w] for r in records] for w in ("own", "other")}
+    by_step = {int(step): [np.array(c["steps"][step]) for c in curves] for step in (curves[0]["steps"] if curves else ())}
+    samples = {}
+    for t in trajectories:
+        with np.load(out / "victims" / f"{t.identity}.npz") as stored:
+            samples[t.identity] = {name: stored[name] for name in ("photo", *methods)}
     summary = {m: _summary(s, config.far) for m, s in scores.items()}
     for method in ("vae", "vae_final_only"):
         if method in summary:
@@ -133,7 +172,10 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
         hits = int(sum(rank_of(row, v) == 1 for v, row in enumerate(matrix)))
         steps[step] = {"rank1": round(hits / len(rows), 3), "rank1_ci": [round(x, 3) for x in wilson_interval(hits, len(rows))],
                        "mean_similarity": round(float(np.diag(matrix).mean()), 4), "n": len(rows)}
-    return {"victims": ids, "k": k, "far": config.far, "summary": summary, "verdict": verdict, "steps": steps,
+    manifest = victims / "manifest.json"
+    made = json.loads(manifest.read_text()).get("config", {}) if manifest.is_file() else {}
+    return {"victims": ids, "victims_made": {"path": str(victims), "first_identity": made.get("first_identity", min(ids))},
+            "k": k, "far": config.far, "summary": summary, "verdict": verdict, "steps": steps,
             "scores": {m: s.round(4).tolist() for m, s in scores.items()}, "samples": samples,
             "attack": str(attack_dir or "shipped toy attack"), "ablation": str(ablation_dir) if ablation_dir else None}
 
@@ -164,6 +206,8 @@ def write_results(result: dict, command: str, docs: Path) -> Path:
     images.mkdir(parents=True, exist_ok=True)
     _grid(result, images / "results_grid.png")
     _plot(result, images / "results_plot.png")
+    if result.get("steps"):
+        _steps_plot(result, images / "results_steps.png")
     path = docs / "results.md"
     path.write_text(results_markdown(result, command))
     return path
@@ -201,8 +245,14 @@ def results_markdown(result: dict, command: str) -> str:
     reachable = s["latent_ceiling"]["mean_similarity"]
     ceiling = reachable / oracle if oracle > 0 else float("nan")
     of_ceiling = s["vae"]["mean_similarity"] / reachable if reachable > 0 else float("nan")
+    made = result.get("victims_made") or {}
+    first = made.get("first_identity", min(result["victims"]))
+    inputs = [f"lora-audit shadow -o {made.get('path', 'VICTIMS')} -n {n} --first-identity {first} -j 2   # the victims"]
+    if "vae_final_only" in s:
+        inputs.append(f"lora-audit train-attack SHADOWS -o {result['ablation']} --final-only   # the ablation")
+    steps_plot = "\n![the attack's rank-1 against the fine-tuning step r, 95% intervals](img/results_steps.png)" if step_rows else ""
     template = Template((files(__package__) / "templates" / "results.md").read_text())
-    return template.substitute(command=command, n=n, k=result["k"], chance=f"{1 / n:.0%}", far=f"{result['far']:g}",
+    return template.substitute(command=command, inputs="\n".join(inputs), first=first, steps_plot=steps_plot, n=n, k=result["k"], chance=f"{1 / n:.0%}", far=f"{result['far']:g}",
                                impostors=n * (n - 1), rows=rows, ratio=f"{ratio:.2f}", vae_rank1=f"{s['vae']['rank1']:.0%}",
                                ceiling=f"{ceiling:.2f}", of_ceiling=f"{of_ceiling:.2f}", verdict=verdict_text,
                                steps=steps_text)
@@ -214,13 +264,40 @@ def _interval(bounds, spec: str) -> str:
 
 
 def _grid(result: dict, path: Path, rows: int = 6, scale: int = 3) -> None:
-    from PIL import Image
+    """One row per victim (its id): a training photo, then one image of each method, headed by its name."""
+    from lora_audit.figures import save_labelled_grid
 
     columns = ["photo", *[m for m in METHODS if m in result["summary"]]]
-    picked = list(result["samples"].values())[:rows]
-    grid = np.concatenate([np.concatenate([s[c] for c in columns], axis=1) for s in picked], axis=0)
-    image = Image.fromarray((np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8))
-    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+    picked = list(result["samples"].items())[:rows]
+    save_labelled_grid(path, [[s[c] for c in columns] for _, s in picked], [f"victim {v}" for v, _ in picked],
+                       ["training photo", *(SHORT_LABELS[m] for m in columns[1:])], scale=scale)
+
+
+def _steps_plot(result: dict, path: Path) -> None:
+    """The VAE's rank-1 (Wilson 95% interval) and mean similarity against the fine-tuning step r."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(result["steps"], key=int)
+    r = [int(x) for x in steps]
+    rank1 = np.array([result["steps"][x]["rank1"] for x in steps])
+    bounds = np.array([result["steps"][x]["rank1_ci"] for x in steps]).T  # [2, steps]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    left.errorbar(r, rank1, yerr=np.abs(bounds - rank1), marker="o", capsize=3)
+    left.axhline(1 / len(result["victims"]), color="grey", linestyle="--", label="chance")
+    left.set_ylabel("VAE attack rank-1 (95% interval)")
+    left.set_ylim(-0.02, 1.02)
+    left.legend()
+    right.plot(r, [result["steps"][x]["mean_similarity"] for x in steps], marker="o", color="tab:orange")
+    right.set_ylabel("mean similarity to the true identity")
+    for axis in (left, right):
+        axis.set_xlabel("fine-tuning step r of the attacked LoRA")
+    fig.suptitle(f"the attack on each victim's LoRA saved at step r ({len(result['victims'])} victims)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot(result: dict, path: Path) -> None:
@@ -231,21 +308,24 @@ def _plot(result: dict, path: Path) -> None:
 
     methods = list(result["summary"])
     summary = result["summary"]
+    names = [SHORT_LABELS[m] for m in methods]
 
     def errors(key: str, value: str) -> np.ndarray:  # [2, M] distances from each bar to its interval's ends
         return np.array([[summary[m][value] - summary[m].get(key, [summary[m][value]] * 2)[0],
                           summary[m].get(key, [summary[m][value]] * 2)[1] - summary[m][value]] for m in methods]).T
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
-    left.bar(methods, [summary[m]["rank1"] for m in methods], yerr=errors("rank1_ci", "rank1"), capsize=3)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    left.bar(names, [summary[m]["rank1"] for m in methods], yerr=errors("rank1_ci", "rank1"), capsize=3)
     left.axhline(1 / len(result["victims"]), color="grey", linestyle="--", label="chance")
     left.set_ylabel("rank-1 (95% interval)")
     left.legend()
-    right.bar(methods, [summary[m]["mean_similarity"] for m in methods], color="tab:orange",
+    right.bar(names, [summary[m]["mean_similarity"] for m in methods], color="tab:orange",
               yerr=errors("mean_similarity_ci", "mean_similarity"), capsize=3)
-    right.set_ylabel("mean similarity to the true identity")
+    right.set_ylabel("mean similarity to the true identity\n(95% interval)")
     for axis in (left, right):
-        axis.tick_params(axis="x", rotation=30)
+        axis.tick_params(axis="x", rotation=35)
+        plt.setp(axis.get_xticklabels(), ha="right", rotation_mode="anchor")
+    fig.suptitle(f"{len(result['victims'])} held-out victims, {result['k']} images per method and victim", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
