@@ -44,6 +44,9 @@ class InputError(UsageError):
             text += f"; {verb} {word(self.fix[0])} {self.fix[1]}"
         return text
 
+    def __reduce__(self):  # pickled with its fields (a Ray worker's error reaches the scan whole)
+        return type(self), (self.input, self.value, self.problem, self.fix)
+
 
 class MissingInputError(InputError):
     """An input that is needed but was not given and has no default (a scan reports it as LA303)."""
@@ -60,6 +63,9 @@ class InvalidFileError(LoraAuditError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
 
 
 class NotAttackableError(LoraAuditError):

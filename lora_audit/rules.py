@@ -70,10 +70,11 @@ _RULES = [
     Rule("LA301", "identity-reconstruction", Severity.HIGH, "The weights alone reconstruct one identity",
          "Anyone holding the file can render the person it was trained on. Do not publish a LoRA of a "
          "private person; if it must be shared, train it with differential privacy and re-scan."),
-    Rule("LA302", "identity-attack-clean", Severity.INFO, "The weight-to-image attack found no consistent identity",
+    Rule("LA302", "identity-attack-clean", Severity.INFO, "The identity attack found no consistent identity",
          "No action needed from this measure; look at the reconstruction grid: consistency is not identity."),
-    Rule("LA303", "identity-attack-unavailable", Severity.INFO, "The weight-to-image attack was not run",
-         "Give the inputs it names (--base, --attack-model) to audit the identity leak of this base family."),
+    Rule("LA303", "identity-attack-unavailable", Severity.INFO, "The identity attack was not run",
+         "Give the inputs it names to audit the identity leak of this base family: --base alone runs guidance "
+         "extraction, --attack-model with it the weight-to-image VAE."),
     Rule("LA304", "identity-match-owner", Severity.HIGH, "The reconstructions match the owner's face",
          "Anyone holding the file can render faces that face recognition takes for this person. "
          "Do not publish a LoRA of a private person; if it must be shared, train it with "
@@ -87,6 +88,12 @@ _RULES = [
     Rule("LA307", "identity-audit-incomplete", Severity.HIGH, "The identity audit could not be completed",
          "The attack failed on this file, or none of the owner's photos could be used for the verdict; "
          "the message says which. Fix the cause and re-scan: an incomplete audit says nothing about the leak."),
+    Rule("LA308", "metadata-trigger-identity", Severity.HIGH, "The trigger in the metadata renders the identity",
+         "Anyone holding the file can prompt it with the trigger its metadata names and render the person: "
+         "remove the trigger and caption metadata (lora-audit strip) before sharing; the weights may still leak "
+         "the person (LA301, LA304)."),
+    Rule("LA309", "metadata-trigger-clean", Severity.INFO, "The trigger in the metadata renders no consistent identity",
+         "No action needed from this measure; the trigger and caption metadata (LA101, LA105) are still worth removing."),
 ]
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}

@@ -294,10 +294,10 @@ def test_identity_check_findings(world, monkeypatch):
         assert forced.evidence["threshold"] == pytest.approx(mean, rel=1e-3)
         assert forced.severity.label == ("high" if rule == "LA301" else "info")
     (missing,) = identity_findings(IdentityCheck(IdentityOptions()), world["lora"], "sd1")
-    assert missing.rule_id == "LA303" and missing.evidence["missing"] == ["--base", "--attack-model"]
-    assert missing.message == ("no weight-to-image attack for a sd1 LoRA without --base (a local diffusers "
-                               "pipeline directory for sd1) and --attack-model (an attack model trained with "
-                               "`lora-audit train-attack` for sd1)")
+    assert missing.rule_id == "LA303" and missing.evidence["missing"] == ["--base"]  # the base alone runs guidance
+    assert missing.message == ("no identity attack for a sd1 LoRA without --base (a local diffusers pipeline "
+                               "directory for sd1): guidance extraction needs only the base, the weight-to-image "
+                               "VAE also --attack-model")
     (flux,) = identity_findings(IdentityCheck(IdentityOptions()), world["lora"], "flux")
     assert flux.rule_id == "LA303" and "flux" in flux.message
 
@@ -558,10 +558,11 @@ def test_cli_evaluate_writes_results(world, tmp_path, capsys):
     assert main(["evaluate", str(root / "shadows"), "--attack-model", str(root / "attack"), "--ablation-model",
                  str(root / "attack"), "--base", str(root / "base"), "-o", str(tmp_path / "work"),
                  "--docs", str(tmp_path / "docs"), "--latents", "1", "--seeds", "1", "--sampling-steps", "2",
-                 "--far", "0"]) == 0
+                 "--far", "0", "--guidance-weights", "2,5"]) == 0
     assert "VAE rank-1" in capsys.readouterr().out
     results = json.loads((tmp_path / "work" / "results.json").read_text())
-    assert set(results["summary"]) == {"oracle", "latent_ceiling", "lora_class", "base", "vae_final_only", "vae"}
+    assert set(results["summary"]) == {"oracle", "latent_ceiling", "lora_class", "base", "vae_final_only", "vae",
+                                       "guidance_w2", "guidance_w5", "metadata_trigger"}  # and the training-free rows
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "lora-audit evaluate" in text and "| VAE attack (weights only) |" in text
     for method, summary in results["summary"].items():  # every figure is the one its score matrix gives
@@ -580,7 +581,9 @@ def test_cli_evaluate_writes_results(world, tmp_path, capsys):
         assert f"| {summary['mean_similarity']:.3f}" in text and f"| {summary['rank1']:.0%}" in text
     assert (tmp_path / "docs" / "img" / "results_grid.png").is_file()
     assert (tmp_path / "docs" / "img" / "results_plot.png").is_file()
-    assert len(list((tmp_path / "work" / "loras").glob("*.safetensors"))) == 3
+    assert len(list((tmp_path / "work" / "loras").glob("*.safetensors"))) == 6  # each LoRA, also as a leaky kohya file
+    for bad in ("", "2,x", "-1", "inf"):
+        assert main(["evaluate", str(root / "shadows"), "--guidance-weights", bad]) == 4, bad
 
 
 def test_evaluate_reports_the_verdict_row_and_the_steps_curve(world, tmp_path, capsys):
@@ -614,8 +617,9 @@ def test_evaluate_resumes_from_each_victims_record_and_redoes_those_of_other_set
             "-o", str(tmp_path / "work"), "--docs", str(tmp_path / "docs"), "--latents", "1", "--seeds", "1",
             "--sampling-steps", "2"]
     assert main(argv) == 0
-    records = sorted((tmp_path / "work" / "victims").glob("*.json"))
-    assert len(records) == 3 and len(list((tmp_path / "work" / "victims").glob("*.npz"))) == 3
+    victims = tmp_path / "work" / "victims"  # <id>.json and <id>.npz; the training-free rows' <id>.<method>.*
+    records = sorted(p for p in victims.glob("*.json") if len(p.suffixes) == 1)
+    assert len(records) == 3 and len([p for p in victims.glob("*.npz") if len(p.suffixes) == 1]) == 3
     first = json.loads(records[0].read_text())
     first["scores"]["vae"] = [9.0, 0.0, 0.0]  # a record the next run must read, not remake
     records[0].write_text(json.dumps(first))

@@ -15,7 +15,9 @@ def sd1_inputs(tmp_path):
     attack.mkdir()
     base.mkdir()
     (attack / "attack.json").write_text(json.dumps({"format_version": 1, "family": "sd1"}))
-    (base / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (base / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["", ""]}))
+    (base / "unet").mkdir()
+    (base / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": 768}))  # an sd1 UNet
     return str(attack), str(base)
 
 
@@ -45,10 +47,14 @@ def test_a_given_attack_model_serves_only_its_family(sd1_inputs):
     with pytest.raises(InputError, match="attacks sd1 LoRAs, not toy ones"):  # ... reconstruct refuses
         toy.require()
     sdxl = sources.plan("sdxl")
-    assert [m.input for m in sdxl.missing] == ["attack_model"]  # --base was given
-    assert f"(--attack-model {attack} is for sd1)" in sdxl.missing[0].what
+    assert [m.input for m in sdxl.missing] == ["base", "attack_model"] and sdxl.base is None
+    assert f"(--base {base} is a sd1 pipeline)" in sdxl.missing[0].what and not sdxl.training_free
+    assert f"(--attack-model {attack} is for sd1)" in sdxl.missing[1].what
     no_base = AttackSources(attack).plan("sd1")
     assert [m.input for m in no_base.missing] == ["base"]  # sd1 has no default base
+    only_base = AttackSources(base=base).plan("sd1")  # the training-free attacks: the base, no attack model
+    assert only_base.training_free and only_base.base == base and [m.input for m in only_base.missing] == ["attack_model"]
+    assert not plan.training_free and not AttackSources().plan("toy").training_free
 
 
 def test_bad_inputs_fail_at_once_naming_the_input_or_file(tmp_path, sd1_inputs):

@@ -464,7 +464,8 @@ def test_evaluate_far_and_its_bad_inputs(toy, tmp_path, capsys):
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     for method, summary in results["summary"].items():  # FAR 1: every impostor may pass, so every victim does
         assert summary["tar"] == 1.0, method
-    assert set(results["summary"]) == {"oracle", "latent_ceiling", "lora_class", "base", "vae"}  # no --ablation-model
+    assert set(results["summary"]) == {"oracle", "latent_ceiling", "lora_class", "base", "vae",  # no --ablation-model
+                                       "guidance_w3", "metadata_trigger"}  # the training-free rows, at the scan's w
     capsys.readouterr()
     for bad in (["--far", "1.5"], ["--far", "-0.1"], ["--owner-far", "2"], ["--latents", "0"]):
         assert main(args + bad) == 4, bad

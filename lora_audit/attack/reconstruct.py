@@ -93,17 +93,24 @@ def reconstruct_file(path: str, sources: AttackSources, *, latents: int = 4, see
 
 def save_reconstruction(result: Reconstruction, out: Path, name: str, scale: int = 4) -> list[Path]:
     """``<name>_z<i>_seed<j>.png`` per image and ``<name>_grid.png`` (rows: z samples, columns: seeds)."""
+    tiles = [f"{name}_z{k // result.seeds}_seed{k % result.seeds}" for k in range(len(result.images))]
+    return save_images(result.images, out, name, tiles, columns=result.seeds, scale=scale)
+
+
+def save_images(images: np.ndarray, out: Path, name: str, tiles: list[str], columns: int, scale: int = 4) -> list[Path]:
+    """Images [K, H, W, 3] in [0, 1] as ``<tile>.png`` each, then ``<name>_grid.png`` (rows of ``columns``)."""
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    tiles = (np.clip(result.images, 0, 1) * 255 + 0.5).astype(np.uint8)  # [K, H, W, 3]
-    for k, tile in enumerate(tiles):
-        path = out / f"{name}_z{k // result.seeds}_seed{k % result.seeds}.png"
-        Image.fromarray(tile).save(path)
+    pixels = (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)  # [K, H, W, 3]
+    for tile, image in zip(tiles, pixels):
+        path = out / f"{tile}.png"
+        Image.fromarray(image).save(path)
         paths.append(path)
-    grid = tiles.reshape(result.latents, result.seeds, *tiles.shape[1:])  # [latents, seeds, H, W, 3]
-    grid = grid.transpose(0, 2, 1, 3, 4).reshape(result.latents * tiles.shape[1], result.seeds * tiles.shape[2], 3)
+    rows = len(pixels) // columns
+    grid = pixels.reshape(rows, columns, *pixels.shape[1:])  # [rows, columns, H, W, 3]
+    grid = grid.transpose(0, 2, 1, 3, 4).reshape(rows * pixels.shape[1], columns * pixels.shape[2], 3)
     grid_path = out / f"{name}_grid.png"
     image = Image.fromarray(grid)
     image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(grid_path)

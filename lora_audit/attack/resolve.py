@@ -2,17 +2,19 @@
 
 An attack model serves only the family it was trained for (its ``attack.json`` says which); a
 family whose attack model ships with lora-audit (the toy world) needs nothing given. For any
-other family both the base pipeline and an attack model must be given.
+other family the weight-to-image VAE needs both the base pipeline and an attack model; the
+training-free attacks (:mod:`lora_audit.attack.training_free`) need the family's base alone.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_audit.errors import InputError, InvalidFileError, MissingInputError
-from lora_audit.families import get_family
+from lora_audit.families import family_of_base, get_family
 
 CONFIG_FILE = "attack.json"
 
@@ -36,6 +38,11 @@ class AttackPlan:
     missing: list[MissingInput] = field(default_factory=list)
     given_attack_family: str | None = None  # the family of a given attack model that does not serve this one
     given_attack_model: str | None = None  # that attack model's directory
+
+    @property
+    def training_free(self) -> bool:
+        """Whether only the training-free attacks can run: the family's base, but no attack model."""
+        return self.attack_dir is None and self.base is not None
 
     def require(self) -> "AttackPlan":
         """This plan, or an :class:`InputError` saying what is missing or mismatched."""
@@ -74,15 +81,23 @@ class AttackSources:
         mismatch = {"given_attack_family": self.attack_family, "given_attack_model": self.attack_model}
         if registered is not None and (shipped := registered.shipped_attack_model()) is not None:
             return AttackPlan(family, shipped, registered.default_base(), **mismatch)
-        missing = [] if self.base is not None else [_missing_base(family)]
+        base_family = self.base_family if self.base is not None and registered is not None else None
+        base = self.base if base_family == family else None
+        missing = [] if base is not None else [_missing_base(family, self.base, base_family)]
         note = f" (--attack-model {self.attack_model} is for {self.attack_family})" if self.attack_model else ""
         missing.append(MissingInput("attack_model", "--attack-model",
                                     f"an attack model trained with `lora-audit train-attack` for {family}{note}"))
-        return AttackPlan(family, missing=missing, **mismatch)
+        return AttackPlan(family, base=base, missing=missing, **mismatch)
+
+    @functools.cached_property
+    def base_family(self) -> str:
+        """The family of the given base (read from its configs, nothing loaded)."""
+        return family_of_base(self.base).name
 
 
-def _missing_base(family: str) -> MissingInput:
-    return MissingInput("base", "--base", f"a local diffusers pipeline directory for {family}")
+def _missing_base(family: str, given: str | None = None, given_family: str | None = None) -> MissingInput:
+    note = f" (--base {given} is a {given_family} pipeline)" if given_family and given_family != family else ""
+    return MissingInput("base", "--base", f"a local diffusers pipeline directory for {family}{note}")
 
 
 def _trained_for(directory: Path) -> str:

@@ -32,9 +32,10 @@ def evaluate(
     sampling_steps: SamplingStepsOption = EvaluationConfig.sampling_steps,
     owner_far: float = typer.Option(EvaluationConfig.owner_far, "--owner-far", min=0.0, max=1.0, help="Target FAR of the scan verdict's row (the owner_far policy key)."),
     steps_curve: bool = typer.Option(False, "--steps-curve", help="Also attack every snapshot of each victim: accuracy against the fine-tuning step r."),
+    guidance_weights: Optional[str] = typer.Option(None, "--guidance-weights", help="Comma-separated w of the guidance-extraction rows (training-free, one row each); none: no such row \\[default: the w scan uses, 3]."),
     device: DeviceOption = None,
 ) -> int:
-    """Toy world: the attack against the oracle, latent-ceiling, class-prompt, base and final-only baselines on held-out victims."""
+    """Toy world: the attack against the oracle, latent-ceiling, class-prompt, base and final-only baselines, and the training-free attacks (guidance extraction, the metadata trigger), on held-out victims."""
     import shlex
     from pathlib import Path
 
@@ -42,10 +43,11 @@ def evaluate(
 
     device = checked_device(device)
     config = EvaluationConfig(latents=latents, seeds=seeds, sampling_steps=sampling_steps, far=far,
-                              owner_far=owner_far, steps_curve=steps_curve)
+                              owner_far=owner_far, steps_curve=steps_curve,
+                              guidance_weights=_weights(guidance_weights) if guidance_weights is not None else None)
     given = [("--attack-model", attack_model), ("--ablation-model", ablation_model), ("--base", base), ("-o", out),
              ("--docs", docs), ("--far", far), ("--latents", latents), ("--seeds", seeds),
-             ("--sampling-steps", sampling_steps), ("--owner-far", owner_far)]
+             ("--sampling-steps", sampling_steps), ("--owner-far", owner_far), ("--guidance-weights", guidance_weights)]
     command = shlex.join(["lora-audit", "evaluate", victims, *[str(x) for flag, v in given if v is not None for x in (flag, v)],
                           *(["--steps-curve"] if steps_curve else [])])
     with stage_progress() as report:
@@ -103,6 +105,19 @@ def evaluate_defences(
     typer.echo(table, nl=False)
     typer.echo(f"wrote {Path(out) / 'defences.json'}" + (f" and the table and plot under {docs}" if docs else ""))
     return 0
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    """``--guidance-weights``: comma-separated numbers >= 0, or none."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--guidance-weights {text!r}: expected comma-separated numbers, or none") from None
+    if not values or any(not 0 <= w < float("inf") for w in values):
+        raise UsageError(f"--guidance-weights {text!r}: expected comma-separated numbers >= 0, or none")
+    return values
 
 
 def _epsilons(text: str) -> tuple[float | None, ...]:

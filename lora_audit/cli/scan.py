@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from enum import Enum
 from typing import List, Optional
@@ -28,6 +30,11 @@ class Format(str, Enum):
     html = "html"
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 @commands.command(epilog=EXIT_CODES)
 def scan(
     paths: List[str] = typer.Argument(..., help="LoRA files or directories (searched recursively).", show_default=False),
@@ -35,6 +42,8 @@ def scan(
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of stdout."),
     fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Lowest severity that makes the exit code 1: info, low, medium, high, critical. \\[default: high]"),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Files scanned in parallel. \\[default: 1]"),
+    engine: Engine = typer.Option(Engine.local, "--engine", help="local: this machine, --jobs processes; ray: a Ray cluster's CPUs for the static checks and its GPUs (else CPUs) for the attack (pip install 'lora-privacy-audit\\[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --engine ray: the cluster to join (auto: the one `ray start` runs here) \\[default: RAY_ADDRESS, else a local Ray for this scan]."),
     redact: bool = typer.Option(False, "--redact", help="Mask metadata values in the evidence (keys stay)."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy file (default: ./lora-audit.toml, or the \\[tool.lora-audit] table of ./pyproject.toml)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Errors only on stderr: no progress bar, no warnings (the report itself is unchanged)."),
@@ -44,7 +53,7 @@ def scan(
     device: DeviceOption = None,
     follow_links: bool = typer.Option(False, "--follow-links", help="Also read symbolic links under a scanned folder that point out of it (otherwise: LA004, not read)."),
     skip_weights: bool = typer.Option(False, "--skip-weights", help="Read headers only: metadata, layout, base model and tensor pairing; no NaN/Inf check, no dW statistics, no attack (fast triage)."),
-    attack: bool = typer.Option(True, "--attack/--no-attack", help="Run the weight-to-image attack where an attack model for the file's base family is available (the toy one ships)."),
+    attack: bool = typer.Option(True, "--attack/--no-attack", help="Run the identity attacks: the weight-to-image VAE where an attack model for the file's base family is available (the toy one ships), else guidance extraction with --base alone; and the metadata's trigger."),
     attack_model: AttackModelOption = None,
     base: BaseOption = None,
     face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint: score real families' faces with FaceNet \\[default: dlib's ResNet descriptor, installed with lora-privacy-audit\\[faces]]."),
@@ -65,6 +74,10 @@ def scan(
              if value is not None]
     if given and (not attack or skip_weights):
         raise UsageError(f"{', '.join(given)} need the attack, which --no-attack / --skip-weights turn off")
+    if ray_address is not None and engine is not Engine.ray:
+        raise UsageError("--ray-address needs --engine ray")
+    if engine is Engine.ray and jobs is not None and jobs > 1:
+        raise UsageError("--jobs is the local engine's; --engine ray runs on every CPU of the Ray cluster")
     rules = load_policy(policy)
     threshold = Severity.parse(fail_on) if fail_on is not None else rules.fail_on or Severity.HIGH
     options = ScanOptions(redact=redact or bool(rules.redact), policy=rules, weights=not skip_weights)
@@ -94,7 +107,8 @@ def scan(
                                                  references=references, out_dir=Path(where), device=device,
                                                  **({"owner_far": rules.owner_far} if rules.owner_far else {})))
     streamed = 0
-    with open_output(output, keep_partial=format is Format.jsonl, keep_lines=_file_line if resume else None) as stream, \
+    with _scan_engine(engine, ray_address, quiet) as scan_engine, \
+            open_output(output, keep_partial=format is Format.jsonl, keep_lines=_file_line if resume else None) as stream, \
             scan_progress(len(files) + len(collected.not_followed), quiet) as advance, errors_only(quiet):
         def on_result(file_result) -> None:
             nonlocal streamed
@@ -109,7 +123,7 @@ def scan(
         try:
             result = scan_batch(files, options, fail_on=threshold, jobs=jobs or rules.jobs or 1,
                                 identity=identity, on_result=on_result, not_followed=collected.not_followed,
-                                hub=collected.hub, earlier=earlier)
+                                hub=collected.hub, earlier=earlier, engine=scan_engine)
         except (Interrupted, KeyboardInterrupt) as e:  # the lines streamed so far stay, marked incomplete
             if format is Format.jsonl:
                 reason = e.word if isinstance(e, Interrupted) else "interrupted"
@@ -179,6 +193,15 @@ def rules(
     for rule in RULES.values():
         typer.echo(f"{rule.id}  {rule.name:<20} {rule.severity.label:<8} {rule.title}")
     return 0
+
+
+def _scan_engine(engine: Engine, address: str | None, quiet: bool):
+    """A context holding the scan engine: None for the local one (``scan_batch``'s default), or a Ray session."""
+    if engine is Engine.local:
+        return contextlib.nullcontext()
+    from lora_audit.scan.ray_engine import ray_engine
+
+    return ray_engine(address, logging_level=logging.ERROR if quiet else logging.WARNING)
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -20,9 +20,9 @@ Status outcomes are not alerts. GitHub code scanning turns every ``result`` into
 its ``kind`` (``pass`` and ``notApplicable`` results show up as alerts too), so the findings that
 report how the audit went rather than a problem of the file (:data:`STATUS_KINDS`: LA302 attack
 clean, LA305 no match to the owner, LA303 attack not run, LA004 link not followed, LA306 reference
-photos unused) are written as ``invocations[].toolExecutionNotifications`` (level ``note``, the rule
-in ``associatedRule``, the SARIF kind they stand for in ``properties.kind``), which GitHub never
-raises as alerts. A policy that raises such a rule above ``info`` makes it an ordinary result again.
+photos unused, LA309 the metadata's trigger clean) are written as
+``invocations[].toolExecutionNotifications`` (level ``note``, the rule in ``associatedRule``, the
+SARIF kind they stand for in ``properties.kind``), which GitHub never raises as alerts. A policy that raises such a rule above ``info`` makes it an ordinary result again.
 
 Runs. One run per :data:`MAX_RESULTS_PER_RUN` results (GitHub's limit per run); a bigger scan is split
 by files into several runs, each with its own rules, artifacts and notifications. GitHub refuses
@@ -65,6 +65,7 @@ STATUS_KINDS = {
     "LA303": "notApplicable",  # the attack was not run
     "LA004": "notApplicable",  # a link out of the scanned folder was not followed
     "LA306": "informational",  # some reference photos were not used
+    "LA309": "pass",  # the metadata's trigger renders no consistent identity
 }
 # Evidence keys whose presence says nothing about the finding's identity (left out of fingerprints).
 _VOLATILE_EVIDENCE = {"grid"}

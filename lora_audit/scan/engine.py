@@ -3,7 +3,8 @@
 Per file: the safetensors header is validated, pickle checkpoints get the pickle finding and are
 never loaded, and a LoRA is opened once for every check (metadata, weights, then identity). The
 static checks run in ``jobs`` worker processes; the identity check, which holds models, runs in
-this process (on the file opened once when ``jobs`` is 1, reopened here otherwise).
+this process (on the file opened once when ``jobs`` is 1, reopened here otherwise). That is the
+:class:`LocalEngine`; ``scan/ray_engine.py`` runs the same per-file functions on a Ray cluster.
 
 Workers ignore SIGINT and die with this process (SIGTERM on Linux when it dies). When the scan
 stops early (an interrupt, an error, a consumer that stops reading), queued work is cancelled and
@@ -19,7 +20,7 @@ import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 from lora_audit.errors import AttackFailedError, InvalidFileError, UsageError
 from lora_audit.policy import Policy
@@ -95,19 +96,50 @@ def scan_files(files: list[str], options: ScanOptions | None = None, jobs: int =
         return
     with contextlib.closing(_parallel_static(files, options, jobs)) as results:  # closed: the workers stop now
         for result in results:
-            if identity is not None and _attackable(result):
-                start, found = time.perf_counter(), []
-                with _file_errors(result), LoraFile(result.path) as lora:
-                    found = _identity_findings(identity, Subject(result.path, lora, result.stats), result)
-                result.findings = options.policy.apply([*result.findings, *found])
-                result.seconds += time.perf_counter() - start
-            yield result
+            yield attack_scanned(result, options, identity) if identity is not None else result
+
+
+def attack_scanned(result: FileResult, options: ScanOptions, identity: Check) -> FileResult:
+    """``result`` of a file whose static checks ran elsewhere, with the identity check's findings added
+    when the file is attackable (it is reopened here; a problem of it becomes its error record)."""
+    if _attackable(result):
+        start, found = time.perf_counter(), []
+        with _file_errors(result), LoraFile(result.path) as lora:
+            found = _identity_findings(identity, Subject(result.path, lora, result.stats), result)
+        result.findings = options.policy.apply([*result.findings, *found])
+        result.seconds += time.perf_counter() - start
+    return result
+
+
+class ScanEngine(Protocol):
+    """Where a batch's files are hashed and scanned: :class:`LocalEngine`, or ``scan/ray_engine.py``'s
+    ``RayEngine``; both run this module's per-file functions."""
+
+    def digests(self, files: list[str]) -> list[str | None]: ...
+
+    def scan(self, files: list[str], options: ScanOptions, identity: Check | None = None) -> Iterator[FileResult]: ...
+
+
+class LocalEngine:
+    """A batch on this machine: files hashed in this process, their static checks in ``jobs`` worker
+    processes, the identity check in this process (:func:`scan_files`)."""
+
+    def __init__(self, jobs: int = 1):
+        self.jobs = jobs
+
+    def digests(self, files: list[str]) -> list[str | None]:
+        """The SHA-256 of each file, in order (None: not a readable regular file)."""
+        return [file_sha256(path) for path in files]
+
+    def scan(self, files: list[str], options: ScanOptions, identity: Check | None = None) -> Iterator[FileResult]:
+        """Each file's result as it finishes."""
+        return scan_files(files, options, self.jobs, identity)
 
 
 def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, jobs: int = 1,
                identity: Check | None = None, on_result: Callable[[FileResult], None] | None = None,
                not_followed: list[str] = (), hub: dict[str, dict] | None = None,
-               earlier: list[FileResult] = ()) -> ScanResult:
+               earlier: list[FileResult] = (), engine: ScanEngine | None = None) -> ScanResult:
     """Scan ``files`` (from :func:`~lora_audit.scan.collect.collect_files`) and return the whole scan in
     input order; ``on_result`` sees each file's result as soon as it is done (streaming, progress).
 
@@ -116,8 +148,10 @@ def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, job
     the path scanned). ``not_followed``: links out of the
     scanned tree, reported (LA004) and never read. ``hub``: Hugging Face cache facts by path.
     ``earlier``: results of a run being resumed; they count in the result, before the new ones, and
-    are not streamed again (a file scanned again replaces its earlier record).
+    are not streamed again (a file scanned again replaces its earlier record). ``engine``: where the
+    hashing and the scan run (default: ``LocalEngine(jobs)``; a Ray one ignores ``jobs``).
     """
+    engine = engine or LocalEngine(jobs)
     hub = hub or {}
     order = {path: i for i, path in enumerate([*files, *not_followed])}
     results = []
@@ -132,7 +166,7 @@ def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, job
         done(FileResult(path=path, findings=options.policy.apply([make_finding(
             "LA004", "a symbolic link out of the scanned folder: not followed (pass --follow-links to scan it)",
             {"target": os.path.realpath(path)})])))
-    digests = {path: file_sha256(path) if options.weights else None for path in files}  # triage reads headers only
+    digests = dict(zip(files, engine.digests(files) if options.weights else [None] * len(files)))  # triage: headers only
     first: dict[str, str] = {}  # sha256 -> the path scanned for it
     copies: dict[str, list[str]] = {}  # that path -> the other paths with the same bytes
     for path in files:
@@ -143,7 +177,7 @@ def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, job
         if sha is not None:
             first[sha] = path
         copies[path] = []
-    with contextlib.closing(scan_files(list(copies), options, jobs, identity)) as scanned:  # an interrupt stops the workers now
+    with contextlib.closing(engine.scan(list(copies), options, identity)) as scanned:  # an interrupt stops the workers now
         for file_result in scanned:
             file_result.sha256, file_result.mtime = digests[file_result.path], _mtime(file_result.path)
             done(file_result)

@@ -1,12 +1,16 @@
-"""The identity check of ``scan`` (LA301-LA307): run the weight-to-image attack on a LoRA and judge it.
+"""The identity check of ``scan`` (LA301-LA309): run the identity attacks on a LoRA and judge them.
 
-The measure is how consistently the K reconstructions show one identity: the mean pairwise cosine
+The attack is the weight-to-image VAE where the file's family has an attack model (the toy one
+ships), else, with the family's base alone, model-guidance extraction (:mod:`lora_audit.attack.training_free`):
+K images either way. The measure is how consistently they show one identity: the mean pairwise cosine
 similarity of their face embeddings. It is compared with the same measure on K generic faces of the
 base model (the class prompt, K sampler seeds), whose distribution over several groups of seeds is
-the reference: a LoRA leaks when its reconstructions are more consistent than
-``mean + 3 std`` of the generic groups. This says "the weights decode to one person", not whose
-face it is: that needs the owner's photos (``references``), scored against the null
-of the LoRA's family (LA304/LA305, with LA306 for photos left out, LA307 when no verdict can be made).
+the reference: a LoRA leaks when its images are more consistent than ``mean + 3 std`` of the generic
+groups (for guidance extraction the generic faces are exactly what it samples from a LoRA that changed
+nothing). This says "the weights decode to one person", not whose face it is: that needs the owner's
+photos (``references``), scored against the null of the LoRA's family (LA304/LA305, with LA306 for
+photos left out, LA307 when no verdict can be made). When the metadata names a trigger, the LoRA is
+also prompted with it and judged the same way (LA308/LA309): what the metadata alone hands out.
 
 Every finding of this rule group is made here, but for LA307 of an attack that failed on a file, which
 the scan engine records with the file's error (:class:`~lora_audit.errors.AttackFailedError`).
@@ -28,6 +32,7 @@ from lora_audit.families import get_family
 from lora_audit.identity.metrics import consistency
 from lora_audit.identity.scoring import (DEFAULT_OWNER_FAR, LeakScore, OperatingPoint, describe_unused,
                                          load_references, reference_crops, score_leak)
+from lora_audit.weights.triggers import Trigger, metadata_triggers
 from lora_audit.results import Finding
 from lora_audit.rules import make_finding
 from lora_audit.scan.check import Check, Subject
@@ -55,12 +60,13 @@ class IdentityOptions:
 
 @dataclass
 class LoadedAttack:
-    """Everything the attack on one family needs, loaded once per scan."""
+    """Everything the attacks on one family need, loaded once per scan."""
 
-    attack: object  # AttackModel
+    attack: object | None  # AttackModel; None: no attack model for the family (the training-free attacks)
     base: object  # DiffusionBase
     embedder: object  # FaceEmbedder
     generic: dict  # the generic faces' consistency: mean, std, values, k, sampling_steps, embedder
+    class_prompt: str  # the generic faces' prompt, and guidance extraction's
     generic_faces: np.ndarray | None = None  # [G, K, D] their embeddings, made when a verdict needs them
 
 
@@ -82,14 +88,14 @@ def generic_consistency(base, embedder, prompt: str, k: int, groups: int = GENER
 
 
 class IdentityCheck(Check):
-    """Runs the attack on LoRAs of every family it has the inputs for; loads each family's models once.
+    """Runs the attacks on LoRAs of every family it has the inputs for; loads each family's models once.
 
-    Outcomes: LA303 when an input is missing (the attack did not run); :class:`~lora_audit.errors.AttackFailedError` when the
+    Outcomes: LA303 when an input is missing (no attack ran); :class:`~lora_audit.errors.AttackFailedError` when an
     attack broke on a file (the scan records an error); bad inputs (a corrupt attack model, a base of
-    another family) raise and stop the scan with one line; everything else is LA301-LA307.
+    another family) raise and stop the scan with one line; everything else is LA301-LA309.
     """
 
-    rule_ids = ("LA301", "LA302", "LA303", "LA304", "LA305", "LA306", "LA307")
+    rule_ids = ("LA301", "LA302", "LA303", "LA304", "LA305", "LA306", "LA307", "LA308", "LA309")
 
     def __init__(self, options: IdentityOptions):
         self.options = options
@@ -99,13 +105,14 @@ class IdentityCheck(Check):
         self._owners: dict[str, tuple] = {}
 
     def run(self, subject: Subject) -> list[Finding]:
-        """LA301/LA302 (+ LA304/LA305/LA306/LA307 with references), or LA303 saying why the attack did not run."""
+        """LA301/LA302 (+ LA304/LA305/LA306/LA307 with references, LA308/LA309 when the metadata names a
+        trigger), or LA303 saying why no attack ran."""
         plan = self.sources.plan(subject.stats.base_model)
-        if plan.missing:
+        if plan.base is None:
             return [_unavailable(plan)]
         loaded = self._load(plan)
         if isinstance(loaded, MissingInputError):
-            return [make_finding("LA303", f"the weight-to-image attack could not run: {loaded}",
+            return [make_finding("LA303", f"the identity attack could not run: {loaded}",
                                  items("missing", [loaded.input]))]
         try:
             return self._audit(subject, plan, loaded)
@@ -113,61 +120,108 @@ class IdentityCheck(Check):
             return [make_finding("LA303", f"the weight-to-image attack does not apply to this file: {e}")]
         except Exception as e:  # a bug, out of memory, a LoRA the base cannot take: this file's audit failed
             log.debug("attack failed on %s", subject.path, exc_info=True)
-            raise AttackFailedError(f"the weight-to-image attack failed: {type(e).__name__}: {e}") from None
+            what = "weight-to-image attack" if loaded.attack is not None else "identity attack"
+            raise AttackFailedError(f"the {what} failed: {type(e).__name__}: {e}") from None
 
     def _audit(self, subject: Subject, plan: AttackPlan, loaded: LoadedAttack) -> list[Finding]:
-        from lora_audit.attack.reconstruct import reconstruct, save_reconstruction
-
-        o = self.options
-        result = reconstruct(loaded.attack, loaded.base, subject.lora, latents=o.latents, seeds=o.seeds,
-                             sampling_steps=o.sampling_steps)
         name = f"{Path(subject.path).stem}-{hashlib.sha1(subject.path.encode()).hexdigest()[:6]}"
-        grid = save_reconstruction(result, o.out_dir, name)[-1]
-        weights = _consistency(consistency(loaded.embedder.embed(result.images)), loaded.generic, result, grid)
+        triggers = metadata_triggers(subject.lora.metadata)
+        deltas = subject.lora.deltas() if loaded.attack is None or triggers else None
+        images, about, grid = self._attack(subject, loaded, deltas, name)
+        weights = _consistency(consistency(loaded.embedder.embed(images)), loaded.generic, about, grid)
         findings = [weights]
-        if self.references is not None:
-            faces, null, unused = self._owner(plan.family, loaded)
+        owner = self._owner(plan.family, loaded) if self.references is not None else None
+        if owner is not None:
+            faces, null, unused = owner
             if faces is None:
                 findings.append(make_finding(
                     "LA307", f"no verdict on the owner's face: none of the {len(unused)} photos in "
                     f"{self.references.folder} is usable for a {plan.family} LoRA",
                     per_item("photos", dict(unused))))
             else:
-                generic = self._generic_faces(loaded) if isinstance(null, OperatingPoint) else None
-                score = score_leak(result.images, faces, loaded.embedder, null, far=o.owner_far, generic=generic)
-                findings.append(verdict_finding(score, consistent=weights.rule_id == "LA301",
+                findings.append(verdict_finding(self._score(images, owner, loaded), consistent=weights.rule_id == "LA301",
                                                 privacy=read_dp_guarantee(subject.lora.metadata)))
                 if unused:
                     findings.append(_unused_photos(unused, len(faces)))
+        if triggers:
+            findings.append(self._trigger(triggers, deltas, loaded, name, owner))
         return findings
+
+    def _attack(self, subject: Subject, loaded: LoadedAttack, deltas: dict | None,
+                name: str) -> tuple[np.ndarray, dict, Path]:
+        """The identity attack's K images, its evidence and their grid: the VAE's reconstructions where
+        there is an attack model, else guidance extraction's samples."""
+        from lora_audit.attack.reconstruct import reconstruct, save_reconstruction
+        from lora_audit.attack.training_free import GUIDANCE_WEIGHT, guidance_images
+
+        o = self.options
+        if loaded.attack is not None:
+            result = reconstruct(loaded.attack, loaded.base, subject.lora, latents=o.latents, seeds=o.seeds,
+                                 sampling_steps=o.sampling_steps)
+            about = {"attack": "vae", "step": round(result.step), "step_source": result.step_source,
+                     "latents": result.latents, "seeds": result.seeds}
+            return result.images, about, save_reconstruction(result, o.out_dir, name)[-1]
+        k = o.latents * o.seeds
+        images = guidance_images(loaded.base, deltas, k, prompt=loaded.class_prompt, steps=o.sampling_steps)
+        about = {"attack": "guidance_extraction", "guidance_weight": GUIDANCE_WEIGHT, "prompt": loaded.class_prompt,
+                 "images": k}
+        return images, about, self._grid(images, f"{name}_guided")
+
+    def _trigger(self, triggers: list[Trigger], deltas: dict, loaded: LoadedAttack, name: str,
+                 owner: tuple | None) -> Finding:
+        """LA308/LA309: the LoRA prompted with the triggers of its metadata, the most consistent set of
+        images judged as the attack's are (with ``owner``, against the owner's photos too)."""
+        from lora_audit.attack.training_free import render_triggers
+
+        o = self.options
+        found = render_triggers(loaded.base, deltas, triggers, o.latents * o.seeds, loaded.embedder,
+                                steps=o.sampling_steps)
+        score = self._score(found.images, owner, loaded) if owner is not None and owner[0] is not None else None
+        return _trigger_finding(found, loaded.generic, self._grid(found.images, f"{name}_trigger"), score)
+
+    def _grid(self, images: np.ndarray, name: str) -> Path:
+        """``<name>_<i>.png`` per image and ``<name>_grid.png`` (rows of ``seeds``) in the output folder."""
+        from lora_audit.attack.reconstruct import save_images
+
+        tiles = [f"{name}_{i}" for i in range(len(images))]
+        return save_images(images, self.options.out_dir, name, tiles, columns=self.options.seeds)[-1]
+
+    def _score(self, images: np.ndarray, owner: tuple, loaded: LoadedAttack) -> LeakScore:
+        """The owner's leak score of ``images`` against the family's null (``owner``: :meth:`_owner`)."""
+        faces, null, _ = owner
+        generic = self._generic_faces(loaded) if isinstance(null, OperatingPoint) else None
+        return score_leak(images, faces, loaded.embedder, null, far=self.options.owner_far, generic=generic)
 
     def _generic_faces(self, loaded: LoadedAttack) -> np.ndarray:
         """The generic faces' embeddings [G, K, D] (the measured null beside an operating point), once."""
         if loaded.generic_faces is None:
             o = self.options
-            loaded.generic_faces = generic_faces(loaded.base, loaded.embedder, loaded.attack.config.class_prompt,
+            loaded.generic_faces = generic_faces(loaded.base, loaded.embedder, loaded.class_prompt,
                                                  o.latents * o.seeds, sampling_steps=o.sampling_steps)
         return loaded.generic_faces
 
     def _load(self, plan: AttackPlan) -> LoadedAttack | MissingInputError:
-        """The family's models, loaded once; a missing input (e.g. face-embedder weights) is kept as such."""
+        """The family's models, loaded once; a missing input (e.g. face-embedder weights) is kept as such.
+        Without an attack model (``plan.training_free``) the base alone."""
         if plan.family not in self._loaded:
             from lora_audit.attack.reconstruct import load_attack
+            from lora_audit.attack.training_free import CLASS_PROMPT
+            from lora_audit.families import load_base
 
             o = self.options
-            attack, base = load_attack(plan, o.device)
+            attack, base = (None, load_base(plan.base, o.device)) if plan.training_free else load_attack(plan, o.device)
             try:
                 embedder = get_family(base.family).face_embedder(base.device, o.face_weights)
             except MissingInputError as e:
                 self._loaded[plan.family] = e
                 return e
             k = o.latents * o.seeds
-            generic = attack.config.evaluation.get("generic_consistency") or {}
+            class_prompt = attack.config.class_prompt if attack is not None else CLASS_PROMPT
+            generic = (attack.config.evaluation.get("generic_consistency") if attack is not None else None) or {}
             wanted = {"k": k, "sampling_steps": o.sampling_steps, "embedder": embedder.fingerprint()}
             if any(generic.get(key) != value for key, value in wanted.items()):
-                generic = generic_consistency(base, embedder, attack.config.class_prompt, k,
-                                              sampling_steps=o.sampling_steps)
-            self._loaded[plan.family] = LoadedAttack(attack, base, embedder, generic)
+                generic = generic_consistency(base, embedder, class_prompt, k, sampling_steps=o.sampling_steps)
+            self._loaded[plan.family] = LoadedAttack(attack, base, embedder, generic, class_prompt)
         return self._loaded[plan.family]
 
     def _owner(self, family: str, loaded: LoadedAttack) -> tuple:
@@ -185,28 +239,66 @@ class IdentityCheck(Check):
 
 
 def _unavailable(plan: AttackPlan) -> Finding:
-    """LA303 naming the inputs the attack on ``plan.family`` still needs."""
-    needed = " and ".join(f"{m.flag} ({m.what})" for m in plan.missing)
-    return make_finding("LA303", f"no weight-to-image attack for a {plan.family} LoRA without {needed}",
-                        items("missing", [m.flag for m in plan.missing]))
+    """LA303 naming the inputs the attacks on ``plan.family`` still need: its base (guidance extraction
+    needs nothing more); for a family lora-audit has no base of, everything the VAE would need."""
+    registered = get_family(plan.family) is not None
+    needed = [m for m in plan.missing if m.input == "base" or not registered]
+    also = ": guidance extraction needs only the base, the weight-to-image VAE also --attack-model" if registered else ""
+    return make_finding("LA303", f"no identity attack for a {plan.family} LoRA without "
+                        + " and ".join(f"{m.flag} ({m.what})" for m in needed) + also,
+                        items("missing", [m.flag for m in needed]))
 
 
-def _consistency(value: float, generic: dict, result, grid: Path) -> Finding:
-    """LA301 when the reconstructions are more consistent than generic faces allow, else LA302."""
-    threshold = generic["mean"] + LEAK_SIGMAS * generic["std"]
+def _consistency(value: float, generic: dict, about: dict, grid: Path) -> Finding:
+    """LA301 when the attack's images are more consistent than generic faces allow, else LA302.
+    ``about``: the attack's own evidence (``attack``: ``vae`` or ``guidance_extraction``, and its settings)."""
+    evidence = {"attack": about["attack"], **_consistency_evidence(value, generic),
+                **{k: v for k, v in about.items() if k != "attack"}, "grid": str(grid)}
+    compared = _compared(value, generic)
+    if about["attack"] == "guidance_extraction":
+        how = f"guidance extraction (w = {about['guidance_weight']:g}, the class prompt, no trigger)"
+        if value > evidence["threshold"]:
+            return make_finding("LA301", f"the weights alone, amplified by {how}, render one consistent identity: "
+                                f"{compared}", evidence)
+        return make_finding("LA302", f"{how} shows no consistent identity: {compared}", evidence)
+    if value > evidence["threshold"]:
+        return make_finding("LA301", f"the weights alone decode to one consistent identity: {compared}", evidence)
+    return make_finding("LA302", f"reconstructions show no consistent identity: {compared}", evidence)
+
+
+def _consistency_evidence(value: float, generic: dict) -> dict:
+    return {"identity_consistency": float(value),
+            "generic_consistency_mean": float(generic["mean"]), "generic_consistency_std": float(generic["std"]),
+            "threshold": float(generic["mean"] + LEAK_SIGMAS * generic["std"]),
+            "embedder": generic.get("embedder", "not recorded")}  # its fingerprint: class and weights hash
+
+
+def _compared(value: float, generic: dict) -> str:
+    """"consistency 0.812 vs 0.301 for generic faces (9.3 std above)"."""
     sigmas = (value - generic["mean"]) / max(generic["std"], 1e-6)
-    evidence = {"identity_consistency": float(value),
-                "generic_consistency_mean": float(generic["mean"]), "generic_consistency_std": float(generic["std"]),
-                "threshold": float(threshold),  # mean + LEAK_SIGMAS std
-                "embedder": generic.get("embedder", "not recorded"),  # its fingerprint: class and weights hash
-                "step": round(result.step), "step_source": result.step_source,  # the fine-tuning step r
-                "latents": result.latents, "seeds": result.seeds, "grid": str(grid)}
-    if value > threshold:
-        return make_finding("LA301", f"the weights alone decode to one consistent identity: consistency "
-                            f"{value:.3f} vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std above)",
-                            evidence)
-    return make_finding("LA302", f"reconstructions show no consistent identity: consistency {value:.3f} "
-                        f"vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std)", evidence)
+    above = " above" if value > generic["mean"] + LEAK_SIGMAS * generic["std"] else ""
+    return f"consistency {value:.3f} vs {generic['mean']:.3f} for generic faces ({sigmas:.1f} std{above})"
+
+
+def _trigger_finding(found, generic: dict, grid: Path, score: LeakScore | None) -> Finding:
+    """LA308 when the trigger-prompted images (``found``: :class:`~lora_audit.attack.training_free.TriggerImages`)
+    show one identity more consistently than generic faces, or match the owner's photos (``score``);
+    else LA309. Evidence names where the triggers are, not what they say (which ``--redact`` would mask)."""
+    sources = [t.source for t in found.tried]
+    evidence = {"attack": "metadata_trigger", "trigger_source": found.trigger.source, **items("trigger_sources", sources),
+                **_consistency_evidence(found.consistency, generic), "grid": str(grid)}
+    consistent = found.consistency > evidence["threshold"]
+    tried = f" (the most consistent of {len(sources)} tried)" if len(sources) > 1 else ""
+    message = (f"prompted with the trigger in {found.trigger.source}{tried}, the LoRA renders "
+               + ("one consistent identity: " if consistent else "no consistent identity: ")
+               + _compared(found.consistency, generic))
+    if score is not None:
+        owner = score.to_evidence()
+        owner["owner_threshold"] = owner.pop("threshold")
+        evidence |= {**owner, "owner_match": score.leaks}
+        message += (f"; it {'matches' if score.leaks else 'does not match'} the owner's photos: similarity "
+                    f"{score.similarity:.3f}, {_against(score)}")
+    return make_finding("LA308" if consistent or (score is not None and score.leaks) else "LA309", message, evidence)
 
 
 def verdict_finding(score: LeakScore, consistent: bool | None = None,
@@ -218,14 +310,8 @@ def verdict_finding(score: LeakScore, consistent: bool | None = None,
     states (:func:`~lora_audit.weights.dp_metadata.read_dp_guarantee`), which the message then weighs.
     """
     rule_id, says = ("LA304", "match") if score.leaks else ("LA305", "do not match")
-    if score.far is not None:
-        against = (f"rank {score.rank} of {score.impostors + 1} photo sets, impostor FAR {score.far_text()}, "
-                   f"{'within' if score.leaks else 'above'} the {score.target_far:g} allowed")
-    else:
-        against = (f"{'>=' if score.leaks else '<'} the operating point {score.threshold:.3f} "
-                   f"({score.source})")
     message = (f"the reconstructions {says} the owner's photos: similarity {score.similarity:.3f} "
-               f"(paper score {score.paper_score:.3f}), {against}")
+               f"(paper score {score.paper_score:.3f}), {_against(score)}")
     if consistent is not None:
         message += "; " + _STORIES[score.leaks, consistent]
     if isinstance(privacy, DPGuarantee):
@@ -233,6 +319,14 @@ def verdict_finding(score: LeakScore, consistent: bool | None = None,
                     + (": DP did not stop this leak" if score.leaks else
                        f", which bounds each photo's influence, not the person's ({privacy.person_protection()})"))
     return make_finding(rule_id, message, score.to_evidence())
+
+
+def _against(score: LeakScore) -> str:
+    """What the owner's similarity was compared with, and how it came out."""
+    if score.far is not None:
+        return (f"rank {score.rank} of {score.impostors + 1} photo sets, impostor FAR {score.far_text()}, "
+                f"{'within' if score.leaks else 'above'} the {score.target_far:g} allowed")
+    return f"{'>=' if score.leaks else '<'} the operating point {score.threshold:.3f} ({score.source})"
 
 
 _STORIES = {  # (leaks, consistent) -> how the verdict and LA301/LA302 fit together

@@ -44,6 +44,7 @@ from lora_audit.rules import make_finding
 from lora_audit.scan.check import Check, Subject
 from lora_audit.weights.json_text import parse_json
 from lora_audit.weights.dp_metadata import DPGuarantee, read_dp_guarantee
+from lora_audit.weights.triggers import TRIGGER_KEYS, subsets
 
 TAG_FREQUENCY_KEYS = ("ss_tag_frequency",)
 DATASET_KEYS = ("ss_dataset_dirs", "ss_reg_dataset_dirs", "ss_datasets")
@@ -52,8 +53,6 @@ FREE_TEXT_KEYS = (
     "modelspec.description", "modelspec.usage_hint", "modelspec.tags", "name",
     "ssmd_display_name", "ssmd_author", "ssmd_description", "ssmd_tags", "ssmd_version", "ssmd_source",
 )
-TRIGGER_KEYS = ("modelspec.trigger_phrase", "ssmd_keywords", "trigger_word", "trigger_words",
-                "trigger_phrase", "instance_prompt")
 IMAGE_KEYS = ("ssmd_cover_images", "modelspec.thumbnail")
 # Trainer configs; True means "only when it holds a path or free text" (otherwise it is numbers).
 CONFIG_KEYS = {"ot_config": False, "config": False, "training_info": True, "ss_network_args": True}
@@ -215,7 +214,7 @@ def _dataset_folders(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
             continue
         parsed = parse_json(md[key])
         if key == "ss_datasets" and isinstance(parsed, list):
-            names = [s.get(field) for s in _subsets(parsed) for field in ("image_dir", "metadata_file")]
+            names = [s.get(field) for s in subsets(parsed) for field in ("image_dir", "metadata_file")]
         elif key != "ss_datasets" and isinstance(parsed, dict):
             names = list(parsed)
         else:
@@ -258,7 +257,7 @@ def _trigger_phrases(md: dict[str, str]) -> tuple[str, list[_Hit]] | None:
     """LA105: trigger phrases, activation keywords and kohya's instance class tokens."""
     phrases = {k: ", ".join(_strings(md[k])) for k in TRIGGER_KEYS if _present(md, k)}
     hits = [_Hit(k, text) for k, text in phrases.items() if text.strip()]
-    tokens = [s["class_tokens"] for s in _subsets(parse_json(md.get("ss_datasets", "")))
+    tokens = [s["class_tokens"] for s in subsets(parse_json(md.get("ss_datasets", "")))
               if not s.get("is_reg") and isinstance(s.get("class_tokens"), str) and s["class_tokens"].strip()]
     if tokens:
         hits.append(_Hit("ss_datasets", ", ".join(dict.fromkeys(tokens)), "ss_datasets class_tokens"))
@@ -407,14 +406,6 @@ def _find_paths(text: str) -> list[str]:
     if text.lstrip()[:5].lower() == "data:":
         return []
     return [m.group().rstrip(".)]}") for pattern in _PATH_PATTERNS for m in pattern.finditer(text)]
-
-
-def _subsets(datasets: Any) -> list[dict]:
-    """kohya ss_datasets[].subsets[] entries that are dicts."""
-    if not isinstance(datasets, list):
-        return []
-    return [s for d in datasets if isinstance(d, dict) and isinstance(d.get("subsets"), list)
-            for s in d["subsets"] if isinstance(s, dict)]
 
 
 def _tag_counts(freq: dict) -> Counter:

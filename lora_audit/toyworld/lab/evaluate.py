@@ -11,6 +11,10 @@ model was trained on them. For each victim's final LoRA, every method draws K im
   base            the base model alone with the class prompt (chance level)
   vae_final_only  the VAE trained on final weights only, without the step embedding (ablation)
   vae             the VAE attack: the LoRA file alone
+  guidance_w<w>   training-free, the base and the LoRA only: model-guidance extraction at w under the
+                  class prompt (:func:`lora_audit.attack.training_free.guidance_images`), one row per w
+  metadata_trigger  training-free: the LoRA prompted with the trigger its metadata gives away, the
+                  victim's LoRA written with the ss_* keys kohya writes by default (``ss_tag_frequency``)
 
 Scores use the toy face embedder: the similarity of the K images to each candidate identity's
 centre (mean embedding of 10 reference renders), candidates = all victims. Rank-1 = the true
@@ -19,6 +23,8 @@ threshold that the given share of (victim, other candidate) scores reaches.
 
 Each victim's scores are kept in ``out/victims/<id>.json`` (its example images in ``<id>.npz``): an
 interrupted evaluation resumes where it stopped, and a record made under other settings is made again.
+The training-free methods keep records of their own (``<id>.<method>.json`` and ``.npz``), so adding
+one, or another w, leaves the others' records valid.
 """
 
 from __future__ import annotations
@@ -34,9 +40,17 @@ from typing import Callable
 import numpy as np
 
 METHODS = ("oracle", "latent_ceiling", "lora_class", "base", "vae_final_only", "vae")
+METADATA_TRIGGER = "metadata_trigger"  # after the guidance_w<w> rows, the training-free methods
 SHORT_LABELS = {"oracle": "oracle (true trigger)", "latent_ceiling": "latent ceiling",
                 "lora_class": "LoRA + class prompt", "base": "base model", "vae_final_only": "VAE, final only",
-                "vae": "VAE attack"}  # the methods' names in figures
+                "vae": "VAE attack", METADATA_TRIGGER: "metadata trigger"}  # the methods' names in figures
+LABELS = {"oracle": "oracle: LoRA + true trigger (upper bound)",
+          "latent_ceiling": "the oracle's embeddings projected into the VAE's latent space",
+          "lora_class": "LoRA + class prompt",
+          "base": "base model alone (chance level)", "vae_final_only": "VAE, final weights only, no step embedding",
+          "vae": "VAE attack (weights only)",
+          METADATA_TRIGGER: "metadata trigger: LoRA + the trigger in kohya's default metadata (ss_tag_frequency of "
+                            "a leaky kohya file), no attack model"}  # the methods' names in results.md
 
 
 @dataclass
@@ -48,6 +62,7 @@ class EvaluationConfig:
     owner_far: float = 0.01  # the scan verdict's target FAR (its default, DEFAULT_OWNER_FAR)
     owner_photos: int = 5  # photos per owner and per impostor identity in the verdict row
     steps_curve: bool = False  # also attack each victim's snapshots: accuracy against the fine-tuning step r
+    guidance_weights: tuple[float, ...] | None = None  # w of the guidance rows; None: the scan's (GUIDANCE_WEIGHT)
 
 
 def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, base_path: str | None, out: Path,
@@ -65,11 +80,13 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     from lora_audit.identity.metrics import rank_of, set_scores, wilson_interval
     from lora_audit.toyworld.lab.victims import identity_centres
     from lora_audit.weights import open_lora
-    from lora_audit.weights.writer import save_lora
+    from lora_audit.weights.writer import kohya_training_metadata, save_lora
 
+    from lora_audit.attack.training_free import GUIDANCE_WEIGHT, guidance_images, render_triggers
     from lora_audit.families import get_family
     from lora_audit.identity.scoring import score_leak
     from lora_audit.toyworld.photos import identity_photos
+    from lora_audit.weights.triggers import metadata_triggers
 
     trajectories = load_trajectories(victims)
     base = load_base(base_path, device)
@@ -80,9 +97,10 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     centres = identity_centres(embedder, ids, base.image_size)  # [n, D]
     k = config.latents * config.seeds
     gallery = get_family("toy").owner_null(embedder, base.image_size, config.owner_photos)
-    # Everything a victim's record depends on (not the TAR's FAR or the curve, applied to the records):
-    # a record made under other settings is made again.
-    settings = {name: value for name, value in asdict(config).items() if name not in ("far", "steps_curve")}
+    # Everything a victim's record depends on (not the TAR's FAR, the curve or the training-free rows, which
+    # are applied to the records or kept in their own): a record made under other settings is made again.
+    settings = {name: value for name, value in asdict(config).items()
+                if name not in ("far", "steps_curve", "guidance_weights")}
     key = {"victims": ids, "config": settings, "attack": str(attack_dir), "ablation": str(ablation_dir), "base": str(base_path)}
     (out / "loras").mkdir(parents=True, exist_ok=True)
     (out / "victims").mkdir(parents=True, exist_ok=True)
@@ -131,24 +149,55 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
             steps[str(step)] = set_scores(embedder.embed(batch), centres).tolist()
         return {"key": key, "steps": steps}
 
-    def kept(path: Path, make: Callable[[], dict], *needed: Path) -> dict:
-        """The record at ``path`` if it was made under ``key`` (and ``needed`` files exist), else ``make()`` saved."""
+    def training_free(n: int, t, method: str, stem: Path) -> dict:
+        """One training-free method's record of a victim: its candidate scores [n] and seconds; its example
+        image in ``<stem>.<method>.npz``."""
+        final = t.steps[-1]
+        start = time.perf_counter()
+        if method == METADATA_TRIGGER:  # the victim's LoRA as a kohya file that keeps kohya's default ss_* keys
+            path = out / "loras" / f"victim_{t.identity}_kohya.safetensors"
+            metadata = kohya_training_metadata(trigger=t.trigger, class_word="person", num_images=len(t.images),
+                                               steps=final, rank=t.rank, alpha=t.alpha, base_model_version="toy",
+                                               output_name=f"victim_{t.identity}")
+            metadata.pop("modelspec.trigger_phrase")  # kohya writes it only when asked to
+            save_lora(str(path), t.states[final], rank=t.rank, alpha=t.alpha, metadata={**TOY_METADATA, **metadata})
+            with open_lora(str(path)) as lora_file:
+                images = render_triggers(base, lora_file.deltas(), metadata_triggers(lora_file.metadata), k,
+                                         embedder, seed=ids[n], steps=config.sampling_steps).images
+        else:
+            images = guidance_images(base, t.deltas(final), k, guidance[method], prompt=attack.config.class_prompt,
+                                     seed=ids[n], steps=config.sampling_steps)
+        seconds = time.perf_counter() - start
+        np.savez_compressed(stem.with_suffix(f".{method}.npz"), sample=images[0])
+        return {"key": {**key, "method": method}, "scores": set_scores(embedder.embed(images), centres).tolist(),
+                "seconds": seconds}
+
+    def kept(path: Path, make: Callable[[], dict], *needed: Path, expected: dict | None = None) -> dict:
+        """The record at ``path`` if it was made under ``expected`` (default ``key``; and ``needed`` files
+        exist), else ``make()`` saved."""
         record = json.loads(path.read_text()) if path.is_file() else None
-        if record is None or record.get("key") != key or not all(p.is_file() for p in needed):
+        if record is None or record.get("key") != (expected or key) or not all(p.is_file() for p in needed):
             record = make()
             path.write_text(json.dumps(record))
         return record
 
-    records, curves = [], []
+    weights = (GUIDANCE_WEIGHT,) if config.guidance_weights is None else config.guidance_weights
+    guidance = {f"guidance_w{w:g}": float(w) for w in weights}  # method -> w
+    extra = [*guidance, METADATA_TRIGGER]
+    records, curves, free = [], [], {m: [] for m in extra}
     for n, t in enumerate(trajectories):
         stem = out / "victims" / str(t.identity)
         records.append(kept(stem.with_suffix(".json"), lambda: victim(n, t), stem.with_suffix(".npz")))
         if config.steps_curve:  # a record of its own: a curve can be added to a finished evaluation
             curves.append(kept(stem.with_suffix(".steps.json"), lambda: steps_curve(t)))
+        for method in extra:  # records of their own too: the main records stay valid
+            free[method].append(kept(stem.with_suffix(f".{method}.json"), lambda: training_free(n, t, method, stem),
+                                     stem.with_suffix(f".{method}.npz"), expected={**key, "method": method}))
         if progress:
             progress(n + 1, len(trajectories), {"victim": t.identity})
     methods = [m for m in METHODS if m != "vae_final_only" or ablation]
     scores = {m: np.array([r["scores"][m] for r in records]) for m in methods}  # [n victims, n candidates]
+    scores |= {m: np.array([r["scores"] for r in rs]) for m, rs in free.items()}
     seconds = {m: [r["seconds"][m] for r in records] for m in ("vae", "vae_final_only") if m in methods}
     verdicts = {w: [r["verdicts"][w] for r in records] for w in ("own", "other")}
     by_step = {int(step): [np.array(c["steps"][step]) for c in curves] for step in (curves[0]["steps"] if curves else ())}
@@ -156,12 +205,17 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     for t in trajectories:
         with np.load(out / "victims" / f"{t.identity}.npz") as stored:
             samples[t.identity] = {name: stored[name] for name in ("photo", *methods)}
+        for method in extra:
+            with np.load(out / "victims" / f"{t.identity}.{method}.npz") as stored:
+                samples[t.identity][method] = stored["sample"]
     summary = {m: _summary(s, config.far) for m, s in scores.items()}
     for method in ("vae", "vae_final_only"):
         if method in summary:
             model = attack if method == "vae" else ablation
             summary[method]["training_seconds"] = model.config.training.get("seconds")
             summary[method]["seconds_per_lora"] = round(float(np.mean(seconds[method])), 2)
+    for method, rs in free.items():
+        summary[method]["seconds_per_lora"] = round(float(np.mean([r["seconds"] for r in rs])), 2)
     own, other = (int(sum(verdicts[w])) for w in ("own", "other"))
     verdict = {"owner_far": config.owner_far, "photos": config.owner_photos, "impostors": len(gallery.centres),
                "n": len(ids), "tpr": round(own / len(ids), 3), "tpr_ci": [round(x, 3) for x in wilson_interval(own, len(ids))],
@@ -216,13 +270,8 @@ def write_results(result: dict, command: str, docs: Path) -> Path:
 def results_markdown(result: dict, command: str) -> str:
     """The text of results.md: how it was made, the table of every method, and the VAE's ratios."""
     s, n = result["summary"], len(result["victims"])
-    labels = {"oracle": "oracle: LoRA + true trigger (upper bound)",
-              "latent_ceiling": "the oracle's embeddings projected into the VAE's latent space",
-              "lora_class": "LoRA + class prompt",
-              "base": "base model alone (chance level)", "vae_final_only": "VAE, final weights only, no step embedding",
-              "vae": "VAE attack (weights only)"}
     rows = "\n".join(
-        f"| {labels[m]} | {v['mean_similarity']:.3f}{_interval(v.get('mean_similarity_ci'), '.3f')} "
+        f"| {_label(m)} | {v['mean_similarity']:.3f}{_interval(v.get('mean_similarity_ci'), '.3f')} "
         f"| {v['rank1']:.0%}{_interval(v.get('rank1_ci'), '.0%')} | {v['mean_rank']} "
         f"| {v['tar']:.0%}{_interval(v.get('tar_ci'), '.0%')} "
         f"| {v.get('training_seconds') or '-'} | {v.get('seconds_per_lora') or '-'} |"
@@ -258,6 +307,15 @@ def results_markdown(result: dict, command: str) -> str:
                                steps=steps_text)
 
 
+def _label(method: str, short: bool = False) -> str:
+    """A method's name in results.md (``short``: in the figures); guidance_w<w> rows name their w."""
+    if method.startswith("guidance_w"):
+        w = method.removeprefix("guidance_w")
+        return f"guidance w={w}" if short else (f"guidance extraction (w={w}): eps_base + w(eps_lora - eps_base) "
+                                                "under the class prompt, no trigger, no attack model")
+    return (SHORT_LABELS if short else LABELS)[method]
+
+
 def _interval(bounds, spec: str) -> str:
     """" [low, high]" of a 95% interval, "" when there is none."""
     return "" if not bounds else f" [{bounds[0]:{spec}}, {bounds[1]:{spec}}]"
@@ -267,10 +325,10 @@ def _grid(result: dict, path: Path, rows: int = 6, scale: int = 3) -> None:
     """One row per victim (its id): a training photo, then one image of each method, headed by its name."""
     from lora_audit.figures import save_labelled_grid
 
-    columns = ["photo", *[m for m in METHODS if m in result["summary"]]]
+    columns = ["photo", *result["summary"]]
     picked = list(result["samples"].items())[:rows]
     save_labelled_grid(path, [[s[c] for c in columns] for _, s in picked], [f"victim {v}" for v, _ in picked],
-                       ["training photo", *(SHORT_LABELS[m] for m in columns[1:])], scale=scale)
+                       ["training photo", *(_label(m, short=True) for m in columns[1:])], scale=scale)
 
 
 def _steps_plot(result: dict, path: Path) -> None:
@@ -308,7 +366,7 @@ def _plot(result: dict, path: Path) -> None:
 
     methods = list(result["summary"])
     summary = result["summary"]
-    names = [SHORT_LABELS[m] for m in methods]
+    names = [_label(m, short=True) for m in methods]
 
     def errors(key: str, value: str) -> np.ndarray:  # [2, M] distances from each bar to its interval's ends
         return np.array([[summary[m][value] - summary[m].get(key, [summary[m][value]] * 2)[0],
