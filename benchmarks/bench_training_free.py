@@ -14,7 +14,9 @@ and the UNet calls each makes.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,8 +40,10 @@ def main() -> None:
     parser.add_argument("--victims", dest="count", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--weight", type=float, default=GUIDANCE_WEIGHT)
-    parser.add_argument("--out", default="/tmp/bench_training_free.safetensors")
+    parser.add_argument("--out", help="Where the benchmark's LoRA file goes [default: a temporary folder].")
     args = parser.parse_args()
+    scratch = tempfile.TemporaryDirectory()
+    args.out = args.out or str(Path(scratch.name) / "bench_training_free.safetensors")
     torch.set_num_threads(1)
     base = load_base(None, "cpu")
     attack = AttackModel.load(asset_path("attack")).to(base.device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,13 +226,18 @@ def test_update_evidence_has_numbers_and_the_defence_as_an_object():
                         "defence": {"clip_norm": "1.0", "mode": "dp", "sizes": "[1, 2]"}, "defence_count": 3}
 
 
-def test_cli_commands_write_and_fail_in_one_line(world, tmp_path, capsys):
+def _photo_folder(images: np.ndarray, folder: Path) -> Path:
+    """``images`` [N, H, W, 3] in [0, 1] written as p0.png, p1.png ... into a new ``folder``."""
     from PIL import Image
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i, photo in enumerate(world["photos"]):
-        Image.fromarray((photo * 255).astype(np.uint8)).save(photos / f"p{i}.png")
+    folder.mkdir()
+    for i, photo in enumerate(images):
+        Image.fromarray((photo * 255).astype(np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def test_cli_commands_write_and_fail_in_one_line(world, tmp_path, capsys):
+    photos = _photo_folder(world["photos"], tmp_path / "photos")
     base = str(world["root"] / "base")
     update, secrets = tmp_path / "u.safetensors", tmp_path / "s.safetensors"
     assert main(["fl-client", str(photos), "-o", str(update), "--batch", "2", "--base", base,
@@ -277,12 +283,7 @@ def test_the_harness_resumes_and_summarises(world, tmp_path):
 
 @pytest.mark.slow
 def test_every_federated_flag_from_the_cli(world, tmp_path, capsys):
-    from PIL import Image
-
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i, photo in enumerate(world["photos"]):
-        Image.fromarray((photo * 255).astype(np.uint8)).save(photos / f"p{i}.png")
+    photos = _photo_folder(world["photos"], tmp_path / "photos")
     base = str(world["root"] / "base")
     lora = tmp_path / "lora.safetensors"
     assert main(["fl-client", str(photos), "--output", str(lora), "--what", "lora-update", "--local-steps", "2",
