@@ -184,12 +184,12 @@ class ScanResult:
             return 1
         return 0
 
-    def to_dict(self) -> dict[str, Any]:
+    def header(self) -> dict[str, Any]:
+        """The report's fields other than its files: schema version, tool and summary."""
         from lora_audit import __version__
 
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "tool": {"name": "lora-audit", "version": __version__},
-            "summary": self.summary(),
-            "files": [f.to_dict() for f in self.files],
-        }
+        return {"schema_version": SCHEMA_VERSION, "tool": {"name": "lora-audit", "version": __version__},
+                "summary": self.summary()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.header(), "files": [f.to_dict() for f in self.files]}

@@ -12,6 +12,7 @@ import lora_audit.scan.engine as engine
 from lora_audit.cli import main
 from lora_audit.scan.collect import collect_files
 from lora_audit.testing import synthetic as S
+from lora_audit.weights.safetensors_file import SafetensorsFile
 
 
 def _lora(path, seed=0):
@@ -39,6 +40,31 @@ def test_identical_content_is_scanned_once_and_reported_for_every_path(tmp_path,
     assert b["same_as"] == str(tmp_path / "a.safetensors") and a["same_as"] is None
     assert b["findings"] == a["findings"] and b["stats"] == a["stats"]
     assert a["mtime"] == os.stat(tmp_path / "a.safetensors").st_mtime
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_every_file_is_hashed_once_and_only_possible_copies_before_the_scan(tmp_path, monkeypatch, jobs):
+    tensors = S.as_kohya(S.make_lora("sd15", rank=8, max_modules=32))  # ~1.5 MB
+    middle = sorted(tensors)[len(tensors) // 2]
+    changed = {**tensors, middle: tensors[middle] * 2}
+    small = _lora(tmp_path / "small.safetensors")
+    twins = [S.save_synthetic(tmp_path / f"twin{i}.safetensors", t, {"ss_session_id": "1"})
+             for i, t in enumerate((tensors, changed))]  # the same size, ends and header; other bytes between
+    other = S.save_synthetic(tmp_path / "other.safetensors", tensors, {"ss_session_id": "2"})  # another header
+    assert len({os.path.getsize(p) for p in (*twins, other)}) == 1 != os.path.getsize(small)
+    hashed, real, from_scan = [], engine.file_sha256, SafetensorsFile.sha256
+    monkeypatch.setattr(engine, "file_sha256", lambda path: hashed.append(os.path.basename(path)) or real(path))
+    monkeypatch.setattr(SafetensorsFile, "sha256", lambda f: hashed.append(os.path.basename(f.path)) or from_scan(f))
+    first = []
+    monkeypatch.setattr(engine.LocalEngine, "digests", lambda self, files: first.extend(files) or
+                        [real(f) for f in files])
+    code, files = _scan([tmp_path, "--jobs", jobs], tmp_path)
+    assert code == 0 and sorted(map(os.path.basename, first)) == ["twin0.safetensors", "twin1.safetensors"]
+    for path in (small, *twins, other):
+        assert files[str(path)]["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+        assert files[str(path)]["same_as"] is None
+    if jobs == "1":  # in this process: the others by their scan (from the bytes it read), the twins only before it
+        assert sorted(hashed) == ["other.safetensors", "small.safetensors"]
 
 
 def test_shards_split_the_batch_exactly_once(tmp_path):

@@ -47,7 +47,7 @@ def jsonl_file_line(file_result: FileResult) -> str:
 
 def jsonl_summary_line(result: ScanResult) -> str:
     """The final JSON Lines record (tool, counts, exit code), without the trailing newline."""
-    d = result.to_dict()
+    d = result.header()
     return _line({"type": "summary", "schema_version": d["schema_version"], "tool": d["tool"],
                   **d["summary"]})
 

@@ -14,10 +14,12 @@ the workers are terminated, not waited for.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Protocol
@@ -51,14 +53,20 @@ class ScanOptions:
         return [MetadataCheck(redact=self.redact), WeightCheck(read_data=self.weights)]
 
 
-def scan_file(path: str, options: ScanOptions | None = None, identity: Check | None = None) -> FileResult:
-    """Scan one file. Any problem with the file becomes an error record, never an exception."""
+def scan_file(path: str, options: ScanOptions | None = None, identity: Check | None = None,
+              sha256: str | None = None) -> FileResult:
+    """Scan one file. Any problem with the file becomes an error record, never an exception.
+
+    A full scan (``options.weights``) records the file's SHA-256: ``sha256`` when the caller hashed it
+    already, else hashed here (from the bytes the scan read, for a LoRA)."""
     options = options or ScanOptions()
     start = time.perf_counter()
-    result = FileResult(path=path)
+    result = FileResult(path=path, sha256=sha256)
     with _file_errors(result):
         result.size_bytes = os.path.getsize(path) if os.path.isfile(path) else None
         _scan_into(path, options, result, identity)
+    if options.weights and result.sha256 is None:  # not a LoRA read to its end: a pickle, an invalid file
+        result.sha256 = file_sha256(path)
     result.findings = options.policy.apply(result.findings)
     result.seconds = time.perf_counter() - start
     return result
@@ -84,17 +92,19 @@ def _file_errors(result: FileResult) -> Iterator[None]:
 
 
 def scan_files(files: list[str], options: ScanOptions | None = None, jobs: int = 1,
-               identity: Check | None = None) -> Iterator[FileResult]:
+               identity: Check | None = None, digests: dict[str, str | None] | None = None) -> Iterator[FileResult]:
     """Scan ``files``, yielding each result as it finishes (input order when ``jobs`` is 1).
 
     With ``identity``, each readable LoRA is also attacked (in this process, after its static checks).
+    ``digests``: the SHA-256 of files hashed already (the others are hashed by the worker that scans them).
     """
-    options = options or ScanOptions()
+    options, digests = options or ScanOptions(), digests or {}
     if jobs <= 1 or len(files) < 2:
         for path in files:
-            yield scan_file(path, options, identity)
+            yield scan_file(path, options, identity, digests.get(path))
         return
-    with contextlib.closing(_parallel_static(files, options, jobs)) as results:  # closed: the workers stop now
+    chunks = [[(path, digests.get(path)) for path in chunk] for chunk in _chunks(files, jobs)]
+    with contextlib.closing(_in_workers(_scan_chunk, chunks, jobs, options)) as results:  # closed: the workers stop now
         for result in results:
             yield attack_scanned(result, options, identity) if identity is not None else result
 
@@ -117,23 +127,29 @@ class ScanEngine(Protocol):
 
     def digests(self, files: list[str]) -> list[str | None]: ...
 
-    def scan(self, files: list[str], options: ScanOptions, identity: Check | None = None) -> Iterator[FileResult]: ...
+    def scan(self, files: list[str], options: ScanOptions, identity: Check | None = None,
+             digests: dict[str, str | None] | None = None) -> Iterator[FileResult]: ...
 
 
 class LocalEngine:
-    """A batch on this machine: files hashed in this process, their static checks in ``jobs`` worker
-    processes, the identity check in this process (:func:`scan_files`)."""
+    """A batch on this machine: files hashed and their static checks run in ``jobs`` worker processes,
+    the identity check in this process (:func:`scan_files`)."""
 
     def __init__(self, jobs: int = 1):
         self.jobs = jobs
 
     def digests(self, files: list[str]) -> list[str | None]:
         """The SHA-256 of each file, in order (None: not a readable regular file)."""
-        return [file_sha256(path) for path in files]
+        if self.jobs <= 1 or len(files) < 2:
+            return [file_sha256(path) for path in files]
+        chunks = _chunks(files, self.jobs)
+        done = dict(_in_workers(_digest_chunk, list(enumerate(chunks)), self.jobs))  # chunk index -> digests
+        return [digest for i in range(len(chunks)) for digest in done[i]]
 
-    def scan(self, files: list[str], options: ScanOptions, identity: Check | None = None) -> Iterator[FileResult]:
+    def scan(self, files: list[str], options: ScanOptions, identity: Check | None = None,
+             digests: dict[str, str | None] | None = None) -> Iterator[FileResult]:
         """Each file's result as it finishes."""
-        return scan_files(files, options, self.jobs, identity)
+        return scan_files(files, options, self.jobs, identity, digests)
 
 
 def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, jobs: int = 1,
@@ -143,9 +159,10 @@ def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, job
     """Scan ``files`` (from :func:`~lora_audit.scan.collect.collect_files`) and return the whole scan in
     input order; ``on_result`` sees each file's result as soon as it is done (streaming, progress).
 
-    Every file is hashed first (SHA-256; not in a headers-only triage, ``options.weights`` False):
-    identical content is scanned once and reported for every path that holds it (``same_as`` names
-    the path scanned). ``not_followed``: links out of the
+    A full scan (``options.weights``; not a headers-only triage) hashes every file (SHA-256): identical
+    content is scanned once and reported for every path that holds it (``same_as`` names the path
+    scanned). Only files that may copy another (:func:`_may_be_copies`) are hashed before the scan,
+    the others by the worker that scans them. ``not_followed``: links out of the
     scanned tree, reported (LA004) and never read. ``hub``: Hugging Face cache facts by path.
     ``earlier``: results of a run being resumed; they count in the result, before the new ones, and
     are not streamed again (a file scanned again replaces its earlier record). ``engine``: where the
@@ -166,26 +183,54 @@ def scan_batch(files: list[str], options: ScanOptions, *, fail_on: Severity, job
         done(FileResult(path=path, findings=options.policy.apply([make_finding(
             "LA004", "a symbolic link out of the scanned folder: not followed (pass --follow-links to scan it)",
             {"target": os.path.realpath(path)})])))
-    digests = dict(zip(files, engine.digests(files) if options.weights else [None] * len(files)))  # triage: headers only
+    maybe_copies = _may_be_copies(files) if options.weights else []  # triage: headers only, no hashes
+    digests = dict(zip(maybe_copies, engine.digests(maybe_copies)))
     first: dict[str, str] = {}  # sha256 -> the path scanned for it
     copies: dict[str, list[str]] = {}  # that path -> the other paths with the same bytes
     for path in files:
-        sha = digests[path]
+        sha = digests.get(path)
         if sha is not None and sha in first:
             copies[first[sha]].append(path)
             continue
         if sha is not None:
             first[sha] = path
         copies[path] = []
-    with contextlib.closing(engine.scan(list(copies), options, identity)) as scanned:  # an interrupt stops the workers now
+    with contextlib.closing(engine.scan(list(copies), options, identity, digests)) as scanned:  # an interrupt stops the workers now
         for file_result in scanned:
-            file_result.sha256, file_result.mtime = digests[file_result.path], _mtime(file_result.path)
+            file_result.mtime = _mtime(file_result.path)
             done(file_result)
             for path in copies[file_result.path]:
                 done(replace(file_result, path=path, same_as=file_result.path, mtime=_mtime(path)))
     results.sort(key=lambda r: order[r.path])
     again = {r.path for r in results}
     return ScanResult([*[r for r in earlier if r.path not in again], *results], fail_on=fail_on)
+
+
+def _may_be_copies(files: list[str]) -> list[str]:
+    """The regular files of ``files`` that another one may copy: same size, then the same first and last
+    64 KiB (the header and its metadata, which differ between training runs). Only these need their
+    SHA-256 before the scan; the others are hashed by the worker that scans them."""
+    sizes = {}
+    for path in files:
+        with contextlib.suppress(OSError):
+            if os.path.isfile(path):
+                sizes[path] = os.path.getsize(path)
+    count = Counter(sizes.values())
+    same_size = [path for path in files if path in sizes and count[sizes[path]] > 1]
+    ends = {path: _ends(path, sizes[path]) for path in same_size}
+    count = Counter(ends.values())
+    return [path for path in same_size if ends[path] is not None and count[ends[path]] > 1]
+
+
+def _ends(path: str, size: int, span: int = 1 << 16) -> tuple[int, bytes] | None:
+    """The size and a digest of the first and last ``span`` bytes of ``path`` (None when unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(span)
+            f.seek(max(0, size - span))
+            return size, hashlib.sha256(head + f.read(span)).digest()
+    except OSError:
+        return None
 
 
 def _mtime(path: str) -> float | None:
@@ -199,12 +244,19 @@ def _attackable(result: FileResult) -> bool:
     return result.error is None and result.stats is not None and bool(result.stats.module_count)
 
 
-def _parallel_static(files: list[str], options: ScanOptions, jobs: int) -> Iterator[FileResult]:
-    size = max(1, min(64, len(files) // (jobs * 4)))
-    chunks = [files[i : i + size] for i in range(0, len(files), size)]
+def _chunks(files: list, jobs: int) -> list[list]:
+    """``files`` in order, in chunks of at most 64, small enough to give each worker about sixteen: the
+    workers finish together, and no worker waits on a long last chunk of large files."""
+    size = max(1, min(64, len(files) // (jobs * 16)))
+    return [files[i : i + size] for i in range(0, len(files), size)]
+
+
+def _in_workers(function: Callable, chunks: list, jobs: int, *args) -> Iterator:
+    """``function(chunk, *args)`` for every chunk in ``jobs`` worker processes: each item of its result,
+    chunk by chunk as they finish."""
     pool = ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker)
     try:
-        futures = [pool.submit(_scan_chunk, chunk, options) for chunk in chunks]
+        futures = [pool.submit(function, chunk, *args) for chunk in chunks]
         for future in as_completed(futures):
             yield from future.result()
         pool.shutdown()
@@ -244,8 +296,13 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
         manager.join(1)
 
 
-def _scan_chunk(paths: list[str], options: ScanOptions) -> list[FileResult]:
-    return [scan_file(p, options) for p in paths]
+def _scan_chunk(items: list[tuple[str, str | None]], options: ScanOptions) -> list[FileResult]:
+    return [scan_file(path, options, sha256=sha256) for path, sha256 in items]
+
+
+def _digest_chunk(numbered: tuple[int, list[str]]) -> list[tuple[int, list[str | None]]]:
+    index, paths = numbered
+    return [(index, [file_sha256(path) for path in paths])]
 
 
 def _scan_into(path: str, options: ScanOptions, result: FileResult, identity: Check | None) -> None:
@@ -264,6 +321,8 @@ def _scan_into(path: str, options: ScanOptions, result: FileResult, identity: Ch
         for check in options.checks():
             result.findings.extend(check.run(subject))
         result.stats = subject.stats = weight_stats(lora, per_module=options.weights)
+        if options.weights and result.sha256 is None:
+            result.sha256 = lora.file.sha256()
         if identity is not None and _attackable(result):
             result.findings.extend(_identity_findings(identity, subject, result))
 

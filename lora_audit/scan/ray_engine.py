@@ -1,6 +1,6 @@
 """The scan of a batch on a Ray cluster (``scan --engine ray``): the local engine's per-file functions, on Ray.
 
-Files go to Ray tasks in chunks (one CPU each): their hashes, then their static checks
+Files go to Ray tasks in chunks (one CPU each): the hashes of those that may be copies, then the static checks
 (:func:`~lora_audit.scan.engine.scan_file`). With the identity check, each chunk's static results go
 on to a small pool of actors, each holding its own copy of the check (the models load once per
 actor) and adding its findings (:func:`~lora_audit.scan.engine.attack_scanned`): one actor per GPU
@@ -69,10 +69,13 @@ class RayEngine:
         refs = (task.remote(chunk, cwd) for chunk in _chunks(files, workers, STATIC_CHUNK))
         return [digest for part in _in_order(refs, IN_FLIGHT * workers) for digest in part]
 
-    def scan(self, files: list[str], options: ScanOptions, identity: Check | None = None) -> Iterator[FileResult]:
-        """Each file's result, in input order."""
-        ray, cwd = _ray(), os.getcwd()
+    def scan(self, files: list[str], options: ScanOptions, identity: Check | None = None,
+             digests: dict[str, str | None] | None = None) -> Iterator[FileResult]:
+        """Each file's result, in input order. ``digests``: the SHA-256 of files hashed already (the
+        others are hashed by the task that scans them)."""
+        ray, cwd, digests = _ray(), os.getcwd(), digests or {}
         static = ray.remote(_scan_chunk)
+        files = [(path, digests.get(path)) for path in files]
         if identity is None:
             workers = _cpus()
             refs = (static.remote(chunk, options, cwd) for chunk in _chunks(files, workers, STATIC_CHUNK))
@@ -130,7 +133,7 @@ def _attackers(resources: dict, wanted: int | None) -> tuple[int, dict]:
     return count, asks
 
 
-def _chunks(files: list[str], workers: int, most: int) -> list[list[str]]:
+def _chunks(files: list, workers: int, most: int) -> list[list]:
     """``files`` in order, in chunks of at most ``most``, small enough to give each worker about four."""
     size = max(1, min(most, len(files) // (workers * 4)))
     return [files[i : i + size] for i in range(0, len(files), size)]
@@ -174,9 +177,9 @@ def _digest_chunk(paths: list[str], cwd: str) -> list[str | None]:
         return [file_sha256(path) for path in paths]
 
 
-def _scan_chunk(paths: list[str], options: ScanOptions, cwd: str) -> list[FileResult]:
+def _scan_chunk(items: list[tuple[str, str | None]], options: ScanOptions, cwd: str) -> list[FileResult]:
     with _in_dir(cwd):
-        return [scan_file(path, options) for path in paths]
+        return [scan_file(path, options, sha256=sha256) for path, sha256 in items]
 
 
 @contextlib.contextmanager

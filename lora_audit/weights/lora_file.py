@@ -19,7 +19,7 @@ class LoraFile:
         self.tensors = self.file.tensors
         self.modules: list[LoraModule]
         self.problems: ModuleProblems
-        self.modules, self.problems = group_modules(self.tensors, self.metadata, self.file.read)
+        self.modules, self.problems = group_modules(self.tensors, self.metadata, self.file.scalar)
         self.layout = file_layout(self.modules)
         self.base_model, self.base_model_evidence = detect_base_model(self.metadata, self.modules)
 

@@ -7,8 +7,9 @@ dW = scale * B @ A (or the LoHa / LoKr / Tucker equivalent) as a numpy array.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,7 +20,8 @@ from lora_audit.weights.keys import parse_key
 from lora_audit.weights.loda import LAYOUT as LODA, linear_scale
 from lora_audit.weights.safetensors_file import FLOAT_DTYPES, TensorInfo
 
-Reader = Callable[[str], np.ndarray]
+Reader = Callable[[str], np.ndarray]  # a tensor as a float array (SafetensorsFile.read)
+Scalar = Callable[[str], float]  # a tensor's first element (SafetensorsFile.scalar)
 _KINDS = ("hada_", "lokr_")  # role prefixes of LoHa and LoKr factors; a module has one kind of factors
 
 
@@ -47,39 +49,67 @@ class ModuleProblems:
 
 
 def group_modules(tensors: dict[str, TensorInfo], metadata: dict[str, str],
-                  read: Reader) -> tuple[list[LoraModule], ModuleProblems]:
-    """Group tensors by canonical module; ``read`` loads a tensor (used for kohya alpha scalars)."""
-    roles: dict[str, dict[str, str]] = defaultdict(dict)
-    layouts: dict[str, set[str]] = defaultdict(set)
-    by_layout: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))  # module -> layout -> roles
-    clashes: set[str] = set()  # modules with one role given by two tensors
-    problems = ModuleProblems()
-    for key in tensors:
-        parsed = parse_key(key)
-        if parsed is None:
-            problems.unrecognised.append(key)
-            continue
-        if parsed.role in roles[parsed.module]:
-            clashes.add(parsed.module)
-        roles[parsed.module][parsed.role] = key
-        by_layout[parsed.module][parsed.layout].add(parsed.role)
-        if parsed.role != "alpha":
-            layouts[parsed.module].add(parsed.layout)
+                  read: Scalar) -> tuple[list[LoraModule], ModuleProblems]:
+    """Group tensors by canonical module; ``read`` gives a tensor's first element (alpha scalars)."""
+    grouping = _grouping(tuple(tensors))
+    problems = ModuleProblems(conflicting=dict(grouping.conflicting), unrecognised=list(grouping.unrecognised))
     peft_config = _PeftAlphas(metadata)
     modules = []
-    for name, keys in roles.items():
-        pairs = {layout for layout, found in by_layout[name].items() if found & {"down", "up"}}
-        kinds = {"pair" if r in ("down", "up") else r[:5] for r in keys if r in ("down", "up") or r[:5] in _KINDS}
-        if name in clashes or len(pairs) > 1 or len(kinds) > 1:  # e.g. a kohya and a PEFT pair: never merged
-            problems.conflicting[name] = "; ".join(
-                f"{layout}: {', '.join(sorted(r))}" for layout, r in sorted(by_layout[name].items()))
-            continue
-        found = layouts[name]
-        layout = "lycoris" if "lycoris" in found else min(found, default="kohya")
-        module = _build_module(name, keys, layout, tensors, read, peft_config, metadata, problems)
+    for name, keys, layout in grouping.candidates:
+        module = _build_module(name, dict(keys), layout, tensors, read, peft_config, metadata, problems)
         if module is not None:
             modules.append(module)
     return modules, problems
+
+
+@dataclass(frozen=True)
+class _Grouping:
+    """How a file's tensor names group into modules: the same for every file of one architecture and
+    adapter, so a batch works it out once per kind of file (:func:`_grouping`)."""
+
+    candidates: list[tuple[str, dict[str, str], str]]  # (module, role -> tensor name, layout), in file order
+    conflicting: dict[str, str]  # module -> its layouts and roles (factors that must not be merged)
+    unrecognised: list[str]  # tensor names of no known layout
+
+
+@functools.lru_cache(maxsize=64)
+def _grouping(names: tuple[str, ...]) -> _Grouping:
+    roles: dict[str, dict[str, str]] = {}  # module -> role -> tensor name
+    by_layout: dict[str, dict[str, set[str]]] = {}  # module -> layout -> roles
+    clashes: set[str] = set()  # modules with one role given by two tensors
+    unrecognised = []
+    for key in names:
+        parsed = parse_key(key)
+        if parsed is None:
+            unrecognised.append(key)
+            continue
+        module, layout, role = parsed.module, parsed.layout, parsed.role
+        if module not in roles:
+            roles[module], by_layout[module] = {}, {}
+        elif role in roles[module]:
+            clashes.add(module)
+        roles[module][role] = key
+        by_layout[module].setdefault(layout, set()).add(role)
+    candidates, conflicting = [], {}
+    for name, keys in roles.items():
+        per_layout = by_layout[name]
+        if name in clashes or (len(per_layout) > 1 or not keys.keys() <= _PAIR_ROLES) and _conflicting(keys, per_layout):
+            conflicting[name] = "; ".join(  # e.g. a kohya and a PEFT pair: never merged
+                f"{layout}: {', '.join(sorted(r))}" for layout, r in sorted(per_layout.items()))
+            continue
+        found = [layout for layout, found in per_layout.items() if found != {"alpha"}]  # alpha alone says nothing
+        candidates.append((name, keys, "lycoris" if "lycoris" in found else min(found, default="kohya")))
+    return _Grouping(candidates, conflicting, unrecognised)
+
+
+_PAIR_ROLES = frozenset(("down", "up", "alpha"))
+
+
+def _conflicting(keys: dict[str, str], per_layout: dict[str, set[str]]) -> bool:
+    """Factors that must not be merged into one module: pairs of two layouts, or two kinds of factors."""
+    pairs = [layout for layout, found in per_layout.items() if "down" in found or "up" in found]
+    kinds = {"pair" if r in ("down", "up") else r[:5] for r in keys if r in ("down", "up") or r[:5] in _KINDS}
+    return len(pairs) > 1 or len(kinds) > 1
 
 
 def file_layout(modules: list[LoraModule]) -> str:
@@ -89,18 +119,18 @@ def file_layout(modules: list[LoraModule]) -> str:
 
 
 def _build_module(name, keys, layout, tensors, read, peft_config, metadata, problems) -> LoraModule | None:
-    roles = set(keys) - {"alpha", "dora_scale"}
+    roles = [r for r in keys if r != "alpha" and r != "dora_scale"]
     if not roles:
         problems.orphaned[name] = sorted(keys)
         return None
     if any(tensors[keys[r]].numel == 0 for r in roles):  # rank 0 or an empty dimension
         problems.mismatched[name] = _shapes(keys, tensors)
         return None
-    if any(r.startswith("hada_") for r in roles):
-        return _build_loha(name, keys, tensors, read, problems)
-    if any(r.startswith("lokr_") for r in roles):
-        return _build_lokr(name, keys, tensors, read, problems)
-    if not {"down", "up"} <= roles:
+    if "down" not in keys or "up" not in keys:
+        if any(r.startswith("hada_") for r in roles):
+            return _build_loha(name, keys, tensors, read, problems)
+        if any(r.startswith("lokr_") for r in roles):
+            return _build_lokr(name, keys, tensors, read, problems)
         problems.orphaned[name] = sorted(keys)
         return None
     # up [out, r(, 1, 1)], down [r, in(, kh, kw)]; Tucker: down [r, in, 1, 1], mid [r, r, kh, kw]
@@ -189,13 +219,13 @@ def _ones(dims: tuple[int, ...]) -> bool:
     return all(d == 1 for d in dims)
 
 
-def _read_alpha(keys: dict[str, str], read: Reader, rank: int) -> tuple[float, str | None]:
+def _read_alpha(keys: dict[str, str], read: Scalar, rank: int) -> tuple[float, str | None]:
     """kohya alpha: a scalar tensor; missing or 0 means alpha = rank (scale 1). An unreadable or
     non-finite one also gives alpha = rank, with the reason as second value (a module problem)."""
     if "alpha" not in keys:
         return float(rank), None
     try:
-        value = float(np.asarray(read(keys["alpha"]), dtype=np.float64).reshape(-1)[0])
+        value = read(keys["alpha"])
     except (ValueError, IndexError):
         return float(rank), f"alpha tensor is unreadable; alpha = rank ({rank}) used"
     if not math.isfinite(value):
@@ -203,7 +233,7 @@ def _read_alpha(keys: dict[str, str], read: Reader, rank: int) -> tuple[float, s
     return (value if value else float(rank)), None
 
 
-def _alpha_of(name: str, keys: dict[str, str], read: Reader, rank: int, problems: ModuleProblems) -> float:
+def _alpha_of(name: str, keys: dict[str, str], read: Scalar, rank: int, problems: ModuleProblems) -> float:
     alpha, bad = _read_alpha(keys, read, rank)
     if bad:
         problems.bad_alpha[name] = bad

@@ -20,6 +20,7 @@ Everything is computed on dW / scale in float64; the scale is applied to the res
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import Callable
 
@@ -91,9 +92,11 @@ def effective_rank(singular_values: np.ndarray) -> float:
 def _spectra(lora: LoraFile, modules: list[LoraModule]) -> dict[str, Spectrum]:
     """Spectrum of every module; r x r eigenproblems of LoRA / LoCon modules of one rank share one call."""
     out: dict[str, Spectrum] = {}
-    pending: dict[int, list[tuple[str, float, np.ndarray]]] = {}  # rank -> (name, squares, U^T U D D^T)
-    read = lambda key: np.asarray(lora.file.read(key), dtype=np.float64)  # noqa: E731
+    pending: dict[int, list[tuple[str, float, np.ndarray]]] = {}  # rank -> (name, squares, its Grams)
+    arena = _arena()
+    read = lambda key: arena.read(lora, key)  # noqa: E731
     for m in modules:
+        arena.used = 0  # the factors of one module at a time: nothing read for the last one is kept
         if m.kind == "loha":
             out[m.name] = _loha_spectrum(m, read)
         elif m.kind == "lokr":
@@ -105,21 +108,63 @@ def _spectra(lora: LoraFile, modules: list[LoraModule]) -> dict[str, Spectrum]:
             else:
                 result = _lowrank_spectrum(up, read(m.keys["down"]).reshape(m.rank, -1))
             if isinstance(result[1], _Pending):
-                pending.setdefault(m.rank, []).append((m.name, result[0], result[1].product))
+                pending.setdefault(m.rank, []).append((m.name, result[0], result[1]))
             else:
                 out[m.name] = result
     for items in pending.values():
-        eig = np.linalg.eigvals(np.stack([p for _, _, p in items]))  # [M, r]
-        for (name, squares, _), values in zip(items, eig):
-            out[name] = (squares, np.sort(np.sqrt(np.clip(values.real, 0, None)))[::-1])
+        gram_u, gram_v = (np.stack([p.grams[i] for _, _, p in items]) for i in (0, 1))  # [M, r, r] each
+        for (name, squares, _), values in zip(items, _product_singular_values(gram_u, gram_v)):
+            out[name] = (squares, values)
     return out
 
 
-class _Pending:
-    """An r x r product whose eigenvalues are sigma^2, left for one batched call."""
+class _Arena:
+    """Reused float64 memory for the factors of one module at a time (fresh memory costs a page fault
+    per page, which made converting the factors cost more than the statistics of them)."""
 
-    def __init__(self, product: np.ndarray):
-        self.product = product
+    LARGEST = 1 << 24  # elements: a larger factor gets its own array, and the arena stays small
+
+    def __init__(self):
+        self.buffer, self.used = np.empty(1 << 20), 0
+
+    def read(self, lora: LoraFile, key: str) -> np.ndarray:
+        """The tensor ``key`` as float64, in the arena (a view valid until the arena is reset)."""
+        numel = lora.tensors[key].numel
+        if numel > self.LARGEST:
+            return np.asarray(lora.file.read(key), dtype=np.float64)
+        if self.used + numel > self.buffer.size:  # views already handed out keep the old buffer alive
+            self.buffer, self.used = np.empty(max(2 * self.buffer.size, numel)), 0
+        out = self.buffer[self.used : self.used + numel]
+        self.used += numel
+        return lora.file.read_into(key, out)
+
+
+_local = threading.local()
+
+
+def _arena() -> _Arena:
+    if not hasattr(_local, "arena"):
+        _local.arena = _Arena()
+    return _local.arena
+
+
+class _Pending:
+    """The Grams (U^T U, D D^T) of a dW = U @ D whose singular values are left for one batched call."""
+
+    def __init__(self, gram_u: np.ndarray, gram_v: np.ndarray):
+        self.grams = (gram_u, gram_v)
+
+
+def _product_singular_values(gram_u: np.ndarray, gram_v: np.ndarray) -> np.ndarray:
+    """Singular values, descending, of each dW = U @ D from its Grams [M, r, r]: sigma^2 = eig(U^T U D D^T)
+    = eig(L^T D D^T L) with U^T U = L L^T (Cholesky), a symmetric problem (half the time of eigvals);
+    eigvals of the product when some U^T U is singular (an all-zero up factor)."""
+    try:
+        lower = np.linalg.cholesky(gram_u)  # [M, r, r]
+        values = np.linalg.eigvalsh(np.swapaxes(lower, 1, 2) @ gram_v @ lower)
+    except np.linalg.LinAlgError:
+        values = np.linalg.eigvals(gram_u @ gram_v).real
+    return np.sort(np.sqrt(np.clip(values, 0, None)), axis=1)[:, ::-1]
 
 
 def _lowrank_spectrum(u: np.ndarray, v: np.ndarray | None, gram_v: np.ndarray | None = None,
@@ -146,14 +191,13 @@ def _gram_spectrum(gram_u: np.ndarray, gram_v: np.ndarray):
     squares = float(np.sum(gram_u * gram_v))  # both symmetric
     if not (np.isfinite(gram_u).all() and np.isfinite(gram_v).all()):
         return squares, None
-    return squares, _Pending(gram_u @ gram_v)
+    return squares, _Pending(gram_u, gram_v)
 
 
 def _resolve(spectrum) -> Spectrum:
     squares, s = spectrum
     if isinstance(s, _Pending):
-        values = np.linalg.eigvals(s.product)
-        s = np.sort(np.sqrt(np.clip(values.real, 0, None)))[::-1]
+        s = _product_singular_values(*(g[None] for g in s.grams))[0]
     return squares, s
 
 

@@ -1,0 +1,73 @@
+"""The reader's window: tensor data read once into this thread's reused buffer, and everything handed
+out stays right when the window moves (a large file), is reused by another file, or holds bad values."""
+
+import hashlib
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import lora_audit.weights.safetensors_file as reader
+import lora_audit.weights.stats as stats
+from lora_audit.testing import synthetic as S
+from lora_audit.weights.safetensors_file import SafetensorsFile
+from lora_audit.weights import open_lora
+from lora_audit.weights.stats import weight_stats
+
+
+def _tensors(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {f"t{i:02d}": rng.standard_normal((8 + i, 16)).astype(np.float32) for i in range(12)}
+
+
+def _expected(path) -> dict[str, np.ndarray]:
+    return {name: np.asarray(array, np.float32) for name, array in load_file(str(path)).items()}
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F32", "F64"])
+@pytest.mark.parametrize("window", [None, 1024])  # the whole data section, or a window that must move
+def test_reads_hashes_and_nan_checks_match_the_file(tmp_path, monkeypatch, dtype, window):
+    if window:
+        monkeypatch.setattr(reader, "_WINDOW_BYTES", window)
+    tensors = _tensors(0)
+    tensors["t05"][3, 4] = np.nan
+    tensors["t09"][0, 0] = np.inf
+    path = S.save_synthetic(tmp_path / "f.safetensors", tensors, {"k": "v"}, dtype=dtype)
+    expected = _expected(path) if dtype != "BF16" else {n: S.round_to_bf16(t) for n, t in tensors.items()}
+    with SafetensorsFile(str(path)) as f:
+        assert f.sha256() == hashlib.sha256(path.read_bytes()).hexdigest()  # before any read: from the file
+        assert f.non_finite() == ["t05", "t09"]
+        assert f.sha256() == hashlib.sha256(path.read_bytes()).hexdigest()  # after: from the window
+        got = {name: f.read(name) for name in reversed(sorted(f.tensors))}  # backwards: the window moves back
+        out = np.empty(f.tensors["t07"].numel)
+        np.testing.assert_array_equal(f.read_into("t07", out), np.asarray(expected["t07"], np.float64))
+    for name, array in expected.items():
+        np.testing.assert_array_equal(got[name], array)
+
+
+def test_arrays_outlive_the_window_reused_by_another_file(tmp_path):
+    one = S.save_synthetic(tmp_path / "one.safetensors", _tensors(1), dtype="F16")
+    two = S.save_synthetic(tmp_path / "two.safetensors", _tensors(2), dtype="F16")
+    with SafetensorsFile(str(one)) as f:
+        kept = {name: f.read(name) for name in f.tensors}
+    with SafetensorsFile(str(two)) as f:  # fills the same window with other bytes
+        others = {name: f.read(name) for name in f.tensors}
+    for name, array in _expected(one).items():
+        np.testing.assert_array_equal(kept[name], array)
+        assert not np.array_equal(kept[name], others[name])
+
+
+def test_statistics_do_not_depend_on_the_window_or_the_arena(tmp_path, monkeypatch):
+    lora = S.make_lora("sd15", rank=4, max_modules=12, seed=3, dtype="F16")
+    path = S.save_synthetic(tmp_path / "l.safetensors", S.as_kohya(lora))
+    with open_lora(str(path)) as f:
+        whole = weight_stats(f).modules
+    monkeypatch.setattr(reader, "_WINDOW_BYTES", 4096)
+    monkeypatch.setattr(stats._Arena, "LARGEST", 100)  # most factors get arrays of their own
+    with open_lora(str(path)) as f:
+        small = weight_stats(f).modules
+    assert [(m.dw_norm, m.effective_rank) for m in whole] == [(m.dw_norm, m.effective_rank) for m in small]
+    deltas = S.delta_weights(lora)
+    for module in whole:
+        dw = deltas[module.name]
+        assert module.dw_norm == pytest.approx(float(np.linalg.norm(dw)), rel=1e-5)
