@@ -22,7 +22,7 @@ from lora_audit.diffusion.finetune import FinetuneConfig
 from lora_audit import families
 from lora_audit.families import get_family, load_base
 from lora_audit.toyworld.pipeline import ToyBaseConfig, make_toy_pipeline
-from lora_audit.toyworld.family import TOY_METADATA
+from lora_audit.toyworld.family import TOY_METADATA, ToyFamily
 from lora_audit.weights import open_lora
 from lora_audit.weights.writer import save_lora
 from report_checks import consistency_rule, generic_reference, measured_consistency, parse_json_report, verdict_rule
@@ -527,6 +527,33 @@ def test_sd1_scan_stays_static_and_says_what_is_missing(tmp_path, capsys):
     (finding,) = json.loads(capsys.readouterr().out)["files"][0]["findings"]
     assert finding["rule_id"] == "LA303" and finding["severity"] == "info"
     assert "--base" in finding["message"] and "--attack-model" in finding["message"]
+
+
+def test_attack_modes_say_whether_an_unaudited_lora_passes(tmp_path, capsys):
+    from lora_audit.testing import synthetic as S
+
+    sd1 = str(S.save_synthetic(tmp_path / "sd1.safetensors", S.as_kohya(S.make_lora("sd15", rank=2, max_modules=2))))
+    assert main(["scan", sd1, "-f", "json", "--attack", "require"]) == 2  # no attack can run: the audit is incomplete
+    (file,) = json.loads(capsys.readouterr().out)["files"]
+    assert [f["rule_id"] for f in file["findings"]] == ["LA307"] and file["error"].startswith("no identity audit (")
+    assert "--base" in file["error"]
+    for off in (["--attack", "off"], ["--no-attack"]):
+        assert main(["scan", sd1, "-f", "json", *off]) == 0
+        assert json.loads(capsys.readouterr().out)["files"][0]["findings"] == []
+    assert main(["scan", sd1, "--no-attack", "--attack", "require"]) == 4
+    assert main(["scan", sd1, "--attack", "sometimes"]) == 4
+    assert main(["scan", sd1, "--no-attack", "--sampling-steps", "5"]) == 4
+    assert main(["scan", sd1, "--sampling-steps", "0"]) == 4
+
+
+def test_scan_samples_the_attack_with_the_steps_asked_for(world, tmp_path, capsys):
+    args = ["scan", str(world["lora"]), "-f", "json", "--attack-model", str(world["root"] / "attack"), "--base",
+            str(world["root"] / "base"), "--fail-on", "critical", "--reconstructions", str(tmp_path / "rec")]
+    for extra, steps in (([], ToyFamily.sampling_steps), (["--sampling-steps", "3"], 3)):  # the family's, the flag's
+        assert main(args + extra) == 0
+        (weights,) = [f for f in json.loads(capsys.readouterr().out)["files"][0]["findings"]
+                      if f["rule_id"] in ("LA301", "LA302")]
+        assert weights["evidence"]["sampling_steps"] == steps
 
 
 def test_cli_shadow_writes_resumable_shards(world, tmp_path, capsys):

@@ -137,7 +137,7 @@ def test_scan_every_format_from_the_cli_parses_back(toy, tmp_path, capsys):
         console = capsys.readouterr().out
         assert all(rule in console for rule in rules)
         assert "20 of 48 modules, largest dW norm first" in console  # the per-module statistics
-    assert main(["scan", leaky, "-f", "console", "--quiet", "--attack"]) == 1  # sd1: no attack model, LA303
+    assert main(["scan", leaky, "-f", "console", "--quiet", "--attack", "auto"]) == 1  # sd1: no attack model, LA303
     console = capsys.readouterr().out
     assert "modules, largest dW norm first" not in console and "LA303" in console
     if "html" in FORMATS:
@@ -242,7 +242,7 @@ def test_toy_build_through_the_cli_installs_under_out(toy):
     installed = toy["out"] / "installed"
     assert sorted(p.name for p in installed.iterdir()) == ["data", "docs", "weights_samples"]
     assert {p.name for p in Path(toy["attack"]).iterdir()} == {"attack.json", "attack.safetensors"}
-    for stage in ("embedder", "base", "victims", "shadows", "attack", "install", "figures"):
+    for stage in ("embedder", "base", "victims", "shadows", "attack", "install", "references", "figures"):
         assert (toy["out"] / stage / "metrics.json").is_file(), stage
     assert {p.name for p in (installed / "docs" / "img").iterdir()} >= {
         "toy_base_samples.png", "contact_sheet.png", "attack_reconstructions.png", "attack_curves.png"}
@@ -256,7 +256,7 @@ def test_toy_build_stage_reruns_only_that_stage(toy, tmp_path, capsys):
     assert main(["toy", "build", "--tiny", "--out", str(out), "--stage", "victims", "--stage", "embedder"]) == 0
     assert (out / "victims" / "metrics.json").is_file()
     assert others == {s: (out / s / "metrics.json").stat().st_mtime_ns for s in others}
-    assert "stages embedder, base, victims, shadows, attack, install, figures" in capsys.readouterr().out
+    assert "stages embedder, base, victims, shadows, attack, install, references, figures" in capsys.readouterr().out
     assert main(["toy", "build", "--tiny", "--out", str(out), "--stage", "everything"]) == 4
 
 

@@ -108,8 +108,12 @@ def test_the_scan_progress_bar_counts_files_and_findings(monkeypatch):
         advance(FileResult("dir/b.safetensors"))
     shown = screen.getvalue()
     assert "2/3" in shown and "2 findings" in shown and "dir/b.safetensors" in shown
+    with progress.scan_progress(3, quiet=False) as advance:
+        advance.starting("dir/c.safetensors")  # an attack begins: seconds before the file is done
+    assert "attacking dir/c.safetensors" in screen.getvalue()
     with progress.scan_progress(3, quiet=True) as advance:  # --quiet: nothing at all
         advance(FileResult("c.safetensors"))
+        advance.starting("c.safetensors")
 
 
 def test_quiet_shows_errors_only_and_restores_the_log_level():

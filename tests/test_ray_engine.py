@@ -49,7 +49,7 @@ def _report(args: list[str], capsys) -> tuple[int, dict]:
     return code, comparable(parse_json_report(capsys.readouterr().out))
 
 
-@pytest.mark.parametrize("attack", ["--no-attack", "--attack"])  # the attack: LA303 from the actors (no sd1 model)
+@pytest.mark.parametrize("attack", ["--no-attack", "--attack=auto"])  # the attack: LA303 from the actors (no sd1 model)
 def test_ray_gives_the_local_engines_report(ray_session, batch, attack, capsys):
     missing = batch / "missing.safetensors"
     local_code, local = _report([batch, missing, attack], capsys)
@@ -60,7 +60,7 @@ def test_ray_gives_the_local_engines_report(ray_session, batch, attack, capsys):
     assert files["k03_copy.safetensors"]["sha256"] == files["k03.safetensors"]["sha256"] is not None
     assert [f["rule_id"] for f in files["truncated.safetensors"]["findings"]] == ["LA001"]
     assert files["model.ckpt"]["error"] and files["missing.safetensors"]["error"]
-    assert ("LA303" in {x["rule_id"] for x in files["k00.safetensors"]["findings"]}) == (attack == "--attack")
+    assert ("LA303" in {x["rule_id"] for x in files["k00.safetensors"]["findings"]}) == (attack == "--attack=auto")
 
 
 def test_ray_streams_json_lines_in_input_order_and_resumes(ray_session, batch, tmp_path, capsys):

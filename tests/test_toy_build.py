@@ -155,6 +155,39 @@ def test_installed_artefacts_load_and_scan(built, capsys, monkeypatch):
         assert forced["rule_id"] == rule and forced["evidence"]["identity_consistency"] == pytest.approx(value, abs=1e-3)
 
 
+def test_the_installed_attack_holds_the_reference_a_default_scan_needs(built, monkeypatch, tmp_path):
+    import lora_audit.scan.identity as identity
+    from lora_audit.families import get_family, load_base
+    from lora_audit.scan.check import Subject
+    from lora_audit.toyworld.embedder import ToyFaceEmbedder
+    from lora_audit.weights import open_lora
+    from lora_audit.weights.stats import weight_stats
+
+    config, metrics, _ = built
+    saved = json.loads((config.package_data / "attack" / "attack.json").read_text())
+    (reference,) = saved["evaluation"]["generic_references"]
+    embedder = ToyFaceEmbedder.load(config.package_data / "embedder")
+    steps = get_family("toy").sampling_steps
+    assert (reference["k"], reference["sampling_steps"]) == (8, steps) != (8, 25)
+    assert reference["embedder"] == embedder.fingerprint()
+    base = load_base(str(config.package_data / "base"))
+    again = identity.generic_consistency(base, embedder, saved["class_prompt"], 8, sampling_steps=steps)
+    assert reference["mean"] == pytest.approx(again["mean"]) and metrics["references"]["generic_references"][0]["k"] == 8
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a default scan measured a reference the attack model holds")
+
+    monkeypatch.setattr(identity, "generic_consistency", measured)
+    monkeypatch.setattr(get_family("toy"), "face_embedder", lambda device, weights=None: embedder)
+    check = identity.IdentityCheck(identity.IdentityOptions(attack_model=str(config.package_data / "attack"),
+                                                            base=str(config.package_data / "base"), out_dir=tmp_path))
+    victim = config.samples_dir / f"{config.victims.victims[0].name}.safetensors"
+    with open_lora(str(victim)) as lora:
+        (weights, *_) = check.run(Subject(str(victim), lora, weight_stats(lora)))
+    assert weights.evidence["sampling_steps"] == steps
+    assert weights.evidence["generic_consistency_mean"] == pytest.approx(reference["mean"], abs=1e-4)
+
+
 def test_without_an_install_root_everything_is_installed_under_out(built):
     config, metrics, _ = built
     installed = config.out / "installed"

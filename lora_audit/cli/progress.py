@@ -44,9 +44,12 @@ def _shown(metrics: dict) -> str:
 @contextlib.contextmanager
 def scan_progress(total: int, quiet: bool):
     """A rich progress bar on stderr for batches, only on a terminal and without --quiet: files done of
-    ``total``, findings so far and the file just finished. Yields ``advance(file_result)``."""
+    ``total``, findings so far and the current file. Yields ``advance(file_result)`` (a file is done),
+    which has ``advance.starting(path)`` (an attack on ``path`` begins: it takes seconds)."""
     if quiet or total < 2 or not sys.stderr.isatty():
-        yield lambda file_result: None
+        advance = lambda file_result: None  # noqa: E731
+        advance.starting = lambda path: None
+        yield advance
         return
     from rich.console import Console
     from rich.markup import escape
@@ -63,6 +66,7 @@ def scan_progress(total: int, quiet: bool):
             findings += len(file_result.findings)
             progress.update(task, advance=1, found=findings, current=escape(file_result.path[-60:]))
 
+        advance.starting = lambda path: progress.update(task, current="attacking " + escape(path[-50:]))
         yield advance
 
 

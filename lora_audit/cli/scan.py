@@ -30,6 +30,12 @@ class Format(str, Enum):
     html = "html"
 
 
+class AttackMode(str, Enum):
+    auto = "auto"
+    require = "require"
+    off = "off"
+
+
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
@@ -53,7 +59,9 @@ def scan(
     device: DeviceOption = None,
     follow_links: bool = typer.Option(False, "--follow-links", help="Also read symbolic links under a scanned folder that point out of it (otherwise: LA004, not read)."),
     skip_weights: bool = typer.Option(False, "--skip-weights", help="Read headers only: metadata, layout, base model and tensor pairing; no NaN/Inf check, no dW statistics, no attack (fast triage)."),
-    attack: bool = typer.Option(True, "--attack/--no-attack", help="Run the identity attacks: the weight-to-image VAE where an attack model for the file's base family is available (the toy one ships), else guidance extraction with --base alone; and the metadata's trigger."),
+    attack_mode: AttackMode = typer.Option(AttackMode.auto, "--attack", help="auto: the identity attacks wherever they can run: the weight-to-image VAE where an attack model serves the file's base family (the toy one ships), else guidance extraction with --base alone, and the metadata's trigger; a LoRA none can run on gets LA303. require: the same, but such a LoRA's audit is incomplete (LA307, exit 2): a CI gate that must not pass unaudited. off: static checks only."),
+    no_attack: bool = typer.Option(False, "--no-attack", help="Same as --attack off."),
+    sampling_steps: Optional[int] = typer.Option(None, "--sampling-steps", min=1, help="Sampler steps per attack image \\[default: the family's: toy 6, where the toy attack's rank-1 and verdict are those of 25 steps at 0.24 of the cost (docs/scale.md); sd1, sd2, sdxl 25]."),
     attack_model: AttackModelOption = None,
     base: BaseOption = None,
     face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint: score real families' faces with FaceNet \\[default: dlib's ResNet descriptor, installed with lora-privacy-audit\\[faces]]."),
@@ -68,12 +76,16 @@ def scan(
     from lora_audit.scan.collect import collect_files
     from lora_audit.scan.engine import ScanOptions, scan_batch
 
+    if no_attack and attack_mode is AttackMode.require:
+        raise UsageError("--no-attack and --attack require contradict each other")
+    attack = not no_attack and attack_mode is not AttackMode.off
     device = checked_device(device) if attack and not skip_weights else device  # a static scan imports no torch
     given = [flag for flag, value in (("--references", references), ("--attack-model", attack_model), ("--base", base),
-                                      ("--face-weights", face_weights), ("--reconstructions", reconstructions))
+                                      ("--face-weights", face_weights), ("--reconstructions", reconstructions),
+                                      ("--sampling-steps", sampling_steps))
              if value is not None]
     if given and (not attack or skip_weights):
-        raise UsageError(f"{', '.join(given)} need the attack, which --no-attack / --skip-weights turn off")
+        raise UsageError(f"{', '.join(given)} need the attack, which --attack off (--no-attack) and --skip-weights turn off")
     if ray_address is not None and engine is not Engine.ray:
         raise UsageError("--ray-address needs --engine ray")
     if engine is Engine.ray and jobs is not None and jobs > 1:
@@ -105,11 +117,15 @@ def scan(
         where = reconstructions or (f"{os.path.splitext(output)[0]}_reconstructions" if beside else "lora-audit-reconstructions")
         identity = IdentityCheck(IdentityOptions(attack_model=attack_model, base=base, face_weights=face_weights,
                                                  references=references, out_dir=Path(where), device=device,
+                                                 required=attack_mode is AttackMode.require,
+                                                 sampling_steps=sampling_steps,
                                                  **({"owner_far": rules.owner_far} if rules.owner_far else {})))
     streamed = 0
     with _scan_engine(engine, ray_address, quiet) as scan_engine, \
             open_output(output, keep_partial=format is Format.jsonl, keep_lines=_file_line if resume else None) as stream, \
             scan_progress(len(files) + len(collected.not_followed), quiet) as advance, errors_only(quiet):
+        if identity is not None:
+            identity.on_attack = advance.starting
         def on_result(file_result) -> None:
             nonlocal streamed
             advance(file_result)

@@ -42,6 +42,7 @@ class Family(ABC):
     name: str  # as the weights reader names the base ("toy", "sd1", ...)
     pipeline_classes: tuple[str, ...] = ()  # model_index.json ``_class_name``s this family loads itself
     detect_faces: bool = True  # the owner's photos are searched for a face (False: they are face crops already)
+    sampling_steps: int = 25  # sampler steps of the scan's attack images (``scan --sampling-steps`` overrides)
 
     def default_base(self) -> str | None:
         """The base pipeline directory used when none is given (None: one must be given)."""

@@ -22,6 +22,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -53,9 +54,10 @@ class IdentityOptions:
     out_dir: Path = Path("lora-audit-reconstructions")
     latents: int = 4
     seeds: int = 2
-    sampling_steps: int = 25
+    sampling_steps: int | None = None  # None: the family's own (Family.sampling_steps)
     owner_far: float = DEFAULT_OWNER_FAR  # the verdict's target FAR against other people's photo sets
     device: str | None = None  # None: CUDA when available, else the CPU
+    required: bool = False  # a LoRA no identity attack can run on is an incomplete audit (LA307), not LA303
 
 
 @dataclass
@@ -67,6 +69,7 @@ class LoadedAttack:
     embedder: object  # FaceEmbedder
     generic: dict  # the generic faces' consistency: mean, std, values, k, sampling_steps, embedder
     class_prompt: str  # the generic faces' prompt, and guidance extraction's
+    sampling_steps: int  # of every image the attacks and the generic faces sample
     generic_faces: np.ndarray | None = None  # [G, K, D] their embeddings, made when a verdict needs them
 
 
@@ -97,8 +100,9 @@ class IdentityCheck(Check):
 
     rule_ids = ("LA301", "LA302", "LA303", "LA304", "LA305", "LA306", "LA307", "LA308", "LA309")
 
-    def __init__(self, options: IdentityOptions):
+    def __init__(self, options: IdentityOptions, on_attack: Callable[[str], None] | None = None):
         self.options = options
+        self.on_attack = on_attack  # told each file's path as its attack begins (a progress bar); not pickled
         self.sources = AttackSources(options.attack_model, options.base)
         self.references = load_references(options.references) if options.references is not None else None
         self._loaded: dict[str, LoadedAttack | MissingInputError] = {}
@@ -106,10 +110,18 @@ class IdentityCheck(Check):
 
     def run(self, subject: Subject) -> list[Finding]:
         """LA301/LA302 (+ LA304/LA305/LA306/LA307 with references, LA308/LA309 when the metadata names a
-        trigger), or LA303 saying why no attack ran."""
+        trigger), or LA303 saying why no attack ran (with ``required``, the file's audit failed instead)."""
+        findings = self._run(subject)
+        if self.options.required and findings and findings[0].rule_id == "LA303":
+            raise AttackFailedError(f"no identity audit ({findings[0].message})")
+        return findings
+
+    def _run(self, subject: Subject) -> list[Finding]:
         plan = self.sources.plan(subject.stats.base_model)
         if plan.base is None:
             return [_unavailable(plan)]
+        if self.on_attack is not None:
+            self.on_attack(subject.path)
         loaded = self._load(plan)
         if isinstance(loaded, MissingInputError):
             return [make_finding("LA303", f"the identity attack could not run: {loaded}",
@@ -122,6 +134,9 @@ class IdentityCheck(Check):
             log.debug("attack failed on %s", subject.path, exc_info=True)
             what = "weight-to-image attack" if loaded.attack is not None else "identity attack"
             raise AttackFailedError(f"the {what} failed: {type(e).__name__}: {e}") from None
+
+    def __getstate__(self) -> dict:  # to a Ray actor: without the progress callback
+        return {**self.__dict__, "on_attack": None}
 
     def _audit(self, subject: Subject, plan: AttackPlan, loaded: LoadedAttack) -> list[Finding]:
         name = f"{Path(subject.path).stem}-{hashlib.sha1(subject.path.encode()).hexdigest()[:6]}"
@@ -157,14 +172,14 @@ class IdentityCheck(Check):
         o = self.options
         if loaded.attack is not None:
             result = reconstruct(loaded.attack, loaded.base, subject.lora, latents=o.latents, seeds=o.seeds,
-                                 sampling_steps=o.sampling_steps)
+                                 sampling_steps=loaded.sampling_steps)
             about = {"attack": "vae", "step": round(result.step), "step_source": result.step_source,
-                     "latents": result.latents, "seeds": result.seeds}
+                     "latents": result.latents, "seeds": result.seeds, "sampling_steps": loaded.sampling_steps}
             return result.images, about, save_reconstruction(result, o.out_dir, name)[-1]
         k = o.latents * o.seeds
-        images = guidance_images(loaded.base, deltas, k, prompt=loaded.class_prompt, steps=o.sampling_steps)
+        images = guidance_images(loaded.base, deltas, k, prompt=loaded.class_prompt, steps=loaded.sampling_steps)
         about = {"attack": "guidance_extraction", "guidance_weight": GUIDANCE_WEIGHT, "prompt": loaded.class_prompt,
-                 "images": k}
+                 "images": k, "sampling_steps": loaded.sampling_steps}
         return images, about, self._grid(images, f"{name}_guided")
 
     def _trigger(self, triggers: list[Trigger], deltas: dict, loaded: LoadedAttack, name: str,
@@ -175,7 +190,7 @@ class IdentityCheck(Check):
 
         o = self.options
         found = render_triggers(loaded.base, deltas, triggers, o.latents * o.seeds, loaded.embedder,
-                                steps=o.sampling_steps)
+                                steps=loaded.sampling_steps)
         score = self._score(found.images, owner, loaded) if owner is not None and owner[0] is not None else None
         return _trigger_finding(found, loaded.generic, self._grid(found.images, f"{name}_trigger"), score)
 
@@ -197,7 +212,7 @@ class IdentityCheck(Check):
         if loaded.generic_faces is None:
             o = self.options
             loaded.generic_faces = generic_faces(loaded.base, loaded.embedder, loaded.class_prompt,
-                                                 o.latents * o.seeds, sampling_steps=o.sampling_steps)
+                                                 o.latents * o.seeds, sampling_steps=loaded.sampling_steps)
         return loaded.generic_faces
 
     def _load(self, plan: AttackPlan) -> LoadedAttack | MissingInputError:
@@ -216,12 +231,15 @@ class IdentityCheck(Check):
                 self._loaded[plan.family] = e
                 return e
             k = o.latents * o.seeds
+            steps = o.sampling_steps or get_family(base.family).sampling_steps
             class_prompt = attack.config.class_prompt if attack is not None else CLASS_PROMPT
-            generic = (attack.config.evaluation.get("generic_consistency") if attack is not None else None) or {}
-            wanted = {"k": k, "sampling_steps": o.sampling_steps, "embedder": embedder.fingerprint()}
-            if any(generic.get(key) != value for key, value in wanted.items()):
-                generic = generic_consistency(base, embedder, class_prompt, k, sampling_steps=o.sampling_steps)
-            self._loaded[plan.family] = LoadedAttack(attack, base, embedder, generic, class_prompt)
+            wanted = {"k": k, "sampling_steps": steps, "embedder": embedder.fingerprint()}
+            evaluation = attack.config.evaluation if attack is not None else {}
+            stored = [evaluation.get("generic_consistency") or {}, *evaluation.get("generic_references", [])]
+            generic = next((g for g in stored if all(g.get(key) == value for key, value in wanted.items())), None)
+            if generic is None:  # none measured under these settings: measure it now, once per scan
+                generic = generic_consistency(base, embedder, class_prompt, k, sampling_steps=steps)
+            self._loaded[plan.family] = LoadedAttack(attack, base, embedder, generic, class_prompt, steps)
         return self._loaded[plan.family]
 
     def _owner(self, family: str, loaded: LoadedAttack) -> tuple:

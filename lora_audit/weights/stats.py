@@ -122,7 +122,7 @@ class _Arena:
     """Reused float64 memory for the factors of one module at a time (fresh memory costs a page fault
     per page, which made converting the factors cost more than the statistics of them)."""
 
-    LARGEST = 1 << 24  # elements: a larger factor gets its own array, and the arena stays small
+    LARGEST = 1 << 24  # elements (128 MB): a larger factor gets its own array; the arena never grows past it
 
     def __init__(self):
         self.buffer, self.used = np.empty(1 << 20), 0
@@ -133,7 +133,7 @@ class _Arena:
         if numel > self.LARGEST:
             return np.asarray(lora.file.read(key), dtype=np.float64)
         if self.used + numel > self.buffer.size:  # views already handed out keep the old buffer alive
-            self.buffer, self.used = np.empty(max(2 * self.buffer.size, numel)), 0
+            self.buffer, self.used = np.empty(max(numel, min(2 * self.buffer.size, self.LARGEST))), 0
         out = self.buffer[self.used : self.used + numel]
         self.used += numel
         return lora.file.read_into(key, out)

@@ -10,6 +10,9 @@ Stages, each writing into ``<out>/<stage>/`` and finished when its ``metrics.jso
   attack    train the weight-to-image VAE on them and score it on held-out identities
   install   copy the small final artefacts into ``<out>/installed/{data,weights_samples,docs}``, or,
             with ``install_root``, into that source checkout's package data, ``weights_samples/`` and ``docs/``
+  references  the generic faces' consistency at the toy family's scan settings (``ToyFamily.sampling_steps``,
+            K = 8), stored in the installed attack model (``generic_references``): a default scan needs
+            no reference of its own; alone (``--stage references --install .``) it refreshes a checkout's
   figures   draw the docs' figures of the toy world (``docs/img``) from the installed models and samples;
             alone (``--stage figures --install .``) it redraws those of a checkout without a build
 
@@ -37,8 +40,8 @@ from lora_audit.toyworld.pipeline import ToyBaseConfig
 from lora_audit.toyworld.lab.train_embedder import EmbedderConfig
 from lora_audit.toyworld.lab.victims import VictimConfig
 
-STAGES = ("embedder", "base", "victims", "shadows", "attack", "install", "figures")
-_INSTALLING = ("install", "figures")  # stages that write into the install target
+STAGES = ("embedder", "base", "victims", "shadows", "attack", "install", "references", "figures")
+_INSTALLING = ("install", "references", "figures")  # stages that write into the install target
 Progress = Callable[[str, int, int, dict], None]  # (stage, step, total, metrics)
 
 
@@ -100,7 +103,7 @@ def build(config: BuildConfig, stages: tuple[str, ...] = STAGES, progress: Progr
     if root is not None and not (root / "lora_audit" / "toyworld").is_dir():
         raise InputError("install", root, "is not a lora-audit source checkout (no lora_audit/toyworld)")
     runners = {"embedder": _embedder, "base": _base, "victims": _victims, "shadows": _shadows, "attack": _attack,
-               "install": _install, "figures": _figures}
+               "install": _install, "references": _references, "figures": _figures}
     metrics = {}
     installed_into = str(root.resolve()) if root is not None else None  # install again for another target
     for stage in STAGES:
@@ -262,6 +265,27 @@ def _install(config: BuildConfig, progress) -> dict:
               for s in ("embedder", "base", "victims", "shadows", "attack")}
     (config.samples_dir / "README.md").write_text(samples_readme(stages, copied))
     return {"copied_bytes": copied}
+
+
+def _references(config: BuildConfig, progress) -> dict:
+    """The generic faces' consistency that a scan with the defaults compares the toy attack's images with,
+    measured with the installed base and embedder and stored in the installed attack model."""
+    from lora_audit.families import get_family, load_base
+    from lora_audit.scan.identity import IdentityOptions, generic_consistency
+    from lora_audit.toyworld.embedder import ToyFaceEmbedder
+
+    attack_json = config.package_data / "attack" / "attack.json"
+    saved = json.loads(attack_json.read_text())
+    base = load_base(str(config.package_data / "base"))
+    embedder = ToyFaceEmbedder.load(config.package_data / "embedder")
+    defaults = IdentityOptions()
+    k, steps = defaults.latents * defaults.seeds, get_family("toy").sampling_steps
+    reference = generic_consistency(base, embedder, saved["class_prompt"], k, sampling_steps=steps)
+    saved["evaluation"]["generic_references"] = [reference]
+    tmp = attack_json.with_name(".attack.json.tmp")
+    tmp.write_text(json.dumps(saved, indent=2))
+    tmp.replace(attack_json)
+    return {"generic_references": [{key: reference[key] for key in ("k", "sampling_steps", "mean", "std")}]}
 
 
 def _figures(config: BuildConfig, progress) -> dict:
