@@ -71,3 +71,59 @@ def test_statistics_do_not_depend_on_the_window_or_the_arena(tmp_path, monkeypat
     for module in whole:
         dw = deltas[module.name]
         assert module.dw_norm == pytest.approx(float(np.linalg.norm(dw)), rel=1e-5)
+
+
+def test_a_large_file_with_factors_far_apart_is_read_about_once(tmp_path, monkeypatch):
+    from test_crafted import encode
+
+    rng = np.random.default_rng(4)
+    ups, downs = {}, {}
+    for i in range(30):  # every module's up and down lie a window apart: each read would refill it
+        name = f"lora_unet_down_blocks_0_attentions_0_transformer_blocks_{i}_attn2_to_k"
+        ups[f"{name}.lora_up.weight"] = ("F16", (320, 2), rng.standard_normal((320, 2)).astype(np.float16).tobytes())
+        downs[f"{name}.lora_down.weight"] = ("F16", (2, 768), rng.standard_normal((2, 768)).astype(np.float16).tobytes())
+    path = tmp_path / "far.safetensors"
+    path.write_bytes(encode({**ups, "filler": ("I8", (64 << 10,), None), **downs}))
+    with open_lora(str(path)) as f:
+        expected = [(m.dw_norm, m.effective_rank) for m in weight_stats(f).modules]
+    monkeypatch.setattr(reader, "_WINDOW_BYTES", 16 << 10)  # the file is five windows long
+    read, preadv = [], reader.os.preadv
+    monkeypatch.setattr(reader.os, "preadv", lambda fd, views, at: read.append(preadv(fd, views, at)) or read[-1])
+    with open_lora(str(path)) as f:
+        got = [(m.dw_norm, m.effective_rank) for m in weight_stats(f).modules]
+    assert got == expected and len(got) == 30
+    assert sum(read) <= 3 * path.stat().st_size  # not a window per factor (60 windows: 12 times the file)
+
+
+def test_huge_tensor_name_sets_are_grouped_but_not_kept(tmp_path, monkeypatch):
+    import lora_audit.weights.modules as modules
+
+    monkeypatch.setattr(modules, "_CACHED_NAMES", 10)
+    small = S.save_synthetic(tmp_path / "small.safetensors", S.as_kohya(S.make_lora("sd15", rank=2, max_modules=3)))
+    large = S.save_synthetic(tmp_path / "large.safetensors", S.as_kohya(S.make_lora("sd15", rank=2, max_modules=8)))
+    modules._grouping.cache_clear()
+    with open_lora(str(large)) as f:  # 24 tensors: more than the cache takes
+        assert len(f.modules) == 8
+    assert modules._grouping.cache_info().currsize == 0
+    with open_lora(str(small)) as f:
+        assert len(f.modules) == 3
+    assert modules._grouping.cache_info().currsize == 1
+
+
+def test_a_product_that_overflows_leaves_that_module_unknown_not_the_file(tmp_path):
+    from test_crafted import encode
+
+    from lora_audit.scan.engine import scan_file
+
+    rng = np.random.default_rng(5)
+    k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    v = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_v"
+    down, up = rng.standard_normal((4, 768)), rng.standard_normal((320, 4))
+    path = tmp_path / "huge.safetensors"  # finite Grams (1e200), an r x r product of 1e400: inf
+    path.write_bytes(encode({f"{k}.lora_down.weight": down * 1e100, f"{k}.lora_up.weight": up * 1e100,
+                             f"{v}.lora_down.weight": down, f"{v}.lora_up.weight": up}))
+    result = scan_file(str(path))
+    assert result.error is None
+    huge, normal = sorted(result.stats.modules, key=lambda m: m.name)
+    assert np.isnan(huge.effective_rank)
+    assert normal.effective_rank == pytest.approx(stats.effective_rank(np.linalg.svd(up @ down, compute_uv=False)))

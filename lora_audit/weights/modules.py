@@ -51,7 +51,8 @@ class ModuleProblems:
 def group_modules(tensors: dict[str, TensorInfo], metadata: dict[str, str],
                   read: Scalar) -> tuple[list[LoraModule], ModuleProblems]:
     """Group tensors by canonical module; ``read`` gives a tensor's first element (alpha scalars)."""
-    grouping = _grouping(tuple(tensors))
+    names = tuple(tensors)
+    grouping = _grouping(names) if len(names) <= _CACHED_NAMES else _grouping.__wrapped__(names)
     problems = ModuleProblems(conflicting=dict(grouping.conflicting), unrecognised=list(grouping.unrecognised))
     peft_config = _PeftAlphas(metadata)
     modules = []
@@ -72,7 +73,11 @@ class _Grouping:
     unrecognised: list[str]  # tensor names of no known layout
 
 
-@functools.lru_cache(maxsize=64)
+_CACHED_NAMES = 10_000  # a file with more tensors (a crafted header) is grouped, not kept: 16 of those
+# would hold gigabytes in a worker that lives for the whole batch
+
+
+@functools.lru_cache(maxsize=16)
 def _grouping(names: tuple[str, ...]) -> _Grouping:
     roles: dict[str, dict[str, str]] = {}  # module -> role -> tensor name
     by_layout: dict[str, dict[str, set[str]]] = {}  # module -> layout -> roles

@@ -75,6 +75,7 @@ class SafetensorsFile:
             for name, info in header.items()
         }
         self._id = next(_file_ids)
+        self._refilled = 0  # bytes read into the window; past twice the file, tensors are read alone
         self._file = open(path, "rb", buffering=0)
 
     def read(self, name: str) -> np.ndarray:
@@ -146,6 +147,10 @@ class SafetensorsFile:
             return out
         window = _window()
         if window.owner != self._id or not window.start <= info.start <= info.end <= window.end:
+            if self._refilled > 2 * self.size:  # factors far apart in a large file: each refill would read 64 MB
+                out = np.empty(info.numel, dtype)
+                self._read_exactly(memoryview(out).cast("B"), info.start)
+                return out
             self._fill(window, info)
         return np.frombuffer(window.buffer, dtype, info.numel, info.start - window.start)
 
@@ -163,6 +168,7 @@ class SafetensorsFile:
         window.owner = None
         self._read_exactly(memoryview(window.buffer)[: end - first], first)
         window.owner, window.start, window.end = self._id, first, end
+        self._refilled += end - first
 
     def _read_exactly(self, view: memoryview, start: int) -> None:
         while view:

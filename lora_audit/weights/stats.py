@@ -155,16 +155,27 @@ class _Pending:
         self.grams = (gram_u, gram_v)
 
 
-def _product_singular_values(gram_u: np.ndarray, gram_v: np.ndarray) -> np.ndarray:
+def _product_singular_values(gram_u: np.ndarray, gram_v: np.ndarray) -> list[np.ndarray | None]:
     """Singular values, descending, of each dW = U @ D from its Grams [M, r, r]: sigma^2 = eig(U^T U D D^T)
     = eig(L^T D D^T L) with U^T U = L L^T (Cholesky), a symmetric problem (half the time of eigvals);
-    eigvals of the product when some U^T U is singular (an all-zero up factor)."""
-    try:
-        lower = np.linalg.cholesky(gram_u)  # [M, r, r]
-        values = np.linalg.eigvalsh(np.swapaxes(lower, 1, 2) @ gram_v @ lower)
-    except np.linalg.LinAlgError:
-        values = np.linalg.eigvals(gram_u @ gram_v).real
-    return np.sort(np.sqrt(np.clip(values, 0, None)), axis=1)[:, ::-1]
+    eigvals of the product when some U^T U is singular (an all-zero up factor). None for a module whose
+    product overflows (factors near 1e100): its effective rank is unknown, the others' are not."""
+    product = gram_u @ gram_v  # [M, r, r]
+    finite = np.isfinite(product).all(axis=(1, 2))  # [M]
+    result: list[np.ndarray | None] = [None] * len(product)
+    if finite.any():
+        gram_u, gram_v, product = gram_u[finite], gram_v[finite], product[finite]
+        try:
+            lower = np.linalg.cholesky(gram_u)  # [m, r, r]
+            symmetric = np.swapaxes(lower, 1, 2) @ gram_v @ lower
+            if not np.isfinite(symmetric).all():
+                raise np.linalg.LinAlgError("overflow")
+            values = np.linalg.eigvalsh(symmetric)
+        except np.linalg.LinAlgError:
+            values = np.linalg.eigvals(product).real
+        for i, v in zip(np.flatnonzero(finite), np.sort(np.sqrt(np.clip(values, 0, None)), axis=1)[:, ::-1]):
+            result[i] = v
+    return result
 
 
 def _lowrank_spectrum(u: np.ndarray, v: np.ndarray | None, gram_v: np.ndarray | None = None,
