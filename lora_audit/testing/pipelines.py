@@ -80,6 +80,34 @@ def _text_config(tokenizer, width: int, projection_dim: int | None = None):
                           pad_token_id=tokenizer.pad_token_id)
 
 
+def _real_unet(family: str):
+    """The UNet of SD 1.5 / SD 2.x (64x64 latents) or SDXL (128x128) at its real layer sizes, random weights:
+    the compute of the real model (``benchmarks/bench_gpu.py``)."""
+    from diffusers import UNet2DConditionModel
+
+    if family == "sdxl":
+        return UNet2DConditionModel(
+            sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20), use_linear_projection=True, cross_attention_dim=2048,
+            addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+    cross = dict(sd1=dict(attention_head_dim=8), sd2=dict(attention_head_dim=(5, 10, 20, 20), use_linear_projection=True))
+    return UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=sum(_TEXT_WIDTHS[family]),
+        **cross[family])
+
+
+def _real_vae(sample_size: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         layers_per_block=2, norm_num_groups=32, sample_size=sample_size)
+
+
 def _unet(family: str):
     from diffusers import UNet2DConditionModel
 
@@ -115,8 +143,9 @@ def _scheduler(family: str):
     return DPMSolverMultistepScheduler(**schedule, prediction_type="epsilon")
 
 
-def build_pipeline(family: str, seed: int = 0):
-    """A tiny random-weight diffusers pipeline of ``family`` (sd1 | sd2 | sdxl), in memory."""
+def build_pipeline(family: str, seed: int = 0, real_unet: bool = False):
+    """A tiny random-weight diffusers pipeline of ``family`` (sd1 | sd2 | sdxl), in memory; ``real_unet``: its
+    UNet and VAE at the real model's layer sizes and resolution (the text encoders stay tiny, at the real widths)."""
     import torch
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -126,6 +155,9 @@ def build_pipeline(family: str, seed: int = 0):
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(MAX_LENGTH)
     unet, vae, scheduler = _unet(family), _vae(), _scheduler(family)
+    if real_unet:
+        unet = _real_unet(family)
+        vae = _real_vae(unet.config.sample_size * 8)
     text_encoder = CLIPTextModel(_text_config(tokenizer, _TEXT_WIDTHS[family][0])).eval()
     if family != "sdxl":
         return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,

@@ -1,0 +1,32 @@
+"""benchmarks/bench_gpu.py measures models of the real sizes, and runs with nothing but the package."""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+from lora_audit.testing.pipelines import _real_unet, _real_vae
+
+BENCH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_gpu.py")
+
+
+def test_the_real_sized_models_have_the_published_parameter_counts():
+    with torch.device("meta"):  # shapes only: no memory, no time
+        counts = {family: sum(p.numel() for p in _real_unet(family).parameters()) for family in ("sd1", "sd2", "sdxl")}
+        vae = sum(p.numel() for p in _real_vae(512).parameters())
+    assert counts == {"sd1": 859_520_964, "sd2": 865_910_724, "sdxl": 2_567_463_684}  # SD 1.5, SD 2.1, SDXL base
+    assert vae == 83_653_863  # the SD VAE
+
+
+def test_the_benchmark_runs_every_phase(tmp_path):
+    proc = subprocess.run([sys.executable, BENCH, "--tiny", "--families", "sd1,sdxl", "--images", "2", "--steps", "2",
+                           "--loras", "2", "--device", "cpu", "--rank", "4"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    for family in ("sd1", "sdxl"):
+        assert any(line.startswith(f"{family}: UNet ") for line in lines)
+    for phase in ("static", "deltas", "guidance", "trigger", "embed", "whole"):
+        assert sum(line.strip().startswith(phase) for line in lines) == 2, phase
+    assert "targets (GPU)" in proc.stdout and list(tmp_path.iterdir()) == []  # nothing left behind
