@@ -127,3 +127,22 @@ def test_a_product_that_overflows_leaves_that_module_unknown_not_the_file(tmp_pa
     huge, normal = sorted(result.stats.modules, key=lambda m: m.name)
     assert np.isnan(huge.effective_rank)
     assert normal.effective_rank == pytest.approx(stats.effective_rank(np.linalg.svd(up @ down, compute_uv=False)))
+
+
+def test_a_file_rewritten_during_the_scan_gets_no_hash_of_mixed_bytes(tmp_path):
+    import os
+
+    from lora_audit.errors import InvalidFileError
+
+    path = S.save_synthetic(tmp_path / "f.safetensors", _tensors(6), {"k": "v"}, dtype="F16")
+    with SafetensorsFile(str(path)) as f:
+        f.non_finite()  # the data section is in the window
+        other = S.encode_safetensors(_tensors(7), {"k": "v"}, dtype="F16")  # the same size, other bytes
+        assert len(other) == path.stat().st_size
+        path.write_bytes(other)
+        os.utime(path, ns=(0, path.stat().st_mtime_ns + 1_000_000_000))
+        with pytest.raises(InvalidFileError, match="changed while being read"):
+            f.sha256()
+    from lora_audit.scan.engine import scan_file
+
+    assert scan_file(str(path)).sha256 == hashlib.sha256(other).hexdigest()  # a scan of what is there now

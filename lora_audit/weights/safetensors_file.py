@@ -77,6 +77,7 @@ class SafetensorsFile:
         self._id = next(_file_ids)
         self._refilled = 0  # bytes read into the window; past twice the file, tensors are read alone
         self._file = open(path, "rb", buffering=0)
+        self._version = _version(os.fstat(self._file.fileno()))  # what was validated; sha256() checks it still is
 
     def read(self, name: str) -> np.ndarray:
         """The tensor as float32 (F16/BF16/F32), float64 (F64) or, for integer and F8 tensors
@@ -131,9 +132,12 @@ class SafetensorsFile:
         window, data = _window(), len(self._prefix)
         if window.owner == self._id and (window.start, window.end) == (data, self.size):
             digest.update(memoryview(window.buffer)[: self.size - data])
-            return digest.hexdigest()
-        self._file.seek(data)
-        return hashlib.file_digest(self._file, lambda: digest).hexdigest()
+        else:
+            self._file.seek(data)
+            hashlib.file_digest(self._file, lambda: digest)
+        if _version(os.fstat(self._file.fileno())) != self._version:  # the hash could mix two versions
+            raise InvalidFileError(self.path, "file changed while being read (rewritten during the scan)")
+        return digest.hexdigest()
 
     def _raw(self, info: TensorInfo) -> np.ndarray:
         """The tensor's elements as stored (BF16 as uint16 bits, F8 as uint8): a view into this thread's
@@ -203,6 +207,10 @@ def _runs(tensors: dict[str, TensorInfo]) -> list[tuple[TensorInfo, list[str]]]:
                 continue
         runs.append((info, [name]))
     return runs
+
+
+def _version(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_mtime_ns
 
 
 class _Window:
