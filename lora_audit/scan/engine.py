@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import signal
+import stat
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -142,9 +143,8 @@ class LocalEngine:
         """The SHA-256 of each file, in order (None: not a readable regular file)."""
         if self.jobs <= 1 or len(files) < 2:
             return [file_sha256(path) for path in files]
-        chunks = _chunks(files, self.jobs)
-        done = dict(_in_workers(_digest_chunk, list(enumerate(chunks)), self.jobs))  # chunk index -> digests
-        return [digest for i in range(len(chunks)) for digest in done[i]]
+        done = dict(_in_workers(_digest_chunk, _chunks(files, self.jobs), self.jobs))  # path -> digest
+        return [done[path] for path in files]
 
     def scan(self, files: list[str], options: ScanOptions, identity: Check | None = None,
              digests: dict[str, str | None] | None = None) -> Iterator[FileResult]:
@@ -213,8 +213,8 @@ def _may_be_copies(files: list[str]) -> list[str]:
     sizes = {}
     for path in files:
         with contextlib.suppress(OSError):
-            if os.path.isfile(path):
-                sizes[path] = os.path.getsize(path)
+            if stat.S_ISREG((st := os.stat(path)).st_mode):
+                sizes[path] = st.st_size
     count = Counter(sizes.values())
     same_size = [path for path in files if path in sizes and count[sizes[path]] > 1]
     ends = {path: _ends(path, sizes[path]) for path in same_size}
@@ -300,9 +300,8 @@ def _scan_chunk(items: list[tuple[str, str | None]], options: ScanOptions) -> li
     return [scan_file(path, options, sha256=sha256) for path, sha256 in items]
 
 
-def _digest_chunk(numbered: tuple[int, list[str]]) -> list[tuple[int, list[str | None]]]:
-    index, paths = numbered
-    return [(index, [file_sha256(path) for path in paths])]
+def _digest_chunk(paths: list[str]) -> list[tuple[str, str | None]]:
+    return [(path, file_sha256(path)) for path in paths]
 
 
 def _scan_into(path: str, options: ScanOptions, result: FileResult, identity: Check | None) -> None:

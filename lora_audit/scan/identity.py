@@ -100,9 +100,9 @@ class IdentityCheck(Check):
 
     rule_ids = ("LA301", "LA302", "LA303", "LA304", "LA305", "LA306", "LA307", "LA308", "LA309")
 
-    def __init__(self, options: IdentityOptions, on_attack: Callable[[str], None] | None = None):
+    def __init__(self, options: IdentityOptions):
         self.options = options
-        self.on_attack = on_attack  # told each file's path as its attack begins (a progress bar); not pickled
+        self.on_attack: Callable[[str], None] | None = None  # told each path as its attack begins (a progress bar); not pickled
         self.sources = AttackSources(options.attack_model, options.base)
         self.references = load_references(options.references) if options.references is not None else None
         self._loaded: dict[str, LoadedAttack | MissingInputError] = {}

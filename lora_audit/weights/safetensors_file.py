@@ -36,7 +36,7 @@ _STRUCT_CODES = {"F16": "<e", "F32": "<f", "F64": "<d", "I8": "<b", "U8": "<B", 
                  "I32": "<i", "U32": "<I", "I64": "<q", "U64": "<Q", "BOOL": "<?"}
 FLOAT_DTYPES = frozenset(("F16", "BF16", "F32", "F64"))
 _WINDOW_BYTES = 64 * 1024 * 1024  # tensor data is read into memory up to this much at a time
-_SMALL_TENSOR = 64  # elements (alpha scalars, ...): read on their own, never through the window
+_SMALL_TENSOR = 64  # elements (alpha scalars, ...): read on their own unless the window holds them
 _CHECK_ELEMENTS = 1 << 20  # non_finite: elements checked at a time (a bounded temporary)
 _file_ids = itertools.count()
 
@@ -110,10 +110,8 @@ class SafetensorsFile:
         code = _STRUCT_CODES.get(info.dtype)
         if info.numel == 0 or code is None:  # BF16, F8 (and the errors): through the array
             return float(self.read(name).reshape(-1)[0])
-        size = struct.calcsize(code)
-        data = os.pread(self._file.fileno(), size, info.start)
-        if len(data) < size:
-            raise InvalidFileError(self.path, "file changed while being read (truncated)")
+        data = bytearray(struct.calcsize(code))
+        self._read_exactly(memoryview(data), info.start)
         return float(struct.unpack(code, data)[0])
 
     def non_finite(self) -> list[str]:
@@ -144,14 +142,11 @@ class SafetensorsFile:
         window when the tensor fits one, else a new array read for it alone."""
         if info.dtype not in _RAW_DTYPES:
             raise ValueError(f"a tensor has unsupported dtype {info.dtype}")
-        dtype = _RAW_DTYPES[info.dtype]
-        if info.numel < _SMALL_TENSOR or info.end - info.start > _WINDOW_BYTES:
-            out = np.empty(info.numel, dtype)
-            self._read_exactly(memoryview(out).cast("B"), info.start)
-            return out
-        window = _window()
+        dtype, window = _RAW_DTYPES[info.dtype], _window()
         if window.owner != self._id or not window.start <= info.start <= info.end <= window.end:
-            if self._refilled > 2 * self.size:  # factors far apart in a large file: each refill would read 64 MB
+            # read alone: alpha scalars, a tensor larger than a window, or, past twice the file's bytes
+            # refilled, factors far apart in a large file (each refill would read 64 MB)
+            if info.numel < _SMALL_TENSOR or info.end - info.start > _WINDOW_BYTES or self._refilled > 2 * self.size:
                 out = np.empty(info.numel, dtype)
                 self._read_exactly(memoryview(out).cast("B"), info.start)
                 return out

@@ -96,7 +96,7 @@ def _spectra(lora: LoraFile, modules: list[LoraModule]) -> dict[str, Spectrum]:
     arena = _arena()
     read = lambda key: arena.read(lora, key)  # noqa: E731
     for m in modules:
-        arena.used = 0  # the factors of one module at a time: nothing read for the last one is kept
+        arena.reset()  # the factors of one module at a time: nothing read for the last one is kept
         if m.kind == "loha":
             out[m.name] = _loha_spectrum(m, read)
         elif m.kind == "lokr":
@@ -126,6 +126,10 @@ class _Arena:
 
     def __init__(self):
         self.buffer, self.used = np.empty(1 << 20), 0
+
+    def reset(self) -> None:
+        """Hand out the memory again: the views given so far are no longer read."""
+        self.used = 0
 
     def read(self, lora: LoraFile, key: str) -> np.ndarray:
         """The tensor ``key`` as float64, in the arena (a view valid until the arena is reset)."""
