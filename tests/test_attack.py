@@ -657,3 +657,87 @@ def test_evaluate_resumes_from_each_victims_record_and_redoes_those_of_other_set
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     assert results["scores"]["vae"][0] != [9.0, 0.0, 0.0]
     assert json.loads(records[0].read_text())["key"]["config"]["sampling_steps"] == 3
+
+
+def test_patching_a_weight_named_twice_restores_the_base(world):
+    """A file may name one text-encoder module with and without ``text_model.``: both deltas apply, and
+    afterwards the base is as it was (it was left with the first delta: every later file of the scan was
+    decoded by a corrupted base)."""
+    base = world["base"]
+    q = "text_encoder.encoder.layers.0.self_attn.q_proj"
+    weight = base.weight_of(q)
+    before = weight.detach().clone()
+    with base.patched({q: np.ones((16, 16), np.float32), "text_encoder.text_model.encoder.layers.0.self_attn.q_proj": np.ones((16, 16), np.float32)}):
+        torch.testing.assert_close(weight.detach(), before + 2)
+    assert torch.equal(weight.detach(), before)
+
+
+def test_per_sample_deltas_take_a_guided_batch_twice_over(world):
+    """Classifier-free guidance runs [unconditional; conditional] of S LoRAs x P images in one call."""
+    base, (a, b, _) = world["base"], world["trajectories"]
+    da, db = ({k: torch.as_tensor(v) for k, v in t.deltas(3).items()} for t in (a, b))
+    torch.manual_seed(0)
+    x, t, z = torch.randn(4, 3, 16, 16), torch.tensor([10, 500, 900, 300]), torch.randn(4, 32, 16)
+    with torch.no_grad():
+        with base.patched(da):
+            first = base.unet(torch.cat([x[:2], x[:2]]), t[:2].repeat(2), encoder_hidden_states=torch.cat([z[:2], z[:2]])).sample
+        with base.patched(db):
+            second = base.unet(torch.cat([x[2:], x[2:]]), t[2:].repeat(2), encoder_hidden_states=torch.cat([z[2:], z[2:]])).sample
+        with per_sample_deltas(base, {k: torch.stack([da[k], db[k]]) for k in da}, per_group=2):
+            both = base.unet(torch.cat([x, x]), t.repeat(2), encoder_hidden_states=torch.cat([z, z])).sample
+    expected = torch.cat([first[:2], second[:2], first[2:], second[2:]])  # [uncond a, b; cond a, b]
+    torch.testing.assert_close(both, expected, rtol=1e-5, atol=1e-6)
+
+
+def _batch_files(world, tmp_path) -> list:
+    """Four LoRA files: two layouts, one with a text-encoder delta too, one with a convolution (not batchable)."""
+    from lora_audit.attack.decoder import batchable
+
+    t0, t1, t2 = world["trajectories"]
+    fc1 = "text_encoder.text_model.encoder.layers.0.mlp.fc1"
+    text = {**t1.states[3], f"{fc1}.lora_A.weight": np.full((2, 16), 0.3, np.float32),
+            f"{fc1}.lora_B.weight": np.full((64, 2), 0.3, np.float32)}
+    conv_in = world["base"].unet.conv_in  # Conv2d 3 -> C, 3x3
+    conv = {**t2.states[3], "unet.conv_in.lora_A.weight": np.full((2, 3, 3, 3), 0.05, np.float32),
+            "unet.conv_in.lora_B.weight": np.full((conv_in.out_channels, 2, 1, 1), 0.05, np.float32)}
+    paths = []
+    for name, state, layout in (("a", t0.states[3], "kohya"), ("b", text, "peft"), ("c", conv, "kohya"),
+                                ("d", t0.states[2], "peft")):
+        paths.append(tmp_path / f"{name}.safetensors")
+        save_lora(str(paths[-1]), state, layout=layout, rank=2, alpha=2, metadata=TOY_METADATA)
+    files = [open_lora(str(p)) for p in paths]
+    assert [batchable(world["base"], f.deltas()) for f in files] == [True, True, False, True]
+    return files
+
+
+def test_reconstruct_many_equals_one_file_at_a_time(world, tmp_path):
+    from lora_audit.attack.reconstruct import reconstruct_many
+
+    model, base = world["model"], world["base"]
+    files = _batch_files(world, tmp_path)
+    many = reconstruct_many(model, base, files, latents=2, seeds=2, sampling_steps=3)
+    alone = [reconstruct(model, base, f, latents=2, seeds=2, sampling_steps=3) for f in files]
+    for m, a in zip(many, alone):
+        assert m.images.shape == a.images.shape == (4, 16, 16, 3)
+        np.testing.assert_allclose(m.images, a.images, atol=1e-5)
+        assert (m.step, m.step_source) == (a.step, a.step_source)
+    assert not np.allclose(alone[0].images, alone[3].images, atol=1e-3)  # the LoRAs differ, and so do their images
+    assert not np.allclose(alone[0].images, alone[1].images, atol=1e-3)
+
+
+def test_scan_with_an_attack_batch_reports_what_one_file_at_a_time_does(world, tmp_path, capsys):
+    paths = [f.path for f in _batch_files(world, tmp_path)]
+    args = ["scan", *paths, "-f", "json", "--attack-model", str(world["root"] / "attack"), "--base",
+            str(world["root"] / "base"), "--fail-on", "critical", "--sampling-steps", "3"]
+    reports = []
+    for batch in ("1", "3"):
+        assert main(args + ["--attack-batch", batch, "--reconstructions", str(tmp_path / f"rec{batch}")]) == 0
+        reports.append({f["path"]: [x for x in f["findings"] if x["rule_id"] in ("LA301", "LA302")]
+                        for f in json.loads(capsys.readouterr().out)["files"]})
+    for path in paths:
+        (one,), (batched,) = reports[0][path], reports[1][path]
+        assert one["rule_id"] == batched["rule_id"]
+        assert measured_consistency(one["evidence"]) == pytest.approx(measured_consistency(batched["evidence"]), abs=2e-3)
+        assert one["evidence"]["step"] == batched["evidence"]["step"]
+    assert main(args + ["--attack-batch", "0"]) == 4
+    assert main(["scan", *paths, "--no-attack", "--attack-batch", "2"]) == 4  # the attack's flag, without the attack

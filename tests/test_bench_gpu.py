@@ -30,3 +30,14 @@ def test_the_benchmark_runs_every_phase(tmp_path):
     for phase in ("static", "deltas", "guidance", "trigger", "embed", "whole"):
         assert sum(line.strip().startswith(phase) for line in lines) == 2, phase
     assert "targets (GPU)" in proc.stdout and list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_the_batched_decoding_benchmark_gives_the_images_of_one_lora_at_a_time():
+    bench = os.path.join(os.path.dirname(BENCH), "bench_attack_batch.py")
+    proc = subprocess.run([sys.executable, bench, "--loras", "3", "--batches", "1,3", "--latents", "1", "--seeds", "2",
+                           "--steps", "2", "--device", "cpu"], capture_output=True, text=True, timeout=600,
+                          cwd=os.path.join(os.path.dirname(BENCH), ".."))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("batch")]
+    assert [row[1].rstrip(":") for row in rows] == ["1", "3"]
+    assert float(rows[1][-1]) < 1e-4  # batch 3's images are batch 1's

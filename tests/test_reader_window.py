@@ -146,3 +146,31 @@ def test_a_file_rewritten_during_the_scan_gets_no_hash_of_mixed_bytes(tmp_path):
     from lora_audit.scan.engine import scan_file
 
     assert scan_file(str(path)).sha256 == hashlib.sha256(other).hexdigest()  # a scan of what is there now
+
+
+def test_eigenproblems_solved_in_batches_equal_one_module_at_a_time(tmp_path, monkeypatch):
+    """70 modules of rank 4 are more than one batch of eigenproblems (64 at most): every module's effective
+    rank is the same as when each is solved alone, and equals the SVD of its dW."""
+    lora = S.make_lora("sd15", rank=4, max_modules=70, seed=5, dtype="F16")
+    path = S.save_synthetic(tmp_path / "l.safetensors", S.as_kohya(lora))
+    with open_lora(str(path)) as f:
+        assert len(f.modules) == 70
+        batched = weight_stats(f).modules
+    monkeypatch.setattr(stats, "_EIGEN_BATCH_ELEMENTS", 1)  # one module per call
+    with open_lora(str(path)) as f:
+        alone = weight_stats(f).modules
+    assert [m.effective_rank for m in batched] == pytest.approx([m.effective_rank for m in alone], rel=1e-9)
+    deltas = S.delta_weights(lora)
+    for module in batched[::9]:
+        singular = np.linalg.svd(deltas[module.name].reshape(module.shape[0], -1), compute_uv=False)
+        assert module.effective_rank == pytest.approx(stats.effective_rank(singular[:4]), rel=1e-4)
+
+
+def test_a_header_longer_than_the_first_read_is_read_whole(tmp_path):
+    metadata = {"ss_tag_frequency": "x" * 200_000, "k": "v"}  # a 200 KB header: past the first 64 KiB read
+    path = S.save_synthetic(tmp_path / "long.safetensors", _tensors(4), metadata, dtype="F16")
+    with SafetensorsFile(str(path)) as f:
+        assert f.header_length > reader._FIRST_READ and f.metadata == metadata
+        for name, array in _expected(path).items():
+            np.testing.assert_array_equal(f.read(name), array)
+        assert f.sha256() == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -20,12 +20,14 @@ UNET = "unet."
 
 
 @contextlib.contextmanager
-def per_sample_deltas(base: DiffusionBase, deltas: Mapping[str, torch.Tensor]) -> Iterator[None]:
+def per_sample_deltas(base: DiffusionBase, deltas: Mapping[str, torch.Tensor], per_group: int | None = None) -> Iterator[None]:
     """Within the block, UNet linear module ``name`` computes x W^T + x dW_s^T for the samples of group s.
 
     ``deltas`` maps canonical names (``unet.<path>``) to dW stacked per group, [S, out, in]; a batch of
     S * P samples is S consecutive groups of P (one LoRA's images): one UNet call then runs S
-    differently patched models (training batches many shadow LoRAs at once).
+    differently patched models (training batches many shadow LoRAs at once). With ``per_group`` = P,
+    a call may also take the batch C times over, [C, S, P] (classifier-free guidance concatenates the
+    unconditional and the conditional branch: C = 2).
     Text-encoder deltas are ignored (z replaces the text encoder's output). Differentiable in the
     inputs; the base weights are not modified.
     """
@@ -37,19 +39,26 @@ def per_sample_deltas(base: DiffusionBase, deltas: Mapping[str, torch.Tensor]) -
             module = base.unet.get_submodule(name[len(UNET):])
             if not isinstance(module, torch.nn.Linear):
                 raise UsageError(f"{name}: per-sample LoRA deltas are implemented for linear layers only")
-            handles.append(module.register_forward_hook(_add_delta(dw)))
+            handles.append(module.register_forward_hook(_add_delta(dw, per_group)))
         yield
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _add_delta(dw: torch.Tensor):
-    def hook(module, inputs, output):  # inputs[0]: [S * P, ..., in]; output: [S * P, ..., out]
+def _add_delta(dw: torch.Tensor, per_group: int | None):
+    def hook(module, inputs, output):  # inputs[0]: [C * S * P, ..., in]; output: [C * S * P, ..., out]
         x = inputs[0]
-        groups = x.reshape(len(dw), -1, x.shape[-1])  # [S, P * ..., in]: each group shares one dW
-        return output + torch.einsum("sni,soi->sno", groups, dw.to(x.dtype)).reshape(output.shape)
+        copies = 1 if per_group is None else len(x) // (len(dw) * per_group)
+        groups = x.reshape(copies, len(dw), -1, x.shape[-1])  # [C, S, P * ..., in]: each group shares one dW
+        return output + torch.einsum("csni,soi->csno", groups, dw.to(x.dtype)).reshape(output.shape)
     return hook
+
+
+def batchable(base: DiffusionBase, deltas: Mapping[str, np.ndarray | torch.Tensor]) -> bool:
+    """Whether LoRAs with these deltas can share a batch (:func:`decode_many`): every UNet delta is on a linear layer."""
+    return all(isinstance(base.unet.get_submodule(name[len(UNET):]), torch.nn.Linear)
+               for name in deltas if name.startswith(UNET))
 
 
 def decode(base: DiffusionBase, deltas: Mapping[str, np.ndarray | torch.Tensor], z: Prompt, *,
@@ -58,3 +67,39 @@ def decode(base: DiffusionBase, deltas: Mapping[str, np.ndarray | torch.Tensor],
     LoRA-patched base: [B, H, W, 3] in [0, 1]."""
     with base.patched(deltas):
         return base.generate(z, guidance_scale=guidance_scale, steps=steps, seed=seed)
+
+
+def decode_many(base: DiffusionBase, deltas: list[Mapping[str, np.ndarray | torch.Tensor]], z: Prompt, *,
+                seed: int = 0, steps: int = 25, guidance_scale: float = 3.0) -> np.ndarray:
+    """:func:`decode` of S LoRAs in one batch: z [S * P, L, D] holds P latents per LoRA, in the order of
+    ``deltas``; each LoRA's images start from the noise :func:`decode` would give it (``seed``) and its own
+    unconditional branch (the empty prompt through its patched text encoder), so that they equal
+    :func:`decode`'s up to float rounding. The UNet deltas must be :func:`batchable`. [S * P, H, W, 3]."""
+    count, per_group = len(deltas), len(z) // len(deltas)
+    negative = []
+    for lora in deltas:  # [P, L, D] each: the LoRA's own text encoder(s) encode the empty prompt
+        with base.patched({name: dw for name, dw in lora.items() if not name.startswith(UNET)}):
+            negative.append(base.unconditional(per_group) if base.vae is not None
+                            else base.encode_prompt([""]).expand(per_group, -1, -1))
+    stacked = _stacked([{name: dw for name, dw in lora.items() if name.startswith(UNET)} for lora in deltas], base)
+    with per_sample_deltas(base, stacked, per_group=per_group):
+        return base.generate(z, guidance_scale=guidance_scale, steps=steps, seed=seed, negative=_cat(negative),
+                             noise=base.initial_noise(per_group, seed).repeat(count, 1, 1, 1))
+
+
+def _stacked(deltas: list[Mapping[str, np.ndarray | torch.Tensor]], base: DiffusionBase) -> dict[str, torch.Tensor]:
+    """Canonical name -> dW [S, out, in] on the UNet's device and dtype, zeros for a LoRA without the module."""
+    out = {}
+    for name in dict.fromkeys(name for lora in deltas for name in lora):
+        weight = base.weight_of(name)
+        out[name] = torch.stack([torch.as_tensor(lora[name]).reshape(weight.shape) if name in lora
+                                 else torch.zeros(weight.shape) for lora in deltas]).to(weight.device, weight.dtype)
+    return out
+
+
+def _cat(prompts: list[Prompt]) -> Prompt:
+    """Prompts (tensors or Conditionings) concatenated along the batch."""
+    if isinstance(prompts[0], torch.Tensor):
+        return torch.cat(prompts)
+    pooled = None if prompts[0].pooled is None else torch.cat([p.pooled for p in prompts])
+    return type(prompts[0])(torch.cat([p.prompt_embeds for p in prompts]), pooled)

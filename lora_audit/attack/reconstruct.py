@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lora_audit.attack.decoder import decode
+from lora_audit.attack.decoder import batchable, decode, decode_many
 from lora_audit.attack.model import AttackModel
 from lora_audit.attack.resolve import AttackPlan, AttackSources
 from lora_audit.errors import InputError, UsageError
@@ -58,6 +58,40 @@ def reconstruct(attack: AttackModel, base: DiffusionBase, lora_file, *, latents:
                 step: float | None = None, sampling_steps: int = 25, guidance_scale: float = 3.0,
                 seed: int = 0) -> Reconstruction:
     """Reconstruct ``latents * seeds`` images of the identity behind an opened LoRA file."""
+    c, step, source = _coefficients(attack, base, lora_file, latents, step, seed)
+    z = attack.to_latent(c).repeat_interleave(seeds, dim=0)  # [latents * seeds, L, D], latent-major
+    images = decode(base, lora_file.deltas(), z, seed=seed, steps=sampling_steps, guidance_scale=guidance_scale)
+    return Reconstruction(images, latents, seeds, step, source)
+
+
+@torch.no_grad()
+def reconstruct_many(attack: AttackModel, base: DiffusionBase, lora_files: list, *, latents: int = 4, seeds: int = 2,
+                     sampling_steps: int = 25, guidance_scale: float = 3.0, seed: int = 0) -> list[Reconstruction]:
+    """:func:`reconstruct` of several opened LoRA files, their images decoded in one batch where their deltas
+    allow it (:func:`~lora_audit.attack.decoder.batchable`; the others one at a time): the same images,
+    up to float rounding, whichever files share the batch."""
+    deltas = [f.deltas() for f in lora_files]
+    together = [i for i, d in enumerate(deltas) if batchable(base, d)]
+    together = together if len(together) > 1 else []  # a LoRA alone: the patched base of reconstruct()
+    results: dict[int, Reconstruction] = {}
+    if together:
+        found = [_coefficients(attack, base, lora_files[i], latents, None, seed) for i in together]
+        z = attack.to_latent(torch.cat([c for c, _, _ in found])).repeat_interleave(seeds, dim=0)  # [S * K, L, D]
+        images = decode_many(base, [deltas[i] for i in together], z, seed=seed, steps=sampling_steps,
+                             guidance_scale=guidance_scale)
+        k = latents * seeds
+        for n, (i, (_, step, source)) in enumerate(zip(together, found)):
+            results[i] = Reconstruction(images[n * k : (n + 1) * k], latents, seeds, step, source)
+    for i, lora_file in enumerate(lora_files):
+        if i not in results:
+            results[i] = reconstruct(attack, base, lora_file, latents=latents, seeds=seeds,
+                                     sampling_steps=sampling_steps, guidance_scale=guidance_scale, seed=seed)
+    return [results[i] for i in range(len(lora_files))]
+
+
+def _coefficients(attack: AttackModel, base: DiffusionBase, lora_file, latents: int, step: float | None,
+                  seed: int) -> tuple[torch.Tensor, float, str]:
+    """``latents`` samples c ~ q(c | dW, r) [latents, R] (generator seeded with ``seed``), the step r and its source."""
     if attack.config.family != base.family:
         raise UsageError(f"the attack model was trained for the {attack.config.family} base, "
                          f"but the base model given is {base.family}")
@@ -72,10 +106,7 @@ def reconstruct(attack: AttackModel, base: DiffusionBase, lora_file, *, latents:
         step, source = attack.estimate_step(raw, padding).item(), "estimate"
     mu, logvar = attack.posterior(raw, padding, torch.tensor([float(step)], device=device))  # [1, R] each
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    c = attack.sample(mu.expand(latents, -1), logvar.expand(latents, -1), generator)  # [latents, R]
-    z = attack.to_latent(c).repeat_interleave(seeds, dim=0)  # [latents * seeds, L, D], latent-major
-    images = decode(base, lora_file.deltas(), z, seed=seed, steps=sampling_steps, guidance_scale=guidance_scale)
-    return Reconstruction(images, latents, seeds, float(step), source)
+    return attack.sample(mu.expand(latents, -1), logvar.expand(latents, -1), generator), float(step), source
 
 
 def reconstruct_file(path: str, sources: AttackSources, *, latents: int = 4, seeds: int = 2,

@@ -12,7 +12,7 @@ from lora_audit.cli.options import (AttackModelOption, BaseOption, DeviceOption,
 from lora_audit.cli.progress import stage_progress
 from lora_audit.diffusion.dp import DPConfig
 from lora_audit.errors import UsageError
-from lora_audit.toyworld.lab.defences import DEFENCE_IDENTITIES, DefenceConfig
+from lora_audit.toyworld.lab.defence_config import DEFENCE_IDENTITIES, DefenceConfig
 from lora_audit.toyworld.lab.evaluate import EvaluationConfig
 
 commands = typer.Typer()

@@ -62,6 +62,7 @@ def scan(
     attack_mode: AttackMode = typer.Option(AttackMode.auto, "--attack", help="auto: the identity attacks wherever they can run: the weight-to-image VAE where an attack model serves the file's base family (the toy one ships), else guidance extraction with --base alone, and the metadata's trigger; a LoRA none can run on gets LA303. require: the same, but such a LoRA's audit is incomplete (LA307, exit 2): a CI gate that must not pass unaudited. off: static checks only."),
     no_attack: bool = typer.Option(False, "--no-attack", help="Same as --attack off."),
     sampling_steps: Optional[int] = typer.Option(None, "--sampling-steps", min=1, help="Sampler steps per attack image \\[default: the family's: toy 6, where the toy attack's rank-1 and verdict are those of 25 steps at 0.24 of the cost (docs/scale.md); sd1, sd2, sdxl 25]."),
+    attack_batch: Optional[int] = typer.Option(None, "--attack-batch", min=1, help="LoRAs of one family whose attack images are decoded in one batch: the same images, fewer UNet calls; for a GPU (on a CPU it saves nothing: docs/scale.md) \\[default: 1]."),
     attack_model: AttackModelOption = None,
     base: BaseOption = None,
     face_weights: Optional[str] = typer.Option(None, "--face-weights", help="facenet-pytorch InceptionResnetV1 checkpoint: score real families' faces with FaceNet \\[default: dlib's ResNet descriptor, installed with lora-privacy-audit\\[faces]]."),
@@ -82,7 +83,7 @@ def scan(
     device = checked_device(device) if attack and not skip_weights else device  # a static scan imports no torch
     given = [flag for flag, value in (("--references", references), ("--attack-model", attack_model), ("--base", base),
                                       ("--face-weights", face_weights), ("--reconstructions", reconstructions),
-                                      ("--sampling-steps", sampling_steps))
+                                      ("--sampling-steps", sampling_steps), ("--attack-batch", attack_batch))
              if value is not None]
     if given and (not attack or skip_weights):
         raise UsageError(f"{', '.join(given)} need the attack, which --attack off (--no-attack) and --skip-weights turn off")
@@ -118,7 +119,7 @@ def scan(
         identity = IdentityCheck(IdentityOptions(attack_model=attack_model, base=base, face_weights=face_weights,
                                                  references=references, out_dir=Path(where), device=device,
                                                  required=attack_mode is AttackMode.require,
-                                                 sampling_steps=sampling_steps,
+                                                 sampling_steps=sampling_steps, batch=attack_batch or 1,
                                                  **({"owner_far": rules.owner_far} if rules.owner_far else {})))
     streamed = 0
     with _scan_engine(engine, ray_address, quiet) as scan_engine, \

@@ -238,8 +238,8 @@ class DiffusionBase:
             yield self
         finally:
             with torch.no_grad():
-                for weight, original in saved:
-                    weight.copy_(original)
+                for weight, original in reversed(saved):  # last in, first out: a weight named twice
+                    weight.copy_(original)  # (``text_model.`` given and not) ends as it was before the first
 
     def weight_of(self, name: str) -> torch.nn.Parameter:
         """The weight of a canonical module name (``unet.<path>``, ``text_encoder.<path>``,
@@ -263,25 +263,39 @@ class DiffusionBase:
         raise UsageError(f"the LoRA adapts {name}, which this {self.family} base model does not have")
 
     @torch.no_grad()
-    def generate(self, prompt: Prompt, *, guidance_scale: float = 3.0, steps: int = 25,
-                 seed: int = 0) -> np.ndarray:
+    def generate(self, prompt: Prompt, *, guidance_scale: float = 3.0, steps: int = 25, seed: int = 0,
+                 negative: Prompt | None = None, noise: torch.Tensor | None = None) -> np.ndarray:
         """Sample one image per row of ``prompt`` (embeddings [B, L, D] or a :class:`Conditioning`);
-        returns [B, H, W, 3] floats in [0, 1] at the pipeline's resolution."""
+        returns [B, H, W, 3] floats in [0, 1] at the pipeline's resolution. ``negative``: the unconditional
+        branch per row (default: the empty prompt encoded now); ``noise``: the initial noise
+        (default: :meth:`initial_noise` of ``seed``)."""
         if self.vae is None:  # the toy pipeline: pixel space, its own sampler
-            uncond = self.encode_prompt([""]).expand_as(prompt)
+            uncond = self.encode_prompt([""]).expand_as(prompt) if negative is None else negative
             generator = torch.Generator(device="cpu").manual_seed(seed)
-            return self.pipe(prompt_embeds=prompt, negative_prompt_embeds=uncond,
+            return self.pipe(prompt_embeds=prompt, negative_prompt_embeds=uncond, latents=noise,
                              guidance_scale=guidance_scale, num_inference_steps=steps, generator=generator)
         cond = self.conditioning(prompt)
-        uncond = self.unconditional(len(cond))
+        uncond = self.unconditional(len(cond)) if negative is None else self.conditioning(negative)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         kwargs = {}
         if cond.pooled is not None:
             kwargs = {"pooled_prompt_embeds": cond.pooled, "negative_pooled_prompt_embeds": uncond.pooled}
         out = self.pipe(prompt_embeds=cond.prompt_embeds, negative_prompt_embeds=uncond.prompt_embeds,
-                        guidance_scale=guidance_scale, num_inference_steps=steps, generator=generator,
+                        guidance_scale=guidance_scale, num_inference_steps=steps, generator=generator, latents=noise,
                         output_type="np", height=self.image_size, width=self.image_size, **kwargs)
         return np.asarray(out.images, dtype=np.float32)
+
+    def initial_noise(self, batch: int, seed: int = 0) -> torch.Tensor:
+        """The initial noise :meth:`generate` draws for ``batch`` images from ``seed`` (unscaled): several
+        LoRAs' images decoded in one batch start from the noise each would get alone."""
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        if self.vae is None:
+            size = self.unet.config.sample_size
+            return torch.randn((batch, self.unet.config.in_channels, size, size), generator=generator, dtype=torch.float32)
+        size = self.image_size // self.pipe.vae_scale_factor
+        dtype = (self.text_encoder_2 or self.text_encoder or self.unet).dtype  # the pipelines' prompt-embedding dtype
+        shape = (batch, self.unet.config.in_channels, size, size)
+        return torch.randn(shape, generator=generator, device="cpu", dtype=dtype).to(self.device)
 
 
 class Denoiser(torch.nn.Module):

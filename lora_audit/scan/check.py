@@ -23,7 +23,11 @@ class Check(ABC):
     """A group of rules (``rule_ids``) whose findings are made here and nowhere else."""
 
     rule_ids: tuple[str, ...] = ()
+    batch: int = 1  # subjects the scan hands to prepare() at a time (1: none, each file on its own)
 
     @abstractmethod
     def run(self, subject: Subject) -> list[Finding]:
         """The findings of this group for ``subject``; problems of the file itself raise InvalidFileError."""
+
+    def prepare(self, subjects: list[Subject]) -> None:
+        """Work shared by up to ``batch`` subjects, done before their :meth:`run` calls (default: none)."""

@@ -58,6 +58,7 @@ class IdentityOptions:
     owner_far: float = DEFAULT_OWNER_FAR  # the verdict's target FAR against other people's photo sets
     device: str | None = None  # None: CUDA when available, else the CPU
     required: bool = False  # a LoRA no identity attack can run on is an incomplete audit (LA307), not LA303
+    batch: int = 1  # LoRAs of one family whose reconstructions are decoded in one batch (scan --attack-batch)
 
 
 @dataclass
@@ -107,6 +108,34 @@ class IdentityCheck(Check):
         self.references = load_references(options.references) if options.references is not None else None
         self._loaded: dict[str, LoadedAttack | MissingInputError] = {}
         self._owners: dict[str, tuple] = {}
+        self._prepared: dict[str, object] = {}  # path -> its Reconstruction, decoded with others' (prepare)
+
+    @property
+    def batch(self) -> int:  # the Check attribute, from the options
+        return self.options.batch
+
+    def prepare(self, subjects: list[Subject]) -> None:
+        """Decode the VAE reconstructions of ``subjects`` in one batch per family (cross-LoRA batched
+        decoding, :func:`~lora_audit.attack.reconstruct.reconstruct_many`: the same images as one file at a
+        time); each file's :meth:`run` then takes its own. Files without an attack model are left to :meth:`run`."""
+        from lora_audit.attack.reconstruct import reconstruct_many
+
+        families: dict[str, list[Subject]] = {}
+        for subject in subjects:
+            plan = self.sources.plan(subject.stats.base_model)
+            if plan.base is not None and not plan.training_free:
+                loaded = self._load(plan)
+                if not isinstance(loaded, MissingInputError) and loaded.attack is not None:
+                    families.setdefault(plan.family, []).append(subject)
+        for family, group in families.items():
+            loaded, o = self._loaded[family], self.options
+            try:
+                found = reconstruct_many(loaded.attack, loaded.base, [s.lora for s in group], latents=o.latents,
+                                         seeds=o.seeds, sampling_steps=loaded.sampling_steps)
+            except Exception:  # e.g. out of memory: each file decodes alone in run() and reports its own failure
+                log.debug("batched decoding failed; decoding one file at a time", exc_info=True)
+                continue
+            self._prepared.update((s.path, result) for s, result in zip(group, found))
 
     def run(self, subject: Subject) -> list[Finding]:
         """LA301/LA302 (+ LA304/LA305/LA306/LA307 with references, LA308/LA309 when the metadata names a
@@ -171,8 +200,9 @@ class IdentityCheck(Check):
 
         o = self.options
         if loaded.attack is not None:
-            result = reconstruct(loaded.attack, loaded.base, subject.lora, latents=o.latents, seeds=o.seeds,
-                                 sampling_steps=loaded.sampling_steps)
+            result = self._prepared.pop(subject.path, None) or reconstruct(
+                loaded.attack, loaded.base, subject.lora, latents=o.latents, seeds=o.seeds,
+                sampling_steps=loaded.sampling_steps)
             about = {"attack": "vae", "step": round(result.step), "step_source": result.step_source,
                      "latents": result.latents, "seeds": result.seeds, "sampling_steps": loaded.sampling_steps}
             return result.images, about, save_reconstruction(result, o.out_dir, name)[-1]

@@ -395,6 +395,8 @@ def _path(parts: tuple, limit: int = 120) -> str:
 
 def _strings(value: str) -> list[str]:
     """The strings of a value: its JSON strings when it is JSON, else the value itself."""
+    if value.lstrip()[:1] not in ("{", "[", '"'):  # no JSON object, array or string (most values): not parsed
+        return [value]
     parsed = parse_json(value)
     if isinstance(parsed, (dict, list, str)):
         return [text for _, text in _leaves(parsed) if text.strip()]

@@ -3,7 +3,7 @@
 Files go to Ray tasks in chunks (one CPU each): the hashes of those that may be copies, then the static checks
 (:func:`~lora_audit.scan.engine.scan_file`). With the identity check, each chunk's static results go
 on to a small pool of actors, each holding its own copy of the check (the models load once per
-actor) and adding its findings (:func:`~lora_audit.scan.engine.attack_scanned`): one actor per GPU
+actor) and adding its findings (:func:`~lora_audit.scan.engine.attack_chunk`): one actor per GPU
 when the cluster has GPUs, else one per CPU but one, which is left to the static tasks. At most a few
 chunks per worker are in flight, and their results come back in input order.
 
@@ -25,7 +25,7 @@ from lora_audit.errors import UsageError
 from lora_audit.results import FileResult
 from lora_audit.scan.check import Check
 from lora_audit.scan.content import file_sha256
-from lora_audit.scan.engine import ScanOptions, attack_scanned, scan_file
+from lora_audit.scan.engine import ScanOptions, attack_chunk, scan_file
 
 INSTALL = "pip install 'lora-privacy-audit[ray]'"
 STATIC_CHUNK = 64  # files per static task, at most (fewer when a batch is small for the cluster)
@@ -105,7 +105,7 @@ class Attacker:
 
     def attack(self, results: list[FileResult]) -> list[FileResult]:
         with _in_dir(self.cwd):
-            return [attack_scanned(result, self.options, self.identity) for result in results]
+            return attack_chunk(results, self.options, self.identity)
 
 
 def _ray():

@@ -117,13 +117,14 @@ class ToyFacePipeline(DiffusionPipeline):
     def __call__(self, prompt: str | Sequence[str] | None = None, prompt_embeds: torch.Tensor | None = None,
                  negative_prompt_embeds: torch.Tensor | None = None, guidance_scale: float = 3.0,
                  num_inference_steps: int = 25, seed: int = 0, generator: torch.Generator | None = None,
-                 num_images_per_prompt: int = 1) -> np.ndarray:
+                 num_images_per_prompt: int = 1, latents: torch.Tensor | None = None) -> np.ndarray:
         """Sample images as a float32 array [B, H, W, 3] in [0, 1], B = prompts x num_images_per_prompt.
 
         ``prompt_embeds`` [P, L, D] replaces the encoded prompt; ``negative_prompt_embeds`` ([1 or P, L, D],
         default: the empty prompt) is the unconditional branch of classifier-free guidance, which is
-        skipped when ``guidance_scale`` is 1. The initial noise comes from ``generator`` or, without one,
-        from a CPU generator seeded with ``seed``: the same arguments always give the same images.
+        skipped when ``guidance_scale`` is 1. The initial noise is ``latents`` [B, 3, H, W] (unscaled, as
+        diffusers takes it) or comes from ``generator`` or, without one, from a CPU generator seeded with
+        ``seed``: the same arguments always give the same images.
         """
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
@@ -141,7 +142,8 @@ class ToyFacePipeline(DiffusionPipeline):
 
         generator = generator if generator is not None else torch.Generator().manual_seed(seed)
         size, channels = self.unet.config.sample_size, self.unet.config.in_channels
-        x = torch.randn((batch, channels, size, size), generator=generator, dtype=torch.float32)
+        x = torch.randn((batch, channels, size, size), generator=generator, dtype=torch.float32) \
+            if latents is None else latents.float().cpu()
         x = (x * self.scheduler.init_noise_sigma).to(self.device, dtype)  # [B, 3, H, W]
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         for t in self.scheduler.timesteps:

@@ -221,7 +221,7 @@ def _lokr_shape(tensors, keys, i: str) -> tuple[int, ...] | None:
 
 
 def _ones(dims: tuple[int, ...]) -> bool:
-    return all(d == 1 for d in dims)
+    return dims.count(1) == len(dims)
 
 
 def _read_alpha(keys: dict[str, str], read: Scalar, rank: int) -> tuple[float, str | None]:

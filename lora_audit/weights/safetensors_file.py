@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 import threading
 from typing import NamedTuple
@@ -37,6 +38,7 @@ _STRUCT_CODES = {"F16": "<e", "F32": "<f", "F64": "<d", "I8": "<b", "U8": "<B", 
 FLOAT_DTYPES = frozenset(("F16", "BF16", "F32", "F64"))
 _WINDOW_BYTES = 64 * 1024 * 1024  # tensor data is read into memory up to this much at a time
 _SMALL_TENSOR = 64  # elements (alpha scalars, ...): read on their own unless the window holds them
+_FIRST_READ = 1 << 16  # bytes of the first read: the header length and, for most files, the whole header
 _CHECK_ELEMENTS = 1 << 20  # non_finite: elements checked at a time (a bounded temporary)
 _file_ids = itertools.count()
 
@@ -60,15 +62,26 @@ class SafetensorsFile:
     def __init__(self, path: str):
         self.path = path
         self.size = check_file(path)
-        header_len = _read_header_length(path, self.size)
-        _validate_with_safetensors(path)
-        self._prefix = _read_prefix(path, header_len)  # the length and the header, as stored
+        try:
+            self._file = open(path, "rb", buffering=0)
+        except OSError as e:
+            raise InvalidFileError(path, _os_reason(e)) from None
+        try:
+            opened = _version(os.fstat(self._file.fileno()))
+            self._prefix = self._read_prefix()  # the length and the header, as stored
+            _validate_with_safetensors(path)
+            self._version = _version(os.fstat(self._file.fileno()))  # what was validated; sha256() checks it still is
+            if self._version != opened:
+                raise InvalidFileError(path, "file changed while being read (rewritten during the scan)")
+        except BaseException:
+            self._file.close()
+            raise
         header = json.loads(self._prefix[8:])
         raw_meta = header.pop("__metadata__", None) or {}
-        self.header_length = header_len
+        self.header_length = len(self._prefix) - 8
         self.header = header  # tensor table as stored (offsets relative to the data section)
         self.metadata: dict[str, str] = {str(k): str(v) for k, v in raw_meta.items()}
-        base = 8 + header_len
+        base = len(self._prefix)
         self.tensors: dict[str, TensorInfo] = {
             name: TensorInfo(info["dtype"], tuple(info["shape"]), base + info["data_offsets"][0],
                              base + info["data_offsets"][1], math.prod(info["shape"]))
@@ -76,8 +89,6 @@ class SafetensorsFile:
         }
         self._id = next(_file_ids)
         self._refilled = 0  # bytes read into the window; past twice the file, tensors are read alone
-        self._file = open(path, "rb", buffering=0)
-        self._version = _version(os.fstat(self._file.fileno()))  # what was validated; sha256() checks it still is
 
     def read(self, name: str) -> np.ndarray:
         """The tensor as float32 (F16/BF16/F32), float64 (F64) or, for integer and F8 tensors
@@ -110,9 +121,7 @@ class SafetensorsFile:
         code = _STRUCT_CODES.get(info.dtype)
         if info.numel == 0 or code is None:  # BF16, F8 (and the errors): through the array
             return float(self.read(name).reshape(-1)[0])
-        data = bytearray(struct.calcsize(code))
-        self._read_exactly(memoryview(data), info.start)
-        return float(struct.unpack(code, data)[0])
+        return float(struct.unpack(code, self._pread(struct.calcsize(code), info.start))[0])
 
     def non_finite(self) -> list[str]:
         """Float tensors (F8 too) holding NaN or Inf, checked on their raw bits: a run of adjacent tensors
@@ -175,6 +184,36 @@ class SafetensorsFile:
             if not n:
                 raise InvalidFileError(self.path, "file changed while being read (truncated)")
             view, start = view[n:], start + n
+
+    def _pread(self, count: int, start: int) -> bytes:
+        """``count`` bytes from ``start``: one read, or a one-line error when the file ends before them."""
+        data = os.pread(self._file.fileno(), count, start)
+        return data if len(data) == count else data + self._pread_rest(count - len(data), start + len(data))
+
+    def _pread_rest(self, count: int, start: int) -> bytes:
+        view = memoryview(bytearray(count))
+        self._read_exactly(view, start)
+        return bytes(view)
+
+    def _read_prefix(self) -> bytes:
+        """The 8-byte header length and the header, checked against the size and the 100 MB cap; one
+        read for a header of up to 64 KiB."""
+        if self.size == 0:
+            raise InvalidFileError(self.path, "empty file (0 bytes)")
+        if self.size < 8:
+            raise InvalidFileError(self.path, f"too small to be a safetensors file ({self.size} bytes)")
+        first = os.pread(self._file.fileno(), min(self.size, _FIRST_READ), 0)
+        if len(first) < 8:
+            raise InvalidFileError(self.path, "file changed while being read (truncated)")
+        (n,) = struct.unpack_from("<Q", first)
+        if n > MAX_HEADER_BYTES:
+            raise InvalidFileError(self.path, f"header length {n} is above the 100 MB limit: not a safetensors file")
+        if 8 + n > self.size:
+            raise InvalidFileError(self.path, f"header length {n} runs past the end of the file ({self.size} bytes): "
+                                   "truncated or not safetensors")
+        if 8 + n <= len(first):
+            return first[: 8 + n]
+        return first + self._pread_rest(8 + n - len(first), len(first))
 
     def close(self) -> None:
         window = _window()
@@ -289,9 +328,9 @@ def check_file(path: str) -> int:
         st = os.stat(path)
     except OSError as e:
         raise InvalidFileError(path, _os_reason(e)) from None
-    if os.path.isdir(path):
+    if stat.S_ISDIR(st.st_mode):
         raise InvalidFileError(path, "is a directory, not a file")
-    if not os.path.isfile(path):
+    if not stat.S_ISREG(st.st_mode):
         raise InvalidFileError(path, "is not a regular file")
     if not os.access(path, os.R_OK):
         raise InvalidFileError(path, "permission denied")
@@ -306,20 +345,6 @@ def _os_reason(e: OSError) -> str:
     if e.errno == errno.EACCES:
         return "permission denied"
     return e.strerror or str(e)
-
-
-def _read_header_length(path: str, size: int) -> int:
-    if size == 0:
-        raise InvalidFileError(path, "empty file (0 bytes)")
-    if size < 8:
-        raise InvalidFileError(path, f"too small to be a safetensors file ({size} bytes)")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-    if n > MAX_HEADER_BYTES:
-        raise InvalidFileError(path, f"header length {n} is above the 100 MB limit: not a safetensors file")
-    if 8 + n > size:
-        raise InvalidFileError(path, f"header length {n} runs past the end of the file ({size} bytes): truncated or not safetensors")
-    return n
 
 
 def _validate_with_safetensors(path: str) -> None:
@@ -342,8 +367,3 @@ def _clean_safetensors_message(message: str) -> str:
     line = re.sub(r"^Error while deserializing header: ", "", line)
     line = re.sub(r", expected one of .*", "", line)  # the list of every dtype the library knows
     return line[:160]
-
-
-def _read_prefix(path: str, header_len: int) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(8 + header_len)

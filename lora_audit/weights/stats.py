@@ -34,6 +34,8 @@ _GRAM_MAX_RANK = 512  # LoHa: r1*r2 above this is not worth an (r1 r2) x (r1 r2)
 _DENSE_MAX_ELEMENTS = 1_000_000  # LoHa: a dW this small is formed (8 MB) for its exact singular values
 _BLOCK_ELEMENTS = 1_000_000  # LoHa: entries of dW formed at a time (norms and sketches of a large dW)
 _SKETCH_SIZE = 128  # LoHa: columns of the randomized sketch of a large dW (exact when its rank is <= this)
+_EIGEN_BATCH_ELEMENTS = 1 << 14  # r x r problems solved per call: up to 64 of them, at most 128 KB a stack
+# (larger stacks are fresh memory for every temporary, whose page faults doubled the time of 264 rank-32 modules)
 _MAX_WORK = 2e11  # LoHa: multiply-adds past which (only a crafted file: Flux's largest layer needs ~1e10)
 # the norm and effective rank are left unknown (NaN) rather than computed for minutes
 
@@ -90,7 +92,7 @@ def effective_rank(singular_values: np.ndarray) -> float:
 
 
 def _spectra(lora: LoraFile, modules: list[LoraModule]) -> dict[str, Spectrum]:
-    """Spectrum of every module; r x r eigenproblems of LoRA / LoCon modules of one rank share one call."""
+    """Spectrum of every module; r x r eigenproblems of LoRA / LoCon modules of one rank are solved in batches."""
     out: dict[str, Spectrum] = {}
     pending: dict[int, list[tuple[str, float, np.ndarray]]] = {}  # rank -> (name, squares, its Grams)
     arena = _arena()
@@ -111,10 +113,12 @@ def _spectra(lora: LoraFile, modules: list[LoraModule]) -> dict[str, Spectrum]:
                 pending.setdefault(m.rank, []).append((m.name, result[0], result[1]))
             else:
                 out[m.name] = result
-    for items in pending.values():
-        gram_u, gram_v = (np.stack([p.grams[i] for _, _, p in items]) for i in (0, 1))  # [M, r, r] each
-        for (name, squares, _), values in zip(items, _product_singular_values(gram_u, gram_v)):
-            out[name] = (squares, values)
+    for rank, items in pending.items():
+        size = max(1, min(64, _EIGEN_BATCH_ELEMENTS // rank**2))
+        for batch in (items[i : i + size] for i in range(0, len(items), size)):
+            gram_u, gram_v = (np.stack([p.grams[i] for _, _, p in batch]) for i in (0, 1))  # [M, r, r] each
+            for (name, squares, _), values in zip(batch, _product_singular_values(gram_u, gram_v)):
+                out[name] = (squares, values)
     return out
 
 
