@@ -191,20 +191,3 @@ def test_a_cache_folder_keeps_its_other_loras_and_a_path_given_twice_is_one_file
     assert code == 0 and len(files) == 4 and files[str(mine)]["hub"] is None
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     assert main(["scan", "loras/mine", "--no-attack"]) == 2  # a mistyped local path is a missing file, not a repo
-
-
-def test_scan_workers_use_one_blas_thread_per_core_they_share():
-    import signal
-
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    from lora_audit.scan.engine import _init_worker
-
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with threadpool_limits():  # restores this process' limits afterwards
-            _init_worker(1)
-            assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == {1}
-    finally:
-        for s, handler in handlers.items():  # the worker's signal set-up, undone for the test process
-            signal.signal(s, handler)

@@ -281,7 +281,7 @@ def _chunks(files: list, jobs: int) -> list[list]:
 def _in_workers(function: Callable, chunks: list, jobs: int, *args) -> Iterator:
     """``function(chunk, *args)`` for every chunk in ``jobs`` worker processes: each item of its result,
     chunk by chunk as they finish."""
-    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(max(1, _cores() // jobs),))
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker)
     try:
         futures = [pool.submit(function, chunk, *args) for chunk in chunks]
         for future in as_completed(futures):
@@ -292,18 +292,8 @@ def _in_workers(function: Callable, chunks: list, jobs: int, *args) -> Iterator:
         raise
 
 
-def _cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _init_worker(blas_threads: int) -> None:
-    """In each worker: leave SIGINT to the parent, die on SIGTERM, (Linux) get SIGTERM when the parent dies,
-    and use at most ``blas_threads`` BLAS threads (workers that fill the cores, each with a BLAS thread per
-    core, took 6% longer on the full-scan benchmark)."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(blas_threads, user_api="blas")
+def _init_worker() -> None:
+    """In each worker: leave SIGINT to the parent, die on SIGTERM, and (Linux) get SIGTERM when the parent dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(Exception):
