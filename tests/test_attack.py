@@ -710,6 +710,20 @@ def _batch_files(world, tmp_path) -> list:
     return files
 
 
+def test_files_a_batch_cannot_take_are_decoded_alone(world, monkeypatch):
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    from lora_audit.attack.decoder import batchable
+
+    base = world["base"]
+    linear = "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q"
+    assert batchable(base, [linear, "text_encoder.encoder.layers.0.self_attn.q_proj"])
+    assert not batchable(base, [linear, "unet.conv_in"])  # a convolution
+    assert not batchable(base, [linear, "unet.no_such_block.to_q"])  # a module the base lacks
+    monkeypatch.setattr(base.pipe, "scheduler", EulerAncestralDiscreteScheduler.from_config(base.pipe.scheduler.config))
+    assert not batchable(base, [linear])  # fresh noise at every step: a batch would change the images
+
+
 def test_reconstruct_many_equals_one_file_at_a_time(world, tmp_path):
     from lora_audit.attack.reconstruct import reconstruct_many
 

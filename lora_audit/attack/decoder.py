@@ -55,10 +55,22 @@ def _add_delta(dw: torch.Tensor, per_group: int | None):
     return hook
 
 
-def batchable(base: DiffusionBase, deltas: Mapping[str, np.ndarray | torch.Tensor]) -> bool:
-    """Whether LoRAs with these deltas can share a batch (:func:`decode_many`): every UNet delta is on a linear layer."""
-    return all(isinstance(base.unet.get_submodule(name[len(UNET):]), torch.nn.Linear)
-               for name in deltas if name.startswith(UNET))
+_STOCHASTIC_SAMPLERS = ("Ancestral", "DDPM", "LCM", "TCD", "SDE")  # scheduler class names that draw noise every step
+
+
+def batchable(base: DiffusionBase, names) -> bool:
+    """Whether a LoRA whose deltas have these canonical names can share a batch (:func:`decode_many`):
+    every UNet delta is on a linear layer the base has, and the base's sampler draws no noise after the
+    first step (a stochastic one would give a LoRA's images other noise in a batch than alone)."""
+    scheduler = base.pipe.scheduler
+    if any(word in type(scheduler).__name__ for word in _STOCHASTIC_SAMPLERS) or \
+            "sde" in str(getattr(scheduler.config, "algorithm_type", "")):
+        return False
+    try:
+        return all(isinstance(base.unet.get_submodule(name[len(UNET):]), torch.nn.Linear)
+                   for name in names if name.startswith(UNET))
+    except AttributeError:  # a module the base lacks: decoded alone, which reports it
+        return False
 
 
 def decode(base: DiffusionBase, deltas: Mapping[str, np.ndarray | torch.Tensor], z: Prompt, *,

@@ -70,9 +70,9 @@ def reconstruct_many(attack: AttackModel, base: DiffusionBase, lora_files: list,
     """:func:`reconstruct` of several opened LoRA files, their images decoded in one batch where their deltas
     allow it (:func:`~lora_audit.attack.decoder.batchable`; the others one at a time): the same images,
     up to float rounding, whichever files share the batch."""
-    deltas = [f.deltas() for f in lora_files]
-    together = [i for i, d in enumerate(deltas) if batchable(base, d)]
+    together = [i for i, f in enumerate(lora_files) if batchable(base, [m.name for m in f.modules])]
     together = together if len(together) > 1 else []  # a LoRA alone: the patched base of reconstruct()
+    deltas = {i: lora_files[i].deltas() for i in together}
     results: dict[int, Reconstruction] = {}
     if together:
         found = [_coefficients(attack, base, lora_files[i], latents, None, seed) for i in together]

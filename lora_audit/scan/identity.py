@@ -118,17 +118,24 @@ class IdentityCheck(Check):
         """Decode the VAE reconstructions of ``subjects`` in one batch per family (cross-LoRA batched
         decoding, :func:`~lora_audit.attack.reconstruct.reconstruct_many`: the same images as one file at a
         time); each file's :meth:`run` then takes its own. Files without an attack model are left to :meth:`run`."""
+        from lora_audit.attack.decoder import batchable
         from lora_audit.attack.reconstruct import reconstruct_many
 
+        self._prepared = {}  # one batch at a time: nothing of an earlier batch is kept
         families: dict[str, list[Subject]] = {}
         for subject in subjects:
-            plan = self.sources.plan(subject.stats.base_model)
-            if plan.base is not None and not plan.training_free:
-                loaded = self._load(plan)
-                if not isinstance(loaded, MissingInputError) and loaded.attack is not None:
-                    families.setdefault(plan.family, []).append(subject)
+            try:  # any problem is left to run(), which reports it for its own file as before
+                plan = self.sources.plan(subject.stats.base_model)
+                loaded = self._load(plan) if plan.base is not None and not plan.training_free else None
+            except Exception:
+                continue
+            if isinstance(loaded, LoadedAttack) and loaded.attack is not None and \
+                    batchable(loaded.base, [m.name for m in subject.lora.modules]):
+                families.setdefault(plan.family, []).append(subject)
         for family, group in families.items():
             loaded, o = self._loaded[family], self.options
+            if len(group) < 2:
+                continue
             try:
                 found = reconstruct_many(loaded.attack, loaded.base, [s.lora for s in group], latents=o.latents,
                                          seeds=o.seeds, sampling_steps=loaded.sampling_steps)

@@ -70,13 +70,19 @@ class SafetensorsFile:
             opened = _version(os.fstat(self._file.fileno()))
             self._prefix = self._read_prefix()  # the length and the header, as stored
             _validate_with_safetensors(path)
-            self._version = _version(os.fstat(self._file.fileno()))  # what was validated; sha256() checks it still is
-            if self._version != opened:
+            self._version = _version(os.fstat(self._file.fileno()))  # what was read; sha256() checks it still is
+            if not self._version == opened == _version(os.stat(path)):  # and what the library validated
                 raise InvalidFileError(path, "file changed while being read (rewritten during the scan)")
+            header = json.loads(self._prefix[8:])
+        except ValueError:  # the bytes read are not the header validated (a race the checks above missed)
+            self._file.close()
+            raise InvalidFileError(path, "file changed while being read (rewritten during the scan)") from None
+        except OSError as e:  # removed meanwhile
+            self._file.close()
+            raise InvalidFileError(path, _os_reason(e)) from None
         except BaseException:
             self._file.close()
             raise
-        header = json.loads(self._prefix[8:])
         raw_meta = header.pop("__metadata__", None) or {}
         self.header_length = len(self._prefix) - 8
         self.header = header  # tensor table as stored (offsets relative to the data section)
@@ -243,8 +249,9 @@ def _runs(tensors: dict[str, TensorInfo]) -> list[tuple[TensorInfo, list[str]]]:
     return runs
 
 
-def _version(st: os.stat_result) -> tuple[int, int]:
-    return st.st_size, st.st_mtime_ns
+def _version(st: os.stat_result) -> tuple[int, ...]:
+    """What identifies one version of a file: its inode (a file replaced by another, ``os.replace``), size and mtime."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class _Window:
