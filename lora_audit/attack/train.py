@@ -163,7 +163,7 @@ def _loss(base, model, scheduler, batch, images, config, rng, z_from_mean=False)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), device=device)
     noisy = scheduler.add_noise(x0, noise, t)
     target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-    with per_sample_deltas(base, _stacked_deltas(batch, device)):
+    with per_sample_deltas(base, _stacked_deltas(batch, device)), base.autocast():
         pred = base.unet(noisy, t, **base.unet_kwargs(z.repeat_interleave(p, dim=0))).sample  # [S * P, C, h, w]
     return F.mse_loss(pred.float(), target.float()), model.kl(mu, logvar)
 

@@ -101,9 +101,10 @@ Prompt = Union[torch.Tensor, Conditioning]  # prompt embeddings [B, L, D], or a 
 class DiffusionBase:
     """A loaded base pipeline (diffusers ``DiffusionPipeline``) with the interface lora-audit uses."""
 
-    def __init__(self, pipe, family: str):
+    def __init__(self, pipe, family: str, precision: str = "auto"):
         self.pipe = pipe
         self.family = family  # toy | sd1 | sd2 | sdxl ...
+        self.precision = precision  # auto | fp32 | fp16 | bf16 (diffusion/precision.py)
         self.unet = pipe.unet
         self.text_encoder = pipe.text_encoder
         self.tokenizer = pipe.tokenizer
@@ -131,6 +132,12 @@ class DiffusionBase:
     @property
     def device(self) -> torch.device:
         return self.unet.device
+
+    def autocast(self):
+        """The context the models' forward passes run in: mixed precision on a GPU (:mod:`~lora_audit.diffusion.precision`)."""
+        from lora_audit.diffusion.precision import autocast
+
+        return autocast(self.device, self.precision)
 
     @property
     def image_size(self) -> int:
@@ -269,20 +276,21 @@ class DiffusionBase:
         returns [B, H, W, 3] floats in [0, 1] at the pipeline's resolution. ``negative``: the unconditional
         branch per row (default: the empty prompt encoded now); ``noise``: the initial noise
         (default: :meth:`initial_noise` of ``seed``)."""
-        if self.vae is None:  # the toy pipeline: pixel space, its own sampler
-            uncond = self.encode_prompt([""]).expand_as(prompt) if negative is None else negative
+        with self.autocast():
+            if self.vae is None:  # the toy pipeline: pixel space, its own sampler
+                uncond = self.encode_prompt([""]).expand_as(prompt) if negative is None else negative
+                generator = torch.Generator(device="cpu").manual_seed(seed)
+                return self.pipe(prompt_embeds=prompt, negative_prompt_embeds=uncond, latents=noise,
+                                 guidance_scale=guidance_scale, num_inference_steps=steps, generator=generator)
+            cond = self.conditioning(prompt)
+            uncond = self.unconditional(len(cond)) if negative is None else self.conditioning(negative)
             generator = torch.Generator(device="cpu").manual_seed(seed)
-            return self.pipe(prompt_embeds=prompt, negative_prompt_embeds=uncond, latents=noise,
-                             guidance_scale=guidance_scale, num_inference_steps=steps, generator=generator)
-        cond = self.conditioning(prompt)
-        uncond = self.unconditional(len(cond)) if negative is None else self.conditioning(negative)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        kwargs = {}
-        if cond.pooled is not None:
-            kwargs = {"pooled_prompt_embeds": cond.pooled, "negative_pooled_prompt_embeds": uncond.pooled}
-        out = self.pipe(prompt_embeds=cond.prompt_embeds, negative_prompt_embeds=uncond.prompt_embeds,
-                        guidance_scale=guidance_scale, num_inference_steps=steps, generator=generator, latents=noise,
-                        output_type="np", height=self.image_size, width=self.image_size, **kwargs)
+            kwargs = {}
+            if cond.pooled is not None:
+                kwargs = {"pooled_prompt_embeds": cond.pooled, "negative_pooled_prompt_embeds": uncond.pooled}
+            out = self.pipe(prompt_embeds=cond.prompt_embeds, negative_prompt_embeds=uncond.prompt_embeds,
+                            guidance_scale=guidance_scale, num_inference_steps=steps, generator=generator, latents=noise,
+                            output_type="np", height=self.image_size, width=self.image_size, **kwargs)
         return np.asarray(out.images, dtype=np.float32)
 
     def initial_noise(self, batch: int, seed: int = 0) -> torch.Tensor:

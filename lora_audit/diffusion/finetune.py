@@ -197,7 +197,8 @@ def _train(base, instance_images, class_images, instance_prompt, config, rng, pr
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
         noisy = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-        pred = unet(noisy, t, **base.unet_kwargs(cond)).sample  # [2b, C, h, w]
+        with base.autocast():
+            pred = unet(noisy, t, **base.unet_kwargs(cond)).sample  # [2b, C, h, w]
         loss = F.mse_loss(pred[:b].float(), target[:b].float())
         if prior is not None:
             loss = loss + config.prior_loss_weight * F.mse_loss(pred[b:].float(), target[b:].float())

@@ -145,8 +145,10 @@ def family_of_base(path: str) -> Family:
                      f"knows ({', '.join(registered())})")
 
 
-def load_base(path: str | None = None, device: str | None = None) -> "DiffusionBase":
-    """The base pipeline at ``path`` (default: the default family's shipped base), on ``device``.
+def load_base(path: str | None = None, device: str | None = None, precision: str | None = None) -> "DiffusionBase":
+    """The base pipeline at ``path`` (default: the default family's shipped base), on ``device``, its
+    forward passes in ``precision`` (default: ``$LORA_AUDIT_PRECISION``, else mixed precision on a GPU:
+    :mod:`lora_audit.diffusion.precision`).
 
     Nothing is downloaded: the pipeline must already be on disk.
     """
@@ -155,7 +157,9 @@ def load_base(path: str | None = None, device: str | None = None) -> "DiffusionB
     import transformers.utils.logging
 
     from lora_audit.diffusion.base import DiffusionBase
+    from lora_audit.diffusion.precision import chosen_precision
 
+    precision = chosen_precision(precision)  # a bad value is refused before anything loads
     diffusers.utils.logging.disable_progress_bar()  # the library never prints: no loading bars
     transformers.utils.logging.disable_progress_bar()
     if path is None:
@@ -164,4 +168,4 @@ def load_base(path: str | None = None, device: str | None = None) -> "DiffusionB
     pipe = family.load_pipeline(path)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return DiffusionBase(pipe, family.name)
+    return DiffusionBase(pipe, family.name, precision)
