@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from importlib.resources import files
 from typing import Any, TextIO
 
@@ -60,7 +61,16 @@ def jsonl_incomplete_line(reason: str, files_done: int, files_total: int) -> str
 
 
 def _line(record: dict[str, Any]) -> str:
-    return json.dumps(json_ready(record), allow_nan=False)
+    """``record`` as one line of strict JSON: encoded as is when it holds no non-finite number and no
+    lone surrogate (nearly every record; the check is the encoder's own), else through :func:`json_ready`."""
+    try:
+        text = json.dumps(record, allow_nan=False)
+    except ValueError:  # NaN or an infinity
+        return json.dumps(json_ready(record), allow_nan=False)
+    return text if _SURROGATE_ESCAPE.search(text) is None else json.dumps(json_ready(record), allow_nan=False)
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\ud[89a-f]", re.IGNORECASE)  # how json.dumps writes a lone surrogate
 
 
 def json_ready(obj: Any) -> Any:
