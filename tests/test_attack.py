@@ -755,3 +755,35 @@ def test_scan_with_an_attack_batch_reports_what_one_file_at_a_time_does(world, t
         assert one["evidence"]["step"] == batched["evidence"]["step"]
     assert main(args + ["--attack-batch", "0"]) == 4
     assert main(["scan", *paths, "--no-attack", "--attack-batch", "2"]) == 4  # the attack's flag, without the attack
+
+
+def test_evaluate_compares_the_step_embedding_with_final_only_over_training_seeds(world, tmp_path, capsys):
+    from dataclasses import replace
+
+    root, base = world["root"], world["base"]
+    models = {}
+    for name, seed, final_only in (("final0", 0, True), ("step1", 1, False), ("final1", 1, True)):
+        train_attack(base, world["trajectories"], replace(TrainConfig.tiny(), seed=seed, final_only=final_only),
+                     tmp_path / name)
+        models[name] = str(tmp_path / name)
+    argv = ["evaluate", str(root / "shadows"), "--attack-model", str(root / "attack"), "--base", str(root / "base"),
+            "-o", str(tmp_path / "work"), "--docs", str(tmp_path / "docs"), "--latents", "1", "--seeds", "1",
+            "--sampling-steps", "2", "--guidance-weights", "none"]
+    assert main([*argv, "--ablation-model", models["final0"], "--training-seeds",
+                 f"{models['step1']}:{models['final1']}"]) == 0
+    assert "over 2 training seeds" in capsys.readouterr().out
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    seeds = results["seeds"]
+    assert seeds["pairs"] == [[str(root / "attack"), models["final0"]], [models["step1"], models["final1"]]]
+    for method in ("vae", "vae_final_only"):
+        for stat in ("rank1", "mean_similarity"):
+            spread = seeds[method][stat]
+            assert len(spread["values"]) == 2 and spread["values"][0] == pytest.approx(results["summary"][method][stat], abs=1e-4)
+            assert spread["mean"] == pytest.approx(np.mean(spread["values"]), abs=1e-4)
+            assert spread["min"] <= spread["mean"] <= spread["max"]
+            assert spread["sd"] == pytest.approx(np.std(spread["values"], ddof=1), abs=1e-4)
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert "each trained at 2 seeds" in text and "| attack | rank-1 | mean similarity |" in text
+    assert main([*argv, "--training-seeds", f"{models['step1']}:{models['final1']}"]) == 4  # no --ablation-model
+    assert main([*argv, "--ablation-model", models["final0"], "--training-seeds", models["step1"]]) == 4  # not a pair
+    assert main([*argv, "--ablation-model", models["final0"], "--training-seeds", f"{models['step1']}:{tmp_path}"]) == 4

@@ -23,6 +23,7 @@ def evaluate(
     victims: str = typer.Argument(..., help="Trajectories of held-out victims (`lora-audit shadow --first-identity 300000`).", show_default=False),
     attack_model: AttackModelOption = None,
     ablation_model: Optional[str] = typer.Option(None, "--ablation-model", help="A VAE trained with `train-attack --final-only` (the ablation row)."),
+    training_seeds: Optional[str] = typer.Option(None, "--training-seeds", help="More attack models trained at other seeds, as STEP_MODEL:FINAL_ONLY_MODEL pairs, comma-separated (with --ablation-model): both rows' rank-1 and mean similarity over the seeds, mean and spread."),
     base: BaseOption = None,
     out: str = typer.Option("build/eval/results", "--out", "-o", help="Working directory (the victims' LoRA files, results.json)."),
     docs: str = typer.Option("docs", "--docs", help="Where results.md and its images go."),
@@ -42,20 +43,26 @@ def evaluate(
     from lora_audit.toyworld.lab.evaluate import run_evaluation
 
     device = checked_device(device)
+    pairs = _seed_pairs(training_seeds, ablation_model) if training_seeds is not None else []
     config = EvaluationConfig(latents=latents, seeds=seeds, sampling_steps=sampling_steps, far=far,
                               owner_far=owner_far, steps_curve=steps_curve,
                               guidance_weights=_weights(guidance_weights) if guidance_weights is not None else None)
     given = [("--attack-model", attack_model), ("--ablation-model", ablation_model), ("--base", base), ("-o", out),
              ("--docs", docs), ("--far", far), ("--latents", latents), ("--seeds", seeds),
-             ("--sampling-steps", sampling_steps), ("--owner-far", owner_far), ("--guidance-weights", guidance_weights)]
+             ("--sampling-steps", sampling_steps), ("--owner-far", owner_far), ("--guidance-weights", guidance_weights),
+             ("--training-seeds", training_seeds)]
     command = shlex.join(["lora-audit", "evaluate", victims, *[str(x) for flag, v in given if v is not None for x in (flag, v)],
                           *(["--steps-curve"] if steps_curve else [])])
     with stage_progress() as report:
         result = run_evaluation(Path(victims), Path(attack_model) if attack_model else None,
                                 Path(ablation_model) if ablation_model else None, base, Path(out), Path(docs),
                                 config, command, progress=lambda d, t, m: report("evaluate", d, t, m),
-                                device=device)
+                                device=device, seed_pairs=pairs)
     vae = result["summary"]["vae"]
+    if result["seeds"]:
+        spread = {m: result["seeds"][m]["rank1"] for m in ("vae", "vae_final_only")}
+        typer.echo(f"over {len(pairs) + 1} training seeds: VAE rank-1 {spread['vae']['mean']:.0%} (sd {spread['vae']['sd']:.0%}), "
+                   f"final only {spread['vae_final_only']['mean']:.0%} (sd {spread['vae_final_only']['sd']:.0%})")
     verdict = result["verdict"]
     typer.echo(f"wrote {result['results_path']}: VAE rank-1 {vae['rank1']:.0%}, mean similarity {vae['mean_similarity']:.3f} "
                f"(oracle {result['summary']['oracle']['mean_similarity']:.3f}); owner verdict TPR {verdict['tpr']:.0%}, "
@@ -133,3 +140,21 @@ def _epsilons(text: str) -> tuple[float | None, ...]:
     if not values:
         raise UsageError("--epsilons is empty")
     return tuple(values)
+
+
+def _seed_pairs(value: str, ablation_model: str | None) -> list:
+    """``--training-seeds`` as (step-embedding, final-only) attack model directories, each checked."""
+    from pathlib import Path
+
+    if ablation_model is None:
+        raise UsageError("--training-seeds compares with the final-only ablation: give --ablation-model too")
+    pairs = []
+    for item in value.split(","):
+        parts = [p.strip() for p in item.split(":")]
+        if len(parts) != 2 or not all(parts):
+            raise UsageError(f"--training-seeds {item!r}: expected STEP_MODEL:FINAL_ONLY_MODEL")
+        for part in parts:
+            if not (Path(part) / "attack.json").is_file():
+                raise UsageError(f"--training-seeds: {part} is not an attack model directory (no attack.json)")
+        pairs.append((Path(parts[0]), Path(parts[1])))
+    return pairs

@@ -29,6 +29,7 @@ one, or another w, leaves the others' records valid.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -67,8 +68,12 @@ class EvaluationConfig:
 
 def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, base_path: str | None, out: Path,
              config: EvaluationConfig, progress: Callable[[int, int, dict], None] | None = None,
-             device: str | None = None) -> dict:
-    """Run every method on every victim; returns per-method summaries and per-victim scores [n, n]."""
+             device: str | None = None, seed_pairs: list[tuple[Path, Path]] = ()) -> dict:
+    """Run every method on every victim; returns per-method summaries and per-victim scores [n, n].
+
+    ``seed_pairs``: more (step-embedding, final-only) attack models, trained at other seeds than
+    ``attack_dir`` and ``ablation_dir``: each one's VAE row is computed too, and ``result["seeds"]``
+    gives both rows' rank-1 and mean similarity at every seed with their mean and spread."""
     from lora_audit.attack.model import AttackModel
     from lora_audit.attack.reconstruct import reconstruct
     from lora_audit.attack.shadow import load_trajectories
@@ -172,6 +177,13 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
         return {"key": {**key, "method": method}, "scores": set_scores(embedder.embed(images), centres).tolist(),
                 "seconds": seconds}
 
+    def other_seed(t, model_dir: Path) -> dict:
+        """The candidate scores [n] of the victim's reconstructions by another seed's attack model."""
+        with open_lora(str(out / "loras" / f"victim_{t.identity}.safetensors")) as lora_file:
+            batch = reconstruct(seed_models[model_dir], base, lora_file, latents=config.latents, seeds=config.seeds,
+                                sampling_steps=config.sampling_steps).images
+        return {"key": {**key, "model": str(model_dir)}, "scores": set_scores(embedder.embed(batch), centres).tolist()}
+
     def kept(path: Path, make: Callable[[], dict], *needed: Path, expected: dict | None = None) -> dict:
         """The record at ``path`` if it was made under ``expected`` (default ``key``; and ``needed`` files
         exist), else ``make()`` saved."""
@@ -184,7 +196,8 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
     weights = (GUIDANCE_WEIGHT,) if config.guidance_weights is None else config.guidance_weights
     guidance = {f"guidance_w{w:g}": float(w) for w in weights}  # method -> w
     extra = [*guidance, METADATA_TRIGGER]
-    records, curves, free = [], [], {m: [] for m in extra}
+    seed_models = {d: AttackModel.load(d).to(base.device) for pair in seed_pairs for d in pair}
+    records, curves, free, by_model = [], [], {m: [] for m in extra}, {d: [] for d in seed_models}
     for n, t in enumerate(trajectories):
         stem = out / "victims" / str(t.identity)
         records.append(kept(stem.with_suffix(".json"), lambda: victim(n, t), stem.with_suffix(".npz")))
@@ -193,6 +206,11 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
         for method in extra:  # records of their own too: the main records stay valid
             free[method].append(kept(stem.with_suffix(f".{method}.json"), lambda: training_free(n, t, method, stem),
                                      stem.with_suffix(f".{method}.npz"), expected={**key, "method": method}))
+        for model_dir in seed_models:  # a record per model: adding a seed keeps the others
+            tag = hashlib.sha1(str(model_dir).encode()).hexdigest()[:10]
+            by_model[model_dir].append(kept(stem.with_suffix(f".model-{tag}.json"), lambda: other_seed(t, model_dir),
+                                            out / "loras" / f"victim_{t.identity}.safetensors",
+                                            expected={**key, "model": str(model_dir)}))
         if progress:
             progress(n + 1, len(trajectories), {"victim": t.identity})
     methods = [m for m in METHODS if m != "vae_final_only" or ablation]
@@ -228,10 +246,28 @@ def evaluate(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, 
                        "mean_similarity": round(float(np.diag(matrix).mean()), 4), "n": len(rows)}
     manifest = victims / "manifest.json"
     made = json.loads(manifest.read_text()).get("config", {}) if manifest.is_file() else {}
+    seeds = None
+    if seed_pairs:
+        pairs = [(attack_dir, ablation_dir), *seed_pairs]
+        rows = {"vae": [summary["vae"]], "vae_final_only": [summary["vae_final_only"]]}
+        for step_dir, final_dir in seed_pairs:
+            for method, model_dir in (("vae", step_dir), ("vae_final_only", final_dir)):
+                rows[method].append(_summary(np.array([r["scores"] for r in by_model[model_dir]]), config.far))
+        seeds = {"pairs": [[str(a), str(b)] for a, b in pairs],
+                 **{method: {stat: _spread([row[stat] for row in rs]) for stat in ("rank1", "mean_similarity")}
+                    for method, rs in rows.items()}}
     return {"victims": ids, "victims_made": {"path": str(victims), "first_identity": made.get("first_identity", min(ids))},
-            "k": k, "far": config.far, "summary": summary, "verdict": verdict, "steps": steps,
+            "k": k, "far": config.far, "summary": summary, "verdict": verdict, "steps": steps, "seeds": seeds,
             "scores": {m: s.round(4).tolist() for m, s in scores.items()}, "samples": samples,
             "attack": str(attack_dir or "shipped toy attack"), "ablation": str(ablation_dir) if ablation_dir else None}
+
+
+def _spread(values: list[float]) -> dict:
+    """Values at each training seed with their mean, standard deviation (n - 1) and range."""
+    v = np.asarray(values, dtype=np.float64)
+    return {"values": [round(float(x), 4) for x in v], "mean": round(float(v.mean()), 4),
+            "sd": round(float(v.std(ddof=1)), 4) if len(v) > 1 else 0.0, "min": round(float(v.min()), 4),
+            "max": round(float(v.max()), 4)}
 
 
 def _summary(scores: np.ndarray, far: float) -> dict:
@@ -244,12 +280,13 @@ def _summary(scores: np.ndarray, far: float) -> dict:
 
 def run_evaluation(victims: Path, attack_dir: Path | None, ablation_dir: Path | None, base_path: str | None, out: Path,
                    docs: Path, config: EvaluationConfig, command: str,
-                   progress: Callable[[int, int, dict], None] | None = None, device: str | None = None) -> dict:
+                   progress: Callable[[int, int, dict], None] | None = None, device: str | None = None,
+                   seed_pairs: list[tuple[Path, Path]] = ()) -> dict:
     """:func:`evaluate`, then ``out/results.json`` (without the samples) and :func:`write_results` into ``docs``.
 
     Returns the result with ``"results_path"``, the written results.md.
     """
-    result = evaluate(victims, attack_dir, ablation_dir, base_path, out, config, progress, device)
+    result = evaluate(victims, attack_dir, ablation_dir, base_path, out, config, progress, device, seed_pairs)
     (out / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1))
     return {**result, "results_path": write_results(result, command, docs)}
 
@@ -300,11 +337,26 @@ def results_markdown(result: dict, command: str) -> str:
     if "vae_final_only" in s:
         inputs.append(f"lora-audit train-attack SHADOWS -o {result['ablation']} --final-only   # the ablation")
     steps_plot = "\n![the attack's rank-1 against the fine-tuning step r, 95% intervals](img/results_steps.png)" if step_rows else ""
+    seeds = result.get("seeds")
+    seeds_text = "" if not seeds else _seeds_markdown(seeds)
     template = Template((files(__package__) / "templates" / "results.md").read_text())
     return template.substitute(command=command, inputs="\n".join(inputs), first=first, steps_plot=steps_plot, n=n, k=result["k"], chance=f"{1 / n:.0%}", far=f"{result['far']:g}",
                                impostors=n * (n - 1), rows=rows, ratio=f"{ratio:.2f}", vae_rank1=f"{s['vae']['rank1']:.0%}",
                                ceiling=f"{ceiling:.2f}", of_ceiling=f"{of_ceiling:.2f}", verdict=verdict_text,
-                               steps=steps_text)
+                               steps=steps_text, seeds=seeds_text)
+
+
+def _seeds_markdown(seeds: dict) -> str:
+    """The step embedding against the final-only ablation over training seeds: a row per model, mean and spread."""
+    def cell(spread: dict, spec: str) -> str:
+        values = ", ".join(format(v, spec) for v in spread["values"])
+        return (f"{format(spread['mean'], spec)} (sd {format(spread['sd'], spec)}; "
+                f"{format(spread['min'], spec)}-{format(spread['max'], spec)}; seeds: {values})")
+    rows = "\n".join(f"| {_label(m)} | {cell(seeds[m]['rank1'], '.0%')} | {cell(seeds[m]['mean_similarity'], '.3f')} |"
+                     for m in ("vae", "vae_final_only"))
+    return (f"The step embedding against the final-only ablation, each trained at {len(seeds['pairs'])} seeds "
+            "(`train-attack --seed S`, the same shadows; mean, standard deviation, range and every seed's value):\n\n"
+            "| attack | rank-1 | mean similarity |\n|---|---|---|\n" + rows)
 
 
 def _label(method: str, short: bool = False) -> str:
