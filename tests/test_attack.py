@@ -689,6 +689,34 @@ def test_per_sample_deltas_take_a_guided_batch_twice_over(world):
     torch.testing.assert_close(both, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_factored_per_sample_deltas_equal_dense_ones(world):
+    """Deltas given as factors of different ranks (padded to the largest) add what their dense products add."""
+    from lora_audit.attack.decoder import _stacked
+
+    base = world["base"]
+    names = ["unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q", "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k"]
+    rng = np.random.default_rng(0)
+    loras = []
+    for rank in (2, 3):
+        lora = {}
+        for name in names:
+            out, width = base.weight_of(name).shape
+            lora[name] = (rng.normal(size=(out, rank)).astype(np.float32), rng.normal(size=(rank, width)).astype(np.float32))
+        loras.append(lora)
+    loras[1].pop(names[1])  # a LoRA without the module: zeros
+    factored = _stacked(loras, base)
+    dense = _stacked([{n: f[0] @ f[1] for n, f in lora.items()} for lora in loras], base)
+    assert isinstance(factored[names[0]], tuple) and factored[names[0]][0].shape[-1] == 3
+    torch.manual_seed(0)
+    x, t, z = torch.randn(4, 3, 16, 16), torch.tensor([10, 500, 900, 300]), torch.randn(4, 32, 16)
+    with torch.no_grad():
+        with per_sample_deltas(base, factored, per_group=2):
+            a = base.unet(x, t, encoder_hidden_states=z).sample
+        with per_sample_deltas(base, dense, per_group=2):
+            b = base.unet(x, t, encoder_hidden_states=z).sample
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def _batch_files(world, tmp_path) -> list:
     """Four LoRA files: two layouts, one with a text-encoder delta too, one with a convolution (not batchable)."""
     from lora_audit.attack.decoder import batchable

@@ -8,7 +8,7 @@ matter here; a text-encoder LoRA still reaches the attack through the encoder's 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Union
 
 import numpy as np
 import torch
@@ -17,13 +17,15 @@ from lora_audit.errors import UsageError
 from lora_audit.diffusion.base import DiffusionBase, Prompt
 
 UNET = "unet."
+Delta = Union[np.ndarray, torch.Tensor, tuple]  # dW, or its factors (scale * up [out, r], down [r, in])
 
 
 @contextlib.contextmanager
 def per_sample_deltas(base: DiffusionBase, deltas: Mapping[str, torch.Tensor], per_group: int | None = None) -> Iterator[None]:
     """Within the block, UNet linear module ``name`` computes x W^T + x dW_s^T for the samples of group s.
 
-    ``deltas`` maps canonical names (``unet.<path>``) to dW stacked per group, [S, out, in]; a batch of
+    ``deltas`` maps canonical names (``unet.<path>``) to dW stacked per group, [S, out, in], or to its
+    factors (up [S, out, R], down [S, R, in]: x dW^T = (x down^T) up^T, cheaper for a low rank); a batch of
     S * P samples is S consecutive groups of P (one LoRA's images): one UNet call then runs S
     differently patched models (training batches many shadow LoRAs at once). With ``per_group`` = P,
     a call may also take the batch C times over, [C, S, P] (classifier-free guidance concatenates the
@@ -46,12 +48,19 @@ def per_sample_deltas(base: DiffusionBase, deltas: Mapping[str, torch.Tensor], p
             handle.remove()
 
 
-def _add_delta(dw: torch.Tensor, per_group: int | None):
+def _add_delta(dw: torch.Tensor | tuple[torch.Tensor, torch.Tensor], per_group: int | None):
+    count = len(dw[0] if isinstance(dw, tuple) else dw)  # S
+
     def hook(module, inputs, output):  # inputs[0]: [C * S * P, ..., in]; output: [C * S * P, ..., out]
         x = inputs[0]
-        copies = 1 if per_group is None else len(x) // (len(dw) * per_group)
-        groups = x.reshape(copies, len(dw), -1, x.shape[-1])  # [C, S, P * ..., in]: each group shares one dW
-        return output + torch.einsum("csni,soi->csno", groups, dw.to(x.dtype)).reshape(output.shape)
+        copies = 1 if per_group is None else len(x) // (count * per_group)
+        groups = x.reshape(copies, count, -1, x.shape[-1])  # [C, S, P * ..., in]: each group shares one dW
+        if isinstance(dw, tuple):
+            up, down = (f.to(x.dtype) for f in dw)  # [S, out, R], [S, R, in]
+            added = torch.einsum("csnr,sor->csno", torch.einsum("csni,sri->csnr", groups, down), up)
+        else:
+            added = torch.einsum("csni,soi->csno", groups, dw.to(x.dtype))
+        return output + added.reshape(output.shape)
     return hook
 
 
@@ -81,12 +90,13 @@ def decode(base: DiffusionBase, deltas: Mapping[str, np.ndarray | torch.Tensor],
         return base.generate(z, guidance_scale=guidance_scale, steps=steps, seed=seed)
 
 
-def decode_many(base: DiffusionBase, deltas: list[Mapping[str, np.ndarray | torch.Tensor]], z: Prompt, *,
+def decode_many(base: DiffusionBase, deltas: list[Mapping[str, Delta]], z: Prompt, *,
                 seed: int = 0, steps: int = 25, guidance_scale: float = 3.0) -> np.ndarray:
     """:func:`decode` of S LoRAs in one batch: z [S * P, L, D] holds P latents per LoRA, in the order of
     ``deltas``; each LoRA's images start from the noise :func:`decode` would give it (``seed``) and its own
     unconditional branch (the empty prompt through its patched text encoder), so that they equal
-    :func:`decode`'s up to float rounding. The UNet deltas must be :func:`batchable`. [S * P, H, W, 3]."""
+    :func:`decode`'s up to float rounding. The UNet deltas must be :func:`batchable`; each may be given as its
+    factors (:meth:`~lora_audit.weights.LoraFile.factors`), the text encoders' as dW. [S * P, H, W, 3]."""
     count, per_group = len(deltas), len(z) // len(deltas)
     negative = []
     for lora in deltas:  # [P, L, D] each: the LoRA's own text encoder(s) encode the empty prompt
@@ -99,14 +109,38 @@ def decode_many(base: DiffusionBase, deltas: list[Mapping[str, np.ndarray | torc
                              noise=base.initial_noise(per_group, seed).repeat(count, 1, 1, 1))
 
 
-def _stacked(deltas: list[Mapping[str, np.ndarray | torch.Tensor]], base: DiffusionBase) -> dict[str, torch.Tensor]:
-    """Canonical name -> dW [S, out, in] on the UNet's device and dtype, zeros for a LoRA without the module."""
+def _stacked(deltas: list[Mapping[str, Delta]], base: DiffusionBase) -> dict:
+    """Canonical name -> dW [S, out, in], or (up [S, out, R], down [S, R, in]) where every LoRA with the module
+    gives factors (R: the largest rank, the others padded with zeros), on the UNet's device and dtype; zeros
+    for a LoRA without the module."""
     out = {}
     for name in dict.fromkeys(name for lora in deltas for name in lora):
         weight = base.weight_of(name)
-        out[name] = torch.stack([torch.as_tensor(lora[name]).reshape(weight.shape) if name in lora
-                                 else torch.zeros(weight.shape) for lora in deltas]).to(weight.device, weight.dtype)
+        given = [lora.get(name) for lora in deltas]
+        if all(g is None or isinstance(g, tuple) for g in given):
+            rank = max(g[1].shape[0] for g in given if g is not None)
+            ups, downs = zip(*[_padded(g, rank, weight.shape) for g in given])
+            out[name] = tuple(torch.stack(f).to(weight.device, weight.dtype) for f in (ups, downs))
+        else:
+            out[name] = torch.stack([_dense(g, weight.shape) for g in given]).to(weight.device, weight.dtype)
     return out
+
+
+def _padded(given, rank: int, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """(up [out, rank], down [rank, in]) of a factored delta, zero-padded to ``rank`` (zeros: no module)."""
+    up, down = (torch.zeros(shape[0], rank), torch.zeros(rank, shape[1]))
+    if given is not None:
+        r = given[1].shape[0]
+        up[:, :r], down[:r] = torch.as_tensor(given[0]), torch.as_tensor(given[1])
+    return up, down
+
+
+def _dense(given, shape) -> torch.Tensor:
+    if given is None:
+        return torch.zeros(shape)
+    if isinstance(given, tuple):
+        return torch.as_tensor(given[0]) @ torch.as_tensor(given[1])
+    return torch.as_tensor(given).reshape(shape)
 
 
 def _cat(prompts: list[Prompt]) -> Prompt:

@@ -72,7 +72,8 @@ def reconstruct_many(attack: AttackModel, base: DiffusionBase, lora_files: list,
     up to float rounding, whichever files share the batch."""
     together = [i for i, f in enumerate(lora_files) if batchable(base, [m.name for m in f.modules])]
     together = together if len(together) > 1 else []  # a LoRA alone: the patched base of reconstruct()
-    deltas = {i: lora_files[i].deltas() for i in together}
+    deltas = {i: {m.name: (lora_files[i].factors(m) if m.name.startswith("unet.") else None) or lora_files[i].delta(m)
+                  for m in lora_files[i].modules} for i in together}  # UNet deltas as factors where they are a product
     results: dict[int, Reconstruction] = {}
     if together:
         found = [_coefficients(attack, base, lora_files[i], latents, None, seed) for i in together]

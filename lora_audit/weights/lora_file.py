@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from lora_audit.weights.base_model import detect_base_model
-from lora_audit.weights.modules import LoraModule, ModuleProblems, delta_weight, file_layout, group_modules
+from lora_audit.weights.modules import (LoraModule, ModuleProblems, delta_weight, file_layout, group_modules,
+                                        low_rank_factors)
 from lora_audit.weights.safetensors_file import SafetensorsFile
 
 
@@ -29,6 +30,10 @@ class LoraFile:
 
     def deltas(self) -> dict[str, np.ndarray]:
         return {m.name: self.delta(m) for m in self.modules}
+
+    def factors(self, module: LoraModule) -> tuple[np.ndarray, np.ndarray] | None:
+        """(scale * up [out, r], down [r, in]) when dW is their product (:func:`low_rank_factors`), else None."""
+        return low_rank_factors(module, self.file.read)
 
     def close(self) -> None:
         self.file.close()

@@ -314,6 +314,15 @@ def delta_weight(module: LoraModule, read: Reader) -> np.ndarray:
     return (module.scale * (up @ down.reshape(module.rank, -1))).reshape(module.shape)
 
 
+def low_rank_factors(module: LoraModule, read: Reader) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale * up [out, r], down [r, in]) of a module whose dW is their product (LoRA, DoRA's direction,
+    LoDA's first order; a linear layer), so that x dW^T costs r (in + out) per row; None for the others."""
+    if module.kind in ("loha", "lokr") or "mid" in module.keys or len(module.shape) != 2:
+        return None
+    up = read(module.keys["up"]).reshape(module.shape[0], module.rank)  # [out, r]
+    return module.scale * up, read(module.keys["down"]).reshape(module.rank, -1)  # [r, in]
+
+
 def _loha_factor(k: dict[str, str], i: str, read: Reader) -> np.ndarray:
     """w_a @ w_b, [out, in(*kh*kw)]; Tucker: t x w_a x w_b, [out, in, kh, kw]."""
     a, b = read(k[f"hada_w{i}_a"]), read(k[f"hada_w{i}_b"])
