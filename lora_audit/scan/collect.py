@@ -74,8 +74,11 @@ def _walk(found: Collection, path: str, follow_links: bool, skip: tuple[str, ...
             if not name.lower().endswith(SCANNED_SUFFIXES):
                 continue
             file = os.path.join(directory, name)
-            inside = os.path.commonpath([root, os.path.realpath(file)]) == root
-            (found.files if follow_links or not os.path.islink(file) or inside else found.not_followed).append(file)
+            if follow_links or not os.path.islink(file):  # os.walk enters no linked folder: only a link leads out
+                found.files.append(file)
+            else:
+                inside = os.path.commonpath([root, os.path.realpath(file)]) == root
+                (found.files if inside else found.not_followed).append(file)
 
 
 def _shard_of(path: str, count: int) -> int:
