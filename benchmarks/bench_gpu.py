@@ -2,8 +2,9 @@
 
 For each family, a pipeline whose UNet and VAE have the real model's layer sizes and resolution
 (``lora_audit.testing.pipelines.build_pipeline(real_unet=True)``: 859.5M + 83.7M parameters for
-SD1.5, SD1.5's; the text encoders are small, at the real widths), on CUDA when there is one (fp16),
-else the CPU (fp32). A batch of ``--loras`` kohya LoRAs of that UNet (rank ``--rank``, every
+SD1.5, SD1.5's; the text encoders are small, at the real widths), on CUDA when there is one, else the
+CPU, as a scan runs them: float32 weights, the forward passes in the product's precision (bf16 autocast
+on a GPU, float32 on the CPU; ``--precision`` or ``LORA_AUDIT_PRECISION`` to change it). A batch of ``--loras`` kohya LoRAs of that UNet (rank ``--rank``, every
 attention projection; each its own seed) is then scanned phase by phase, as ``scan --base`` does
 without an attack model:
 
@@ -67,22 +68,24 @@ def face_embedder(family: str, device):
         return None
 
 
-def run_family(family: str, args, device, dtype) -> dict[str, list[float]]:
+def run_family(family: str, args, device, precision: str) -> dict[str, list[float]]:
     import torch
 
     from lora_audit.attack.training_free import guidance_images
     from lora_audit.diffusion.base import DiffusionBase
+    from lora_audit.diffusion.precision import autocast_dtype
     from lora_audit.scan.engine import scan_file
     from lora_audit.testing.pipelines import build_pipeline
     from lora_audit.weights import open_lora
 
     start = time.perf_counter()
-    pipe = build_pipeline(family, real_unet=not args.tiny).to(device, dtype)
+    pipe = build_pipeline(family, real_unet=not args.tiny).to(device)
     pipe.set_progress_bar_config(disable=True)
-    base = DiffusionBase(pipe, family)
+    base = DiffusionBase(pipe, family, precision)
     params = sum(p.numel() for p in base.unet.parameters()) / 1e6
     print(f"{family}: UNet {params:.1f}M parameters, {base.image_size} px, built and moved in "
-          f"{time.perf_counter() - start:.1f} s ({device}, {dtype})")
+          f"{time.perf_counter() - start:.1f} s ({device}, float32 weights, precision {precision}: "
+          f"{autocast_dtype(device.type, precision) or 'float32'})")
     embedder = face_embedder(family, device)
     times: dict[str, list[float]] = {phase: [] for phase in PHASES}
     with tempfile.TemporaryDirectory() as folder:
@@ -134,17 +137,20 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="K: images per attack (the scan's default is 8)")
     parser.add_argument("--steps", type=int, default=25, help="sampler steps (the real families' scan default)")
     parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--precision", default=None, help="auto, fp32, fp16, bf16 [default: LORA_AUDIT_PRECISION, else auto]")
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny pipelines instead (checks the script runs)")
     args = parser.parse_args()
 
     import torch
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    from lora_audit.diffusion.precision import chosen_precision
+
+    precision = chosen_precision(args.precision)
     print(f"K = {args.images} images, {args.steps} sampler steps, {args.loras} rank-{args.rank} LoRAs per family; "
           + (torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"))
     for family in args.families.split(","):
-        times = run_family(family, args, device, dtype)
+        times = run_family(family, args, device, precision)
         counted = {phase: values[1:] or values for phase, values in times.items() if values}  # after the warm-up
         per_lora = {phase: statistics.median(values) for phase, values in counted.items()}
         for phase in PHASES:
