@@ -68,8 +68,10 @@ _RULES = [
          "effect; its non-linear part is not measured. Scan the LoRA-adapter variant too if you have one."),
     # Identity leakage from the weights (the weight-to-image attack).
     Rule("LA301", "identity-reconstruction", Severity.HIGH, "The weights alone reconstruct one identity",
-         "Anyone holding the file can render the person it was trained on. Do not publish a LoRA of a "
-         "private person; if it must be shared, train it with differential privacy and re-scan."),
+         "Anyone holding the file can render one consistent face from its weights: the person it was trained on, "
+         "if it was trained on one (this measure also fires on LoRAs of several people or of objects: scan with "
+         "--references to learn whether it is you). Do not publish a LoRA of a private person; if it must be "
+         "shared, train it with differential privacy and re-scan."),
     Rule("LA302", "identity-attack-clean", Severity.INFO, "The identity attack found no consistent identity",
          "No action needed from this measure; look at the reconstruction grid: consistency is not identity."),
     Rule("LA303", "identity-attack-unavailable", Severity.INFO, "The identity attack was not run",
