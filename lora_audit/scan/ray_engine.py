@@ -83,9 +83,8 @@ class RayEngine:
                 yield from results
             return
         count, resources = _attackers(ray.cluster_resources(), self.actors)
-        chunks = _chunks(files, count, max(ATTACK_CHUNK, identity.batch))
-        if identity.batch > 1:  # an actor decodes a chunk's files together: chunks of the whole batch
-            chunks = [files[i : i + identity.batch] for i in range(0, len(files), identity.batch)]
+        chunks = _chunks(files, count, ATTACK_CHUNK) if identity.batch <= 1 else \
+            [files[i : i + identity.batch] for i in range(0, len(files), identity.batch)]  # a chunk decodes together
         attacker = ray.remote(Attacker).options(**resources)
         pool = [attacker.remote(identity, options, cwd) for _ in range(min(count, len(chunks)))]
         try:
