@@ -104,10 +104,10 @@ def main() -> None:
             lines = [json.loads(line) for line in open(report)]
             rules = [f["rule_id"] for line in lines if line["type"] == "file" for f in line["findings"]]
             used = {f["evidence"]["sampling_steps"] for line in lines if line["type"] == "file" for f in line["findings"]
-                    if f["rule_id"] in ("LA301", "LA302")}
+                    if f["rule_id"] in ("LA301", "LA302", "LA310")}
             print(f"  lora-audit scan -j {args.jobs} {' '.join(steps)} of the {n} files (sampler steps {sorted(used)}): {wall:.1f} s, "
                   f"{wall / n:.2f} s per LoRA amortised (start-up and model loading included); "
-                  f"LA301 on {rules.count('LA301')}, LA302 on {rules.count('LA302')}")
+                  f"LA301 on {rules.count('LA301')}, LA310 on {rules.count('LA310')}, LA302 on {rules.count('LA302')}")
 
 
 if __name__ == "__main__":

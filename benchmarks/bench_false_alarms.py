@@ -4,10 +4,14 @@ Three kinds of toy LoRA, fine-tuned with the victims' recipe (``finetune``'s def
   crowd    5 photos of 5 different people (a style or concept LoRA: faces, but nobody in particular)
   objects  5 crops of one scikit-image photo (coffee, a cat, a rocket, textures...: no face at all)
   person   5 photos of one person (the control: the leak the attacks exist to find)
+  victims  with --victims: the final LoRAs of held-out victims' shadow trajectories (evaluate's), persons too
 Each LoRA file is scanned by the identity check twice: with the shipped toy attack model (the VAE's
 reconstructions) and with guidance extraction (the training-free attack a family without an attack
 model gets). The table is the share of LA301 per kind and attack with its 95% Wilson interval: for
-crowd and objects, a false alarm rate; for person, the detection rate.
+crowd and objects, a false alarm rate; for person, the detection rate. LA301 is judged against the
+crowd null the toy build stores (``toy build --stage crowd``: other crowds, other crops); these
+LoRAs are held out from it. Also shown: the share above the generic faces (LA301 or LA310), the
+rule before the crowd null existed.
 
 LoRA files are kept under ``--out`` and reused: an interrupted run resumes.
 
@@ -23,15 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-OBJECTS = ("coffee", "chelsea", "rocket", "colorwheel", "hubble_deep_field", "immunohistochemistry", "retina",
-           "coins", "brick", "grass", "gravel", "moon", "clock", "horse", "cell")  # bundled with scikit-image
-FIRST = 307_000  # PRIVATE identities no other part of the toy world uses
+from lora_audit.toyworld.lab import crowd
+
+FIRST = 307_000  # PRIVATE identities no other part of the toy world uses (the stored null's are 308,000 on)
 
 
 def crowd_photos(i: int, size: int) -> np.ndarray:
-    from lora_audit.toyworld.photos import identity_photos
-
-    return np.concatenate([identity_photos(FIRST + 10 * i + j, 1, size) for j in range(5)])  # [5, H, W, 3]
+    return crowd.crowd_photos(FIRST + 10 * i, size)  # [5, H, W, 3]: five people
 
 
 def person_photos(i: int, size: int) -> np.ndarray:
@@ -41,20 +43,7 @@ def person_photos(i: int, size: int) -> np.ndarray:
 
 
 def object_photos(i: int, size: int) -> np.ndarray:
-    """5 square crops (random place and scale) of one bundled photo, [5, size, size, 3] in [0, 1]."""
-    import skimage.data
-    from PIL import Image
-
-    image = getattr(skimage.data, OBJECTS[i % len(OBJECTS)])()
-    image = np.stack([image] * 3, axis=-1) if image.ndim == 2 else image[..., :3]  # [H, W, 3]
-    rng, (h, w) = np.random.default_rng(i), image.shape[:2]
-    crops = []
-    for _ in range(5):
-        side = int(rng.uniform(0.5, 0.9) * min(h, w))
-        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        crop = Image.fromarray(np.ascontiguousarray(image[y : y + side, x : x + side]).astype(np.uint8))
-        crops.append(np.asarray(crop.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255)
-    return np.stack(crops)
+    return crowd.object_photos(i, size, seed=0)  # other crops than the stored null's (seeded from 1000)
 
 
 KINDS = {"crowd": crowd_photos, "objects": object_photos, "person": person_photos}
@@ -68,8 +57,23 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def victim_files(shadows: Path, out: Path) -> list[tuple[str, Path]]:
+    """The final LoRA of every trajectory in ``shadows``, written once into ``out``, as person files."""
+    from lora_audit.attack.shadow import load_trajectories
+    from lora_audit.toyworld.family import TOY_METADATA
+    from lora_audit.weights.writer import save_lora
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for t in load_trajectories(shadows):
+        path = out / f"victim-{int(t.identity)}.safetensors"
+        if not path.exists():
+            save_lora(str(path), t.states[t.steps[-1]], layout="peft", rank=t.rank, alpha=t.alpha, metadata=TOY_METADATA)
+        files.append(("victims", path))
+    return files
+
+
 def main() -> None:
-    from lora_audit.attack.resolve import AttackPlan
     from lora_audit.diffusion.finetune import FinetuneConfig, finetune_lora, generate_class_images
     from lora_audit.diffusion.lora_output import save_finetune
     from lora_audit.families import get_family, load_base
@@ -83,6 +87,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10, help="crowd and objects LoRAs each")
     parser.add_argument("--persons", type=int, default=4, help="person LoRAs (the control)")
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps [default: the victims' recipe]")
+    parser.add_argument("--victims", type=Path, default=None,
+                        help="also person LoRAs from the final states of these shadow trajectories (evaluate's victims)")
     parser.add_argument("--out", type=Path, default=Path("build/false_alarms"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -103,28 +109,32 @@ def main() -> None:
                 save_finetune(result, path, family="toy", num_images=len(photos), metadata=TOY_METADATA)
                 print(f"fine-tuned {path.name} (final loss {result.losses[-1]:.4f})", flush=True)
             files.append((kind, path))
+    if args.victims is not None:
+        files += victim_files(args.victims, args.out / "victims")
     vae = IdentityCheck(IdentityOptions(out_dir=args.out / "images"))
     guided = IdentityCheck(IdentityOptions(out_dir=args.out / "images"))
-    default_base = get_family("toy").default_base()
-    guided.sources.plan = lambda family: AttackPlan(family, base=default_base)  # no attack model: guidance extraction
+    guided.sources = crowd.GuidanceOnly(get_family("toy").default_base())  # no attack model: guidance extraction
     rows = {}
     for kind, path in files:
         with open_lora(str(path)) as lora:
             subject = Subject(str(path), lora, weight_stats(lora))
             for attack, check in (("vae", vae), ("guidance", guided)):
                 (finding, *_) = check.run(subject)
-                if finding.rule_id not in ("LA301", "LA302"):
+                if finding.rule_id not in ("LA301", "LA302", "LA310"):
                     raise SystemExit(f"{path.name} {attack}: {finding.rule_id} {finding.message}")
-                rows.setdefault((kind, attack), []).append(finding.rule_id == "LA301")
-                print(f"{path.name} {attack}: {finding.rule_id} consistency "
-                      f"{finding.evidence['identity_consistency']:.3f} (threshold {finding.evidence['threshold']:.3f})",
-                      flush=True)
-    print("\nkind     attack     LA301 share [95% Wilson]")
+                rows.setdefault((kind, attack), []).append(finding.rule_id)
+                e = finding.evidence
+                print(f"{path.name} {attack}: {finding.rule_id} consistency {e['identity_consistency']:.3f} "
+                      f"(generic threshold {e['threshold']:.3f}, crowd FAR {e.get('crowd_far', 'none')})", flush=True)
+    print("\nkind     attack     LA301 share [95% Wilson]    above generic faces (LA301 or LA310)")
     summary = {}
-    for (kind, attack), hits in rows.items():
-        low, high = wilson(sum(hits), len(hits))
-        summary[f"{kind}/{attack}"] = {"la301": sum(hits), "n": len(hits), "interval": [low, high]}
-        print(f"{kind:8s} {attack:9s} {sum(hits):2d}/{len(hits):<2d} = {sum(hits) / len(hits):4.0%}  [{low:.0%}, {high:.0%}]")
+    for (kind, attack), rules in rows.items():
+        hits, above = rules.count("LA301"), len(rules) - rules.count("LA302")
+        low, high = wilson(hits, len(rules))
+        summary[f"{kind}/{attack}"] = {"la301": hits, "above_generic": above, "n": len(rules), "interval": [low, high],
+                                       "above_generic_interval": list(wilson(above, len(rules)))}
+        print(f"{kind:8s} {attack:9s} {hits:2d}/{len(rules):<2d} = {hits / len(rules):4.0%}  [{low:.0%}, {high:.0%}]"
+              f"       {above:2d}/{len(rules):<2d}", flush=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 

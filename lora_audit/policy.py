@@ -5,6 +5,8 @@ Read from ``lora-audit.toml`` (top-level keys) or the ``[tool.lora-audit]`` tabl
 
     fail_on = "medium"
     disable = ["LA104", "trigger-phrase"]
+    owner_far = 0.01      # LA304 when at most this share of other people's photo sets score as high
+    crowd_far = 0.05      # LA301 when at most this share of LoRAs of no one person are as consistent
     redact = true
     [severity]
     LA103 = "low"
@@ -20,7 +22,7 @@ from lora_audit.errors import PolicyError
 from lora_audit.results import Finding, Severity
 from lora_audit.rules import RULE_NAMES, RULES
 
-_KEYS = {"fail_on", "disable", "severity", "redact", "jobs", "owner_far"}
+_KEYS = {"fail_on", "disable", "severity", "redact", "jobs", "owner_far", "crowd_far"}
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Policy:
     redact: bool | None = None
     jobs: int | None = None
     owner_far: float | None = None  # the owner verdict's target FAR (LA304 at or below it)
+    crowd_far: float | None = None  # LA301's target FAR against LoRAs of no one person (at or below it)
     source: str | None = None  # the file it came from
 
     def apply(self, findings: list[Finding]) -> list[Finding]:
@@ -110,11 +113,12 @@ def _parse(table: dict, source: str) -> Policy:
         if not isinstance(table["jobs"], int) or table["jobs"] < 1:
             raise PolicyError(f"{source}: 'jobs' must be a positive integer")
         policy.jobs = table["jobs"]
-    if "owner_far" in table:
-        value = table["owner_far"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-            raise PolicyError(f"{source}: 'owner_far' must be a number in (0, 1], e.g. 0.01")
-        policy.owner_far = float(value)
+    for key in ("owner_far", "crowd_far"):
+        if key in table:
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise PolicyError(f"{source}: '{key}' must be a number in (0, 1], e.g. 0.01")
+            setattr(policy, key, float(value))
     return policy
 
 

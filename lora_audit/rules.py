@@ -68,10 +68,10 @@ _RULES = [
          "effect; its non-linear part is not measured. Scan the LoRA-adapter variant too if you have one."),
     # Identity leakage from the weights (the weight-to-image attack).
     Rule("LA301", "identity-reconstruction", Severity.HIGH, "The weights alone reconstruct one identity",
-         "Anyone holding the file can render one consistent face from its weights: the person it was trained on, "
-         "if it was trained on one (this measure also fires on LoRAs of several people or of objects: scan with "
-         "--references to learn whether it is you). Do not publish a LoRA of a private person; if it must be "
-         "shared, train it with differential privacy and re-scan."),
+         "Anyone holding the file can render one face from its weights, more consistently than the measured "
+         "LoRAs fine-tuned on several people or on objects (the evidence says how many): a sign that it holds "
+         "one person (scan with --references to learn whether it is you). Do not publish a LoRA of a private "
+         "person; if it must be shared, train it with differential privacy and re-scan."),
     Rule("LA302", "identity-attack-clean", Severity.INFO, "The identity attack found no consistent identity",
          "No action needed from this measure; look at the reconstruction grid: consistency is not identity."),
     Rule("LA303", "identity-attack-unavailable", Severity.INFO, "The identity attack was not run",
@@ -96,6 +96,12 @@ _RULES = [
          "the person (LA301, LA304)."),
     Rule("LA309", "metadata-trigger-clean", Severity.INFO, "The trigger in the metadata renders no consistent identity",
          "No action needed from this measure; the trigger and caption metadata (LA101, LA105) are still worth removing."),
+    Rule("LA310", "identity-consistency-unspecific", Severity.MEDIUM,
+         "The weights render a consistent face, as LoRAs of no one person can",
+         "The attack renders one face from the weights, but LoRAs fine-tuned on several people or on objects "
+         "render faces as consistent (or no such null is measured for this attack), so this neither shows that "
+         "the file holds a person nor that it does not. Scan with --references to learn whether it is you "
+         "(LA304/LA305); do not publish a LoRA of a private person."),
 ]
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}

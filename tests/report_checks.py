@@ -114,9 +114,26 @@ def measured_consistency(evidence: dict) -> tuple[float, float]:
 
 
 def consistency_rule(evidence: dict) -> str:
-    """The exact rule: LA301 when the consistency is above mean + 3 std of the generic faces, else LA302."""
+    """The exact rule: LA302 unless the consistency is above mean + 3 std of the generic faces; above it,
+    LA301 when at most the target share of the crowd null's LoRAs are as consistent and the null is big
+    enough to show that share (n x target >= 1), else (or with no crowd null) LA310."""
     value, threshold = measured_consistency(evidence)
-    return "LA301" if value > threshold else "LA302"
+    if value <= threshold:
+        return "LA302"
+    if "crowd_far" not in evidence:
+        assert evidence["crowd_null"] == "not measured"
+        return "LA310"
+    n, target = evidence["crowd_loras"], evidence["crowd_far_target"]
+    assert evidence["crowd_far"] == evidence["crowd_at_least"] / n  # the FAR is the share of the null's LoRAs
+    return "LA301" if evidence["crowd_at_least"] <= target * n and n * target >= 1 else "LA310"
+
+
+def crowd_reference(monkeypatch, values: list[float] | None) -> None:
+    """The crowd null of every attack, as the identity check looks it up, replaced by ``values`` (None: none)."""
+    import lora_audit.scan.identity as identity
+
+    null = None if values is None else {"values": list(values), "source": f"{len(values)} test values"}
+    monkeypatch.setattr(identity, "crowd_null", lambda attack, base, wanted, attack_dir=None: null)
 
 
 def verdict_rule(evidence: dict, owner_far: float = 0.01) -> str:

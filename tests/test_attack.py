@@ -1,5 +1,6 @@
 """The weight-to-image attack end to end on a tiny toy base: shadows -> train -> reconstruct -> scan."""
 
+import dataclasses
 import json
 import shutil
 
@@ -25,7 +26,8 @@ from lora_audit.toyworld.pipeline import ToyBaseConfig, make_toy_pipeline
 from lora_audit.toyworld.family import TOY_METADATA, ToyFamily
 from lora_audit.weights import open_lora
 from lora_audit.weights.writer import save_lora
-from report_checks import consistency_rule, generic_reference, measured_consistency, parse_json_report, verdict_rule
+from report_checks import (consistency_rule, crowd_reference, generic_reference, measured_consistency, parse_json_report,
+                           verdict_rule)
 
 RECIPE = FinetuneConfig(rank=2, steps=3, num_class_images=2, class_sampling_steps=2)
 SHADOWS = ShadowConfig(identities=3, photos=2, image_size=16, snapshot_steps=(2, 3), finetune=RECIPE)
@@ -276,6 +278,17 @@ def _toy_embedder(monkeypatch):
     return embedder
 
 
+def test_a_crowd_lora_exactly_as_consistent_counts_against_la301(tmp_path):
+    from lora_audit.scan.identity import _consistency
+
+    generic, about = {"mean": 0.1, "std": 0.0, "embedder": "e"}, {"attack": "vae", "latents": 4, "seeds": 2}
+    one, two = (_consistency(0.5, generic, about, tmp_path / "g.png", {"values": [0.5] * n + [0.2] * (20 - n)})
+                for n in (1, 2))
+    assert (one.rule_id, one.evidence["crowd_at_least"], one.evidence["crowd_far"]) == ("LA301", 1, 0.05)
+    assert (two.rule_id, two.evidence["crowd_at_least"], two.evidence["crowd_far"]) == ("LA310", 2, 0.1)
+    assert two.evidence["crowd_null"] == "not recorded"  # a null without its source says so
+
+
 def test_identity_check_findings(world, monkeypatch):
     _toy_embedder(monkeypatch)
     options = IdentityOptions(attack_model=str(world["root"] / "attack"), base=str(world["root"] / "base"),
@@ -284,15 +297,37 @@ def test_identity_check_findings(world, monkeypatch):
     assert finding.rule_id == consistency_rule(finding.evidence)
     assert (world["root"] / "grids").is_dir() and finding.evidence["grid"].endswith("_grid.png")
     value, _ = measured_consistency(finding.evidence)
-    # The verdict both ways on the same reconstructions: a generic reference just below / just above them.
-    for mean, rule in ((value - 0.01, "LA301"), (value + 0.01, "LA302")):
+    # Every verdict on the same reconstructions: a generic reference just below / just above them, and
+    # above it a crowd null (LoRAs of no one person) of none, of values below them, of values as high.
+    cases = [(value - 0.01, None, "LA310", "medium"), (value - 0.01, [value - 0.2] * 19 + [value + 0.1], "LA301", "high"),
+             (value - 0.01, [value - 0.2] * 18 + [value + 0.1] * 2, "LA310", "medium"),
+             (value + 0.01, [value - 0.2] * 20, "LA302", "info")]
+    for mean, crowd, rule, severity in cases:
         generic_reference(monkeypatch, mean)
+        crowd_reference(monkeypatch, crowd)
         (forced,) = identity_findings(IdentityCheck(options), world["lora"])
-        assert forced.rule_id == rule and forced.evidence["identity_consistency"] == pytest.approx(value, abs=1e-3)
+        assert forced.rule_id == rule == consistency_rule(forced.evidence), (mean, crowd)
+        assert forced.evidence["identity_consistency"] == pytest.approx(value, abs=1e-3)
         assert forced.evidence["generic_consistency_mean"] == pytest.approx(mean, rel=1e-3)
         assert forced.evidence["generic_consistency_std"] == 0.0
         assert forced.evidence["threshold"] == pytest.approx(mean, rel=1e-3)
-        assert forced.severity.label == ("high" if rule == "LA301" else "info")
+        assert forced.severity.label == severity
+        if rule != "LA302" and crowd is not None:  # 1 of 20 (within 0.05) and 2 of 20 (above it)
+            assert forced.evidence["crowd_far"] == (0.05 if rule == "LA301" else 0.1)
+            assert forced.evidence["crowd_loras"] == 20 and forced.evidence["crowd_far_target"] == 0.05
+            assert "of 20 LoRAs of several people or of objects are as consistent" in forced.message
+        elif rule == "LA310":
+            assert forced.evidence["crowd_null"] == "not measured" and "not measured" in forced.message
+    # The policy's crowd_far moves LA301's line: 2 of 20 is within 0.1.
+    crowd_reference(monkeypatch, [value - 0.2] * 18 + [value + 0.1] * 2)
+    generic_reference(monkeypatch, value - 0.01)
+    (loose,) = identity_findings(IdentityCheck(dataclasses.replace(options, crowd_far=0.1)), world["lora"])
+    assert loose.rule_id == "LA301" and loose.evidence["crowd_far_target"] == 0.1
+    # A null too small for the target cannot show it: 19 LoRAs all below, but 1/19 > 0.05.
+    crowd_reference(monkeypatch, [value - 0.2] * 19)
+    (small,) = identity_findings(IdentityCheck(options), world["lora"])
+    assert small.rule_id == "LA310" == consistency_rule(small.evidence) and small.evidence["crowd_at_least"] == 0
+    assert "a null of 19 LoRAs cannot show a FAR of 0.05" in small.message
     (missing,) = identity_findings(IdentityCheck(IdentityOptions()), world["lora"], "sd1")
     assert missing.rule_id == "LA303" and missing.evidence["missing"] == ["--base"]  # the base alone runs guidance
     assert missing.message == ("no identity attack for a sd1 LoRA without --base (a local diffusers pipeline "
@@ -519,6 +554,24 @@ def test_the_owner_far_comes_from_the_policy(world, tmp_path, monkeypatch):
         assert main(args + ["--policy", str(tmp_path / "policy.toml")]) == 4, bad
 
 
+def test_the_crowd_far_comes_from_the_policy(world, tmp_path, monkeypatch):
+    _toy_embedder(monkeypatch)
+    args = ["scan", str(world["lora"]), "-f", "json", "-o", str(tmp_path / "r.json"), "--attack-model",
+            str(world["root"] / "attack"), "--base", str(world["root"] / "base"), "--fail-on", "critical"]
+    generic_reference(monkeypatch, -1.0)  # every consistency is above the generic faces
+    crowd_reference(monkeypatch, [1.0] * 3 + [-1.0] * 7)  # 3 of 10 LoRAs of no one person are as consistent
+    for far, rule in (("0.3", "LA301"), ("0.29", "LA310")):
+        (tmp_path / "policy.toml").write_text(f"crowd_far = {far}\n")
+        assert main(args + ["--policy", str(tmp_path / "policy.toml")]) == 0
+        (weights,) = [f for f in json.loads((tmp_path / "r.json").read_text())["files"][0]["findings"]
+                      if f["rule_id"] in ("LA301", "LA310")]
+        assert weights["rule_id"] == rule == consistency_rule(weights["evidence"])
+        assert weights["evidence"]["crowd_far"] == 0.3 and weights["evidence"]["crowd_far_target"] == float(far)
+    for bad in ("0", "1.5", "true", '"0.05"'):
+        (tmp_path / "policy.toml").write_text(f"crowd_far = {bad}\n")
+        assert main(args + ["--policy", str(tmp_path / "policy.toml")]) == 4, bad
+
+
 def test_sd1_scan_stays_static_and_says_what_is_missing(tmp_path, capsys):
     from lora_audit.testing import synthetic as S
 
@@ -552,7 +605,7 @@ def test_scan_samples_the_attack_with_the_steps_asked_for(world, tmp_path, capsy
     for extra, steps in (([], ToyFamily.sampling_steps), (["--sampling-steps", "3"], 3)):  # the family's, the flag's
         assert main(args + extra) == 0
         (weights,) = [f for f in json.loads(capsys.readouterr().out)["files"][0]["findings"]
-                      if f["rule_id"] in ("LA301", "LA302")]
+                      if f["rule_id"] in ("LA301", "LA302", "LA310")]
         assert weights["evidence"]["sampling_steps"] == steps
 
 
@@ -774,7 +827,7 @@ def test_scan_with_an_attack_batch_reports_what_one_file_at_a_time_does(world, t
     reports = []
     for batch in ("1", "3"):
         assert main(args + ["--attack-batch", batch, "--reconstructions", str(tmp_path / f"rec{batch}")]) == 0
-        reports.append({f["path"]: [x for x in f["findings"] if x["rule_id"] in ("LA301", "LA302")]
+        reports.append({f["path"]: [x for x in f["findings"] if x["rule_id"] in ("LA301", "LA302", "LA310")]
                         for f in json.loads(capsys.readouterr().out)["files"]})
     for path in paths:
         (one,), (batched,) = reports[0][path], reports[1][path]

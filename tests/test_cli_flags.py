@@ -256,7 +256,7 @@ def test_toy_build_stage_reruns_only_that_stage(toy, tmp_path, capsys):
     assert main(["toy", "build", "--tiny", "--out", str(out), "--stage", "victims", "--stage", "embedder"]) == 0
     assert (out / "victims" / "metrics.json").is_file()
     assert others == {s: (out / s / "metrics.json").stat().st_mtime_ns for s in others}
-    assert "stages embedder, base, victims, shadows, attack, install, references, figures" in capsys.readouterr().out
+    assert "stages embedder, base, victims, shadows, attack, install, references, crowd, figures" in capsys.readouterr().out
     assert main(["toy", "build", "--tiny", "--out", str(out), "--stage", "everything"]) == 4
 
 

@@ -189,7 +189,7 @@ def test_the_verdict_with_dlib_names_its_operating_point(embedder):
 def test_the_consistency_finding_names_the_embedder(embedder, tmp_path):
     generic = {"mean": 0.8, "std": 0.01, "embedder": embedder.fingerprint()}
     about = {"attack": "vae", "step": 100, "step_source": "metadata", "latents": 2, "seeds": 2}
-    finding = _consistency(0.95, generic, about, tmp_path / "grid.png")
+    finding = _consistency(0.95, generic, about, tmp_path / "grid.png", {"values": [0.9] * 20, "source": "test"})
     assert finding.rule_id == "LA301" and finding.evidence["embedder"] == embedder.fingerprint()
     assert (finding.evidence["step"], finding.evidence["step_source"]) == (100, "metadata")
     assert finding.evidence["threshold"] == pytest.approx(0.83) and finding.evidence["identity_consistency"] == 0.95

@@ -47,7 +47,8 @@ def _grid(path) -> str:
 def _identity_result(grid: str) -> ScanResult:
     consistency = make_finding("LA301", "the weights alone decode to one consistent identity",
                                {"identity_consistency": 0.517, "generic_consistency_mean": 0.073,
-                                "generic_consistency_std": 0.026, "threshold": 0.151, "grid": grid})
+                                "generic_consistency_std": 0.026, "threshold": 0.151, "grid": grid,
+                                "crowd_far": 0.025, "crowd_null": "40 toy LoRAs"})
     verdict = make_finding("LA304", "the reconstructions match the owner's photos",
                            {"owner_similarity": 0.538, "paper_score": 0.769, "owner_rank": 1, "photo_sets": 201,
                             "impostor_far": 0.0, "impostor_far_note": "< 0.005", "threshold": 0.31,
@@ -91,6 +92,8 @@ def test_the_identity_grid_is_embedded_beside_the_scores_and_verdict(tmp_path):
     assert base64.b64decode(data) == (tmp_path / "grid.png").read_bytes()
     for text in ("<th>identity consistency</th><td>0.517</td>",
                  "<th>consistency threshold (mean + 3 std)</th><td>0.151</td>",
+                 "<th>share of LoRAs of no one person as consistent</th><td>0.025</td>",
+                 "<th>LoRAs of no one person</th><td>40 toy LoRAs</td>",
                  "<th>owner similarity</th><td>0.538</td>", "<th>paper score</th><td>0.769</td>",
                  "<th>photo sets ranked</th><td>201</td>", "<th>impostor FAR</th><td>&lt; 0.005</td>",
                  "<th>similarity threshold</th><td>0.31</td>", "<th>reference photos</th><td>5</td>",

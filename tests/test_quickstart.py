@@ -19,10 +19,11 @@ EXPECTED = {
     "sd15_kohya_leaky.safetensors": {"LA101", "LA102", "LA103", "LA104", "LA105", "LA106", "LA303"},
     "sd15_peft_clean.safetensors": {"LA303"},  # no metadata leak; no sd1 attack model ships
     "sdxl_kohya.safetensors": {"LA103", "LA104", "LA303"},
-    "toy_kohya.safetensors": {"LA301"},
-    "toy_kohya_leaky.safetensors": {"LA101", "LA102", "LA104", "LA105", "LA301", "LA308"},  # LA308: its trigger
-    "toy_peft.safetensors": {"LA301"},
-    "toy_peft_b.safetensors": {"LA301"},
+    # The toy victims decode to faces as consistent as LoRAs of no one person do (the crowd null): LA310.
+    "toy_kohya.safetensors": {"LA310"},
+    "toy_kohya_leaky.safetensors": {"LA101", "LA102", "LA104", "LA105", "LA308", "LA310"},  # LA308: its trigger
+    "toy_peft.safetensors": {"LA310"},
+    "toy_peft_b.safetensors": {"LA310"},
 }
 
 
@@ -47,9 +48,9 @@ def test_quickstart_scan_of_the_shipped_samples(tmp_path, monkeypatch):
     assert "sks woman" in leaky["LA101"]["evidence"]["metadata"]["ss_tag_frequency"]  # the captions a user would see
     assert leaky["LA106"]["severity"] == "high" and leaky["LA303"]["severity"] == "info"
     for name in ("toy_kohya", "toy_kohya_leaky", "toy_peft", "toy_peft_b"):
-        (identity,) = [x for x in files[f"{name}.safetensors"]["findings"] if x["rule_id"] in ("LA301", "LA302")]
-        assert identity["rule_id"] == consistency_rule(identity["evidence"]) == "LA301", name
-        assert identity["severity"] == "high"
+        (identity,) = [x for x in files[f"{name}.safetensors"]["findings"] if x["rule_id"] in ("LA301", "LA302", "LA310")]
+        assert identity["rule_id"] == consistency_rule(identity["evidence"]) == "LA310", name
+        assert identity["severity"] == "medium" and identity["evidence"]["crowd_loras"] == 40  # the shipped null
         assert (identity["evidence"]["latents"], identity["evidence"]["seeds"]) == (4, 2)  # the scan's defaults
         grid = Path(identity["evidence"]["grid"])
         assert grid.is_file() and grid.parent == tmp_path / "report_reconstructions"  # next to -o

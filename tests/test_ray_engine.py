@@ -173,7 +173,7 @@ def test_ray_actors_give_the_local_attacks_findings(ray_session, tmp_path_factor
     ray_code, ray = _report([*args, "--engine", "ray"], capsys)
     assert ray == local and ray_code == local_code == 0
     attacked = [f for f in ray["files"] if os.path.basename(f["path"]).startswith("tiny_")]
-    assert len(attacked) == 2 and all({"LA301", "LA302"} & {x["rule_id"] for x in f["findings"]} for f in attacked)
+    assert len(attacked) == 2 and all({"LA301", "LA302", "LA310"} & {x["rule_id"] for x in f["findings"]} for f in attacked)
     batch_code, batched = _report([*args, "--engine", "ray", "--attack-batch", "2"], capsys)  # both files in one batch
     rules = lambda report: [(f["path"], sorted(x["rule_id"] for x in f["findings"])) for f in report["files"]]  # noqa: E731
     assert batch_code == 0 and rules(batched) == rules(local)

@@ -155,14 +155,19 @@ def test_an_operating_point_says_what_it_was_made_for_and_a_generic_null_is_meas
 def test_findings_and_the_rules_to_add(embedder):
     face = _noise(5)
     gallery = _gallery(np.eye(embedder.dim)[1:101])  # 100 near-orthogonal identities
-    leak = verdict_finding(score_leak(face[None], face[None], embedder, gallery), consistent=True)
-    clean = verdict_finding(score_leak(_ramp(0)[None], _ramp(1)[None], embedder, gallery), consistent=False)
+    leak = verdict_finding(score_leak(face[None], face[None], embedder, gallery), consistency="LA301")
+    clean = verdict_finding(score_leak(_ramp(0)[None], _ramp(1)[None], embedder, gallery), consistency="LA302")
     assert (leak.rule_id, leak.severity) == ("LA304", Severity.HIGH)
     assert (clean.rule_id, clean.severity) == ("LA305", Severity.INFO)
     assert "similarity 1.000" in leak.message and "paper score 1.000" in leak.message
     assert "rank 1 of 101 photo sets" in leak.message and "none of 100 other people's photo sets" in leak.message
     assert leak.message.endswith("the weights decode to one consistent identity (LA301), and it is the owner's")
     assert clean.message.endswith("the reconstructions show no consistent identity either (LA302)")
+    unspecific = [verdict_finding(score_leak(a[None], b[None], embedder, gallery), consistency="LA310")
+                  for a, b in ((face, face), (_ramp(0), _ramp(1)))]
+    assert [f.rule_id for f in unspecific] == ["LA304", "LA305"]
+    assert unspecific[0].message.endswith("the weights render a consistent face (LA310), and it is the owner's")
+    assert unspecific[1].message.endswith("the weights render a consistent face (LA310), but not one these photos match")
     assert "test: 100 identities" in leak.evidence["threshold_source"]
     assert (leak.evidence["owner_rank"], leak.evidence["photo_sets"], leak.evidence["impostors"]) == (1, 101, 100)
     for finding in (leak, clean):

@@ -223,7 +223,7 @@ def test_end_to_end(pipelines, family, tmp_path, monkeypatch):
 
     weights = tmp_path / "facenet.pt"
     torch.save(InceptionResnetV1().state_dict(), weights)  # random weights: plumbing only
-    for forced, (mean, rule) in {"leak": (-2.0, "LA301"), "no leak": (2.0, "LA302")}.items():
+    for forced, (mean, rule) in {"leak": (-2.0, "LA310"), "no leak": (2.0, "LA302")}.items():
         def fake_reference(base, embedder, prompt, k, groups=8, sampling_steps=25, mean=mean):
             return {"mean": mean, "std": 0.0, "values": [mean], "k": k, "prompt": prompt,
                     "sampling_steps": sampling_steps, "embedder": embedder.fingerprint()}
@@ -236,3 +236,6 @@ def test_end_to_end(pipelines, family, tmp_path, monkeypatch):
         assert result["stats"]["base_model"] == family
         rules = [f["rule_id"] for f in result["findings"]]
         assert rule in rules and "LA303" not in rules, (forced, rules)
+        if rule == "LA310":  # no crowd null ships for a real family: the real lookup finds none
+            (weights,) = [f for f in result["findings"] if f["rule_id"] == "LA310"]
+            assert weights["evidence"]["crowd_null"] == "not measured" and "crowd_far" not in weights["evidence"]

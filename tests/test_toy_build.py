@@ -9,7 +9,7 @@ import pytest
 from lora_audit.cli import main
 from lora_audit.errors import InputError
 from lora_audit.toyworld.lab.build import STAGES, BuildConfig, build
-from report_checks import consistency_rule, generic_reference, measured_consistency
+from report_checks import consistency_rule, crowd_reference, generic_reference, measured_consistency
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_every_stage_runs_and_reports(built):
     config, metrics, seen = built
     assert list(metrics) == list(STAGES)
     # Each stage ran once, in order, reporting progress as it went, and left its marker with its metrics.
-    assert list(dict.fromkeys(seen)) == ["embedder", "base", "victims", "shadows", "attack"]
+    assert list(dict.fromkeys(seen)) == ["embedder", "base", "victims", "shadows", "attack", "crowd"]
     for stage in STAGES:
         assert json.loads((config.out / stage / "metrics.json").read_text()) == metrics[stage], stage
         assert metrics[stage]["seconds"] >= 0
@@ -144,13 +144,16 @@ def test_installed_artefacts_load_and_scan(built, capsys, monkeypatch):
     (identity,) = clean["findings"]  # no metadata finding; the attack's verdict on its weights
     assert identity["rule_id"] == consistency_rule(identity["evidence"])
     assert identity["evidence"]["grid"].startswith(str(grids))
-    # Both verdicts on the same file: a generic-faces reference just below / just above its consistency.
+    # Every verdict on the same file: a generic-faces reference just below / just above its consistency,
+    # and a crowd null below it / as high (LA301 is high, LA310 medium, LA302 info).
     value, _ = measured_consistency(identity["evidence"])
     args = ["scan", "-f", "json", "-q", clean["path"], "--attack-model", str(config.package_data / "attack"),
             "--base", str(config.package_data / "base"), "--reconstructions", str(grids), "--fail-on", "high"]
-    for mean, rule, code in ((value - 0.01, "LA301", 1), (value + 0.01, "LA302", 0)):
+    for mean, crowd, rule, code in ((value - 0.01, [value - 0.1] * 20, "LA301", 1),
+                                    (value - 0.01, [value + 0.1] * 20, "LA310", 0), (value + 0.01, None, "LA302", 0)):
         generic_reference(monkeypatch, mean)
-        assert main(args) == code  # LA301 is high, LA302 info
+        crowd_reference(monkeypatch, crowd)
+        assert main(args) == code
         (forced,) = json.loads(capsys.readouterr().out)["files"][0]["findings"]
         assert forced["rule_id"] == rule and forced["evidence"]["identity_consistency"] == pytest.approx(value, abs=1e-3)
 
@@ -186,6 +189,59 @@ def test_the_installed_attack_holds_the_reference_a_default_scan_needs(built, mo
         (weights, *_) = check.run(Subject(str(victim), lora, weight_stats(lora)))
     assert weights.evidence["sampling_steps"] == steps
     assert weights.evidence["generic_consistency_mean"] == pytest.approx(reference["mean"], abs=1e-4)
+
+
+def test_the_crowd_stage_stores_the_null_a_default_scan_judges_la301_by(built, tmp_path):
+    """Both attacks' consistency on the stage's LoRAs of no one person, stored with the installed attack
+    model and base, is what a scan of those files measures, and what a default scan then compares with."""
+    from lora_audit.scan.check import Subject
+    from lora_audit.attack.model import AttackModel
+    from lora_audit.scan.identity import CROWD_FILE, IdentityCheck, IdentityOptions, crowd_null
+    from lora_audit.toyworld.lab.crowd import GuidanceOnly
+    from lora_audit.weights import open_lora
+    from lora_audit.weights.stats import weight_stats
+
+    config, metrics, _ = built
+    data = config.package_data
+    (vae,) = json.loads((data / "attack" / "attack.json").read_text())["evaluation"]["crowd_references"]
+    (guided,) = json.loads((data / "base" / CROWD_FILE).read_text())["crowd_references"]
+    files = sorted((config.out / "crowd").glob("*.safetensors"))
+    assert [f.name for f in files] == ["crowd-00.safetensors", "objects-00.safetensors"]  # crowd_loras = 1 per kind
+    assert (vae["attack"], guided["attack"]) == ("vae", "guidance_extraction")
+    assert (vae["latents"], vae["seeds"], guided["images"]) == (4, 2, 8)  # a default scan's K = 8
+    assert metrics["crowd"]["vae"]["loras"] == metrics["crowd"]["guidance_extraction"]["loras"] == 2
+    options = IdentityOptions(attack_model=str(data / "attack"), base=str(data / "base"), out_dir=tmp_path,
+                              face_weights=str(data / "embedder"))
+    for null, sources in ((vae, None), (guided, GuidanceOnly(str(data / "base")))):
+        assert set(null["kinds"]) == {"crowd", "objects"} and null["values"] == null["kinds"]["crowd"] + null["kinds"]["objects"]
+        check = IdentityCheck(options)
+        if sources is not None:
+            check.sources = sources
+        for path, stored in zip(files, null["values"]):
+            with open_lora(str(path)) as lora:
+                (finding, *_) = check.run(Subject(str(path), lora, weight_stats(lora)))
+            assert finding.evidence["attack"] == null["attack"]
+            assert finding.evidence["identity_consistency"] == pytest.approx(stored, abs=1e-4)
+            assert finding.rule_id == consistency_rule(finding.evidence)
+            if finding.rule_id != "LA302":  # above the generic faces: judged against the stored null
+                assert finding.evidence["crowd_loras"] == 2 and finding.evidence["crowd_null"] == null["source"]
+        assert check._loaded["toy"].crowd == null  # what every file of the scan is judged against
+    # A null measured under other settings is not one: each setting of the attack must match.
+    attack = AttackModel.load(data / "attack")
+    for stored, model in ((vae, attack), (guided, None)):
+        wanted = {key: stored[key] for key in ("attack", "latents", "seeds", "images", "guidance_weight", "prompt",
+                                               "sampling_steps", "embedder") if key in stored}
+        assert crowd_null(model, str(data / "base"), wanted) == stored
+        for key in wanted:
+            assert crowd_null(model, str(data / "base"), {**wanted, key: "other"}) is None, key
+    assert crowd_null(None, str(tmp_path), wanted) is None  # a base folder without the file
+    (tmp_path / CROWD_FILE).write_text("{not json")
+    with pytest.raises(InputError, match="unreadable crowd_references.json"):
+        crowd_null(None, str(tmp_path), wanted)
+    for values in ([], [float("nan")], ["0.3"], [True], "0.3"):  # not a list of finite numbers: refused, not used
+        (tmp_path / CROWD_FILE).write_text(json.dumps({"crowd_references": [{**guided, "values": values}]}))
+        with pytest.raises(InputError, match="not lists of finite consistency values"):
+            crowd_null(None, str(tmp_path), wanted)
 
 
 def test_without_an_install_root_everything_is_installed_under_out(built):

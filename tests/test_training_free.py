@@ -201,7 +201,7 @@ def test_without_an_attack_model_the_base_alone_runs_guidance_and_the_trigger(to
     check = IdentityCheck(options)
     leaky = _findings(check, toy_world["root"] / "leaky.safetensors")
     assert "LA303" not in leaky
-    (weights,) = [leaky[r] for r in ("LA301", "LA302") if r in leaky]
+    (weights,) = [leaky[r] for r in ("LA301", "LA302", "LA310") if r in leaky]
     assert weights.rule_id == consistency_rule(weights.evidence)
     assert weights.evidence["attack"] == "guidance_extraction" and weights.evidence["guidance_weight"] == GUIDANCE_WEIGHT
     assert weights.evidence["prompt"] == CLASS_PROMPT and weights.evidence["images"] == 2
@@ -218,7 +218,7 @@ def test_without_an_attack_model_the_base_alone_runs_guidance_and_the_trigger(to
     assert evidence["owner_similarity"] is not None and "owner_threshold" in evidence
     assert (tmp_path / "grids").is_dir() and evidence["grid"].endswith("_trigger_grid.png")
     clean = _findings(check, toy_world["root"] / "clean.safetensors")  # no trigger in its metadata: no LA308/LA309
-    assert {"LA308", "LA309"}.isdisjoint(clean) and clean.keys() & {"LA301", "LA302"}
+    assert {"LA308", "LA309"}.isdisjoint(clean) and clean.keys() & {"LA301", "LA302", "LA310"}
     # The generic faces the verdict's measured null and the consistency reference use are the class prompt's.
     assert check._loaded["toy"].class_prompt == CLASS_PROMPT and check._loaded["toy"].attack is None
 
@@ -277,7 +277,7 @@ def test_sd_with_only_the_base_gets_an_identity_finding_instead_of_la303(sd, fam
                               sampling_steps=2)
     findings = _findings(IdentityCheck(options), lora)
     assert "LA303" not in findings
-    (weights,) = [findings[r] for r in ("LA301", "LA302") if r in findings]
+    (weights,) = [findings[r] for r in ("LA301", "LA302", "LA310") if r in findings]
     assert weights.rule_id == consistency_rule(weights.evidence)
     assert weights.evidence["attack"] == "guidance_extraction" and weights.evidence["embedder"].startswith("FaceNet")
     (trigger,) = [findings[r] for r in ("LA308", "LA309") if r in findings]  # "sks woman", modelspec.trigger_phrase
@@ -298,7 +298,7 @@ def test_sd_scan_command_with_only_the_base(sd, tmp_path):
     assert result["error"] is None and result["stats"]["base_model"] == "sd1"
     findings = {f["rule_id"]: f for f in result["findings"]}
     assert "LA303" not in findings and findings.keys() & {"LA308", "LA309"}
-    (identity,) = [findings[r] for r in ("LA301", "LA302") if r in findings]
+    (identity,) = [findings[r] for r in ("LA301", "LA302", "LA310") if r in findings]
     assert identity["evidence"]["attack"] == "guidance_extraction" and identity["evidence"]["images"] == 8
 
 

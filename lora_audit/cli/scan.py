@@ -120,7 +120,8 @@ def scan(
                                                  references=references, out_dir=Path(where), device=device,
                                                  required=attack_mode is AttackMode.require,
                                                  sampling_steps=sampling_steps, batch=attack_batch or 1,
-                                                 **({"owner_far": rules.owner_far} if rules.owner_far else {})))
+                                                 **{key: getattr(rules, key) for key in ("owner_far", "crowd_far")
+                                                    if getattr(rules, key)}))
     streamed = 0
     with _scan_engine(engine, ray_address, quiet) as scan_engine, \
             open_output(output, keep_partial=format is Format.jsonl, keep_lines=_file_line if resume else None) as stream, \

@@ -15,7 +15,7 @@ commands = typer.Typer(help="The embedded toy face world: rebuild it from fixed 
 @commands.command("build")
 def build(
     out: str = typer.Option("build/toy", "--out", help="Working directory for checkpoints and stage outputs."),
-    stage: List[str] = typer.Option([], "--stage", help="Run only these stages (repeatable): embedder, base, victims, shadows, attack, install, references (the generic faces' consistency at the toy family's scan steps, stored in the installed attack model: `--stage references --install .` refreshes a checkout's), figures (the docs' toy-world figures, from the installed models: `--stage figures --install .` redraws a checkout's)."),
+    stage: List[str] = typer.Option([], "--stage", help="Run only these stages (repeatable): embedder, base, victims, shadows, attack, install, references (the generic faces' consistency at the toy family's scan steps, stored in the installed attack model: `--stage references --install .` refreshes a checkout's), crowd (LA301's null: LoRAs of several people and of objects fine-tuned on the installed base, and both identity attacks' consistency on them: `--stage crowd --install .` measures a checkout's), figures (the docs' toy-world figures, from the installed models: `--stage figures --install .` redraws a checkout's)."),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny sizes (seconds): a smoke test."),
     install: Optional[str] = typer.Option(None, "--install", help="Source checkout to install the final artefacts into (its lora_audit/toyworld/data, weights_samples/ and docs/) \\[default: OUT/installed]."),
     jobs: JobsOption = 1,

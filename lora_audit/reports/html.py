@@ -2,7 +2,7 @@
 
 A batch summary table (click a column heading to sort it, a few lines of inline JavaScript), then per
 file its findings by severity and, where the identity attack ran, its reconstruction grid (embedded
-as a ``data:`` PNG from the ``grid`` path in the LA301/LA302 evidence) with the consistency score and
+as a ``data:`` PNG from the ``grid`` path in the LA301/LA302/LA310 evidence) with the consistency score and
 the owner verdict (LA304/LA305: similarity, rank, FAR), each score from its finding's evidence
 (:data:`_SCORES`). The owner's reference photos are not embedded: the scan gives reports no photos,
 and a report that is passed around should not carry them; the verdict's evidence says how many were
@@ -23,13 +23,15 @@ from lora_audit.results import FileResult, Finding, ScanResult, Severity
 
 MAX_GRID_BYTES = 20 << 20  # a grid larger than this is linked by path, not embedded
 _PNG = b"\x89PNG\r\n\x1a\n"
-_CONSISTENCY = ("LA301", "LA302")
+_CONSISTENCY = ("LA301", "LA302", "LA310")
 _VERDICT = ("LA304", "LA305")
 _SCORES = {  # the scores beside the grid: the rules they come from -> (evidence key, label)
     _CONSISTENCY: (("identity_consistency", "identity consistency"),
                    ("generic_consistency_mean", "generic faces' consistency (mean)"),
                    ("generic_consistency_std", "generic faces' consistency (std)"),
-                   ("threshold", "consistency threshold (mean + 3 std)")),
+                   ("threshold", "consistency threshold (mean + 3 std)"),
+                   ("crowd_far", "share of LoRAs of no one person as consistent"),
+                   ("crowd_null", "LoRAs of no one person")),
     _VERDICT: (("owner_similarity", "owner similarity"), ("paper_score", "paper score"),
                ("owner_rank", "owner rank"), ("photo_sets", "photo sets ranked"),
                ("impostor_far_note", "impostor FAR"), ("threshold", "similarity threshold"),

@@ -67,8 +67,9 @@ STATUS_KINDS = {
     "LA306": "informational",  # some reference photos were not used
     "LA309": "pass",  # the metadata's trigger renders no consistent identity
 }
-# Evidence keys whose presence says nothing about the finding's identity (left out of fingerprints).
-_VOLATILE_EVIDENCE = {"grid"}
+# Evidence keys whose presence says nothing about the finding's identity (left out of fingerprints):
+# the grid's path, and the crowd null's keys, present or not as a null is installed (LA301/LA310).
+_VOLATILE_EVIDENCE = {"grid", "crowd_far", "crowd_far_target", "crowd_loras", "crowd_at_least", "crowd_null"}
 
 LEVELS = {
     Severity.CRITICAL: "error",

@@ -1,13 +1,16 @@
-"""The identity check of ``scan`` (LA301-LA309): run the identity attacks on a LoRA and judge them.
+"""The identity check of ``scan`` (LA301-LA310): run the identity attacks on a LoRA and judge them.
 
 The attack is the weight-to-image VAE where the file's family has an attack model (the toy one
 ships), else, with the family's base alone, model-guidance extraction (:mod:`lora_audit.attack.training_free`):
 K images either way. The measure is how consistently they show one identity: the mean pairwise cosine
 similarity of their face embeddings. It is compared with the same measure on K generic faces of the
 base model (the class prompt, K sampler seeds), whose distribution over several groups of seeds is
-the reference: a LoRA leaks when its images are more consistent than ``mean + 3 std`` of the generic
-groups (for guidance extraction the generic faces are exactly what it samples from a LoRA that changed
-nothing). This says "the weights decode to one person", not whose face it is: that needs the owner's
+the reference: above ``mean + 3 std`` of the generic groups the images show a consistent face (for
+guidance extraction the generic faces are exactly what it samples from a LoRA that changed nothing),
+at or below it LA302. A consistent face is not yet a person: LoRAs fine-tuned on several people or on
+objects decode to consistent faces too. So it is compared again with the crowd null, the same measure
+on such LoRAs (:mod:`lora_audit.toyworld.lab.crowd`): LA301 "one identity" when at most ``crowd_far``
+of them are as consistent, else (or with no crowd null for the attack) LA310. Whose face it is needs the owner's
 photos (``references``), scored against the null of the LoRA's family (LA304/LA305, with LA306 for
 photos left out, LA307 when no verdict can be made). When the metadata names a trigger, the LoRA is
 also prompted with it and judged the same way (LA308/LA309): what the metadata alone hands out.
@@ -27,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from lora_audit.attack.resolve import AttackPlan, AttackSources
-from lora_audit.errors import AttackFailedError, MissingInputError, NotAttackableError
+from lora_audit.errors import AttackFailedError, InputError, MissingInputError, NotAttackableError
 from lora_audit.evidence import items, per_item
 from lora_audit.families import get_family
 from lora_audit.identity.metrics import consistency
@@ -43,6 +46,8 @@ log = logging.getLogger("lora_audit")
 
 GENERIC_GROUPS = 8  # groups of generic faces behind the reference distribution
 LEAK_SIGMAS = 3.0
+DEFAULT_CROWD_FAR = 0.05  # LA301 when at most this share of LoRAs of no one person are as consistent (crowd_far)
+CROWD_FILE = "crowd_references.json"  # in a base pipeline folder: guidance extraction's crowd nulls on that base
 
 
 @dataclass
@@ -56,6 +61,7 @@ class IdentityOptions:
     seeds: int = 2
     sampling_steps: int | None = None  # None: the family's own (Family.sampling_steps)
     owner_far: float = DEFAULT_OWNER_FAR  # the verdict's target FAR against other people's photo sets
+    crowd_far: float = DEFAULT_CROWD_FAR  # LA301's target FAR against LoRAs of several people or of objects
     device: str | None = None  # None: CUDA when available, else the CPU
     required: bool = False  # a LoRA no identity attack can run on is an incomplete audit (LA307), not LA303
     batch: int = 1  # LoRAs of one family whose reconstructions are decoded in one batch (scan --attack-batch)
@@ -69,6 +75,7 @@ class LoadedAttack:
     base: object  # DiffusionBase
     embedder: object  # FaceEmbedder
     generic: dict  # the generic faces' consistency: mean, std, values, k, sampling_steps, embedder
+    crowd: dict | None  # the attack's consistency on LoRAs of no one person (measure_null); None: not measured
     class_prompt: str  # the generic faces' prompt, and guidance extraction's
     sampling_steps: int  # of every image the attacks and the generic faces sample
     generic_faces: np.ndarray | None = None  # [G, K, D] their embeddings, made when a verdict needs them
@@ -96,10 +103,10 @@ class IdentityCheck(Check):
 
     Outcomes: LA303 when an input is missing (no attack ran); :class:`~lora_audit.errors.AttackFailedError` when an
     attack broke on a file (the scan records an error); bad inputs (a corrupt attack model, a base of
-    another family) raise and stop the scan with one line; everything else is LA301-LA309.
+    another family) raise and stop the scan with one line; everything else is LA301-LA310.
     """
 
-    rule_ids = ("LA301", "LA302", "LA303", "LA304", "LA305", "LA306", "LA307", "LA308", "LA309")
+    rule_ids = ("LA301", "LA302", "LA303", "LA304", "LA305", "LA306", "LA307", "LA308", "LA309", "LA310")
 
     def __init__(self, options: IdentityOptions):
         self.options = options
@@ -145,7 +152,7 @@ class IdentityCheck(Check):
             self._prepared.update((s.path, result) for s, result in zip(group, found))
 
     def run(self, subject: Subject) -> list[Finding]:
-        """LA301/LA302 (+ LA304/LA305/LA306/LA307 with references, LA308/LA309 when the metadata names a
+        """LA301/LA302/LA310 (+ LA304/LA305/LA306/LA307 with references, LA308/LA309 when the metadata names a
         trigger), or LA303 saying why no attack ran (with ``required``, the file's audit failed instead)."""
         findings = self._run(subject)
         if self.options.required and findings and findings[0].rule_id == "LA303":
@@ -179,7 +186,8 @@ class IdentityCheck(Check):
         triggers = metadata_triggers(subject.lora.metadata)
         deltas = subject.lora.deltas() if loaded.attack is None or triggers else None
         images, about, grid = self._attack(subject, loaded, deltas, name)
-        weights = _consistency(consistency(loaded.embedder.embed(images)), loaded.generic, about, grid)
+        weights = _consistency(consistency(loaded.embedder.embed(images)), loaded.generic, about, grid,
+                               loaded.crowd, self.options.crowd_far)
         findings = [weights]
         owner = self._owner(plan.family, loaded) if self.references is not None else None
         if owner is not None:
@@ -190,7 +198,7 @@ class IdentityCheck(Check):
                     f"{self.references.folder} is usable for a {plan.family} LoRA",
                     per_item("photos", dict(unused))))
             else:
-                findings.append(verdict_finding(self._score(images, owner, loaded), consistent=weights.rule_id == "LA301",
+                findings.append(verdict_finding(self._score(images, owner, loaded), consistency=weights.rule_id,
                                                 privacy=read_dp_guarantee(subject.lora.metadata)))
                 if unused:
                     findings.append(_unused_photos(unused, len(faces)))
@@ -257,7 +265,7 @@ class IdentityCheck(Check):
         Without an attack model (``plan.training_free``) the base alone."""
         if plan.family not in self._loaded:
             from lora_audit.attack.reconstruct import load_attack
-            from lora_audit.attack.training_free import CLASS_PROMPT
+            from lora_audit.attack.training_free import CLASS_PROMPT, GUIDANCE_WEIGHT
             from lora_audit.families import load_base
 
             o = self.options
@@ -273,10 +281,15 @@ class IdentityCheck(Check):
             wanted = {"k": k, "sampling_steps": steps, "embedder": embedder.fingerprint()}
             evaluation = attack.config.evaluation if attack is not None else {}
             stored = [evaluation.get("generic_consistency") or {}, *evaluation.get("generic_references", [])]
-            generic = next((g for g in stored if all(g.get(key) == value for key, value in wanted.items())), None)
+            generic = _matching(stored, wanted)
             if generic is None:  # none measured under these settings: measure it now, once per scan
                 generic = generic_consistency(base, embedder, class_prompt, k, sampling_steps=steps)
-            self._loaded[plan.family] = LoadedAttack(attack, base, embedder, generic, class_prompt, steps)
+            settings = ({"attack": "vae", "latents": o.latents, "seeds": o.seeds} if attack is not None else
+                        {"attack": "guidance_extraction", "images": k, "guidance_weight": GUIDANCE_WEIGHT,
+                         "prompt": class_prompt})
+            crowd = crowd_null(attack, plan.base, {**settings, "sampling_steps": steps, "embedder": wanted["embedder"]},
+                               plan.attack_dir)
+            self._loaded[plan.family] = LoadedAttack(attack, base, embedder, generic, crowd, class_prompt, steps)
         return self._loaded[plan.family]
 
     def _owner(self, family: str, loaded: LoadedAttack) -> tuple:
@@ -304,21 +317,77 @@ def _unavailable(plan: AttackPlan) -> Finding:
                         items("missing", [m.flag for m in needed]))
 
 
-def _consistency(value: float, generic: dict, about: dict, grid: Path) -> Finding:
-    """LA301 when the attack's images are more consistent than generic faces allow, else LA302.
+def _matching(stored: list[dict], wanted: dict) -> dict | None:
+    """The first stored reference measured under every setting in ``wanted``, or None."""
+    return next((g for g in stored if all(g.get(key) == value for key, value in wanted.items())), None)
+
+
+def crowd_null(attack, base: str | None, wanted: dict, attack_dir: Path | None = None) -> dict | None:
+    """The crowd null measured for the attack that runs, under the settings in ``wanted``
+    (:mod:`~lora_audit.toyworld.lab.crowd`), or None: the VAE's is stored in its attack model (``attack``'s
+    evaluation, ``crowd_references``); guidance extraction's (``attack`` None) in the base pipeline folder it
+    runs on (``crowd_references.json``). Stored values that are not finite numbers are an InputError of
+    the attack model (``attack_dir``) or base."""
+    import json
+
+    if attack is not None:
+        where, stored = ("attack_model", attack_dir, "attack.json"), attack.config.evaluation.get("crowd_references", [])
+    else:
+        path = Path(base) / CROWD_FILE if base is not None else None
+        if path is None or not path.is_file():
+            return None
+        where = ("base", base, CROWD_FILE)
+        try:
+            stored = json.loads(path.read_text())["crowd_references"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError("base", base, f"has an unreadable {CROWD_FILE} ({type(e).__name__}: {e})") from None
+    if not isinstance(stored, list) or not all(_is_crowd_null(r) for r in stored):
+        raise InputError(where[0], where[1], f"has crowd_references in {where[2]} that are not lists of finite "
+                         "consistency values (rebuild them: lora-audit toy build --stage crowd)")
+    return _matching(stored, wanted)
+
+
+def _is_crowd_null(reference: object) -> bool:
+    values = reference.get("values") if isinstance(reference, dict) else None
+    return isinstance(values, list) and len(values) > 0 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values)
+
+
+def _consistency(value: float, generic: dict, about: dict, grid: Path, crowd: dict | None = None,
+                 crowd_far: float = DEFAULT_CROWD_FAR) -> Finding:
+    """How consistent the attack's images are, judged twice. Against generic faces of the base: no more
+    consistent is LA302. Against ``crowd``, LoRAs of several people or of objects: when at most
+    ``crowd_far`` of them are as consistent, the images are one identity (LA301); otherwise, or with no
+    crowd null measured, a consistent face that is not shown to be anyone's (LA310).
     ``about``: the attack's own evidence (``attack``: ``vae`` or ``guidance_extraction``, and its settings)."""
     evidence = {"attack": about["attack"], **_consistency_evidence(value, generic),
                 **{k: v for k, v in about.items() if k != "attack"}, "grid": str(grid)}
     compared = _compared(value, generic)
-    if about["attack"] == "guidance_extraction":
-        how = f"guidance extraction (w = {about['guidance_weight']:g}, the class prompt, no trigger)"
-        if value > evidence["threshold"]:
-            return make_finding("LA301", f"the weights alone, amplified by {how}, render one consistent identity: "
-                                f"{compared}", evidence)
-        return make_finding("LA302", f"{how} shows no consistent identity: {compared}", evidence)
-    if value > evidence["threshold"]:
-        return make_finding("LA301", f"the weights alone decode to one consistent identity: {compared}", evidence)
-    return make_finding("LA302", f"reconstructions show no consistent identity: {compared}", evidence)
+    guided = about["attack"] == "guidance_extraction"
+    how = f"guidance extraction (w = {about.get('guidance_weight', 0):g}, the class prompt, no trigger)"
+    subject = f"the weights alone, amplified by {how}," if guided else "the weights alone"
+    if value <= evidence["threshold"]:
+        said = f"{how} shows" if guided else "reconstructions show"
+        return make_finding("LA302", f"{said} no consistent identity: {compared}", evidence)
+    if crowd is None:
+        evidence["crowd_null"] = "not measured"
+        return make_finding("LA310", f"{subject} render a consistent face: {compared}; whether it is one person's is "
+                            "not measured (no null of LoRAs of several people or of objects for this attack)", evidence)
+    values = np.asarray(crowd["values"], dtype=float)
+    at_least = int((values >= value).sum())
+    far = at_least / len(values)
+    evidence |= {"crowd_far": far, "crowd_at_least": at_least, "crowd_far_target": crowd_far,
+                 "crowd_loras": len(values), "crowd_null": crowd.get("source", "not recorded")}
+    against = (f"{at_least} of {len(values)} LoRAs of several people or of objects are as consistent "
+               f"(FAR {far:.3f}, {'within' if far <= crowd_far else 'above'} the {crowd_far:g} allowed)")
+    if len(values) * crowd_far < 1:  # too few to resolve the target: none above it says nothing
+        return make_finding("LA310", f"{subject} render a consistent face: {compared}; {against}, but a null of "
+                            f"{len(values)} LoRAs cannot show a FAR of {crowd_far:g}", evidence)
+    if far <= crowd_far:
+        return make_finding("LA301", f"{subject} {'render' if guided else 'decode to'} one consistent identity: "
+                            f"{compared}; {against}", evidence)
+    return make_finding("LA310", f"{subject} render a consistent face, but not one specific to a person: {compared}; "
+                        f"{against}", evidence)
 
 
 def _consistency_evidence(value: float, generic: dict) -> dict:
@@ -356,19 +425,19 @@ def _trigger_finding(found, generic: dict, grid: Path, score: LeakScore | None) 
     return make_finding("LA308" if consistent or (score is not None and score.leaks) else "LA309", message, evidence)
 
 
-def verdict_finding(score: LeakScore, consistent: bool | None = None,
+def verdict_finding(score: LeakScore, consistency: str | None = None,
                     privacy: DPGuarantee | str | None = None) -> Finding:
     """LA304 when the reconstructions match the owner's photos, else LA305, with the score as evidence.
 
-    ``consistent``: whether the same scan found the reconstructions consistent (LA301) or not (LA302);
+    ``consistency``: the rule the same scan gave the reconstructions' consistency (LA301, LA302 or LA310);
     the message then says how the two findings fit together. ``privacy``: the DP guarantee the file
     states (:func:`~lora_audit.weights.dp_metadata.read_dp_guarantee`), which the message then weighs.
     """
     rule_id, says = ("LA304", "match") if score.leaks else ("LA305", "do not match")
     message = (f"the reconstructions {says} the owner's photos: similarity {score.similarity:.3f} "
                f"(paper score {score.paper_score:.3f}), {_against(score)}")
-    if consistent is not None:
-        message += "; " + _STORIES[score.leaks, consistent]
+    if consistency is not None:
+        message += "; " + _STORIES[score.leaks, consistency]
     if isinstance(privacy, DPGuarantee):
         message += (f"; the file states DP-SGD training, epsilon {privacy.epsilon:.3g} per training image (LA108)"
                     + (": DP did not stop this leak" if score.leaks else
@@ -384,11 +453,13 @@ def _against(score: LeakScore) -> str:
     return f"{'>=' if score.leaks else '<'} the operating point {score.threshold:.3f} ({score.source})"
 
 
-_STORIES = {  # (leaks, consistent) -> how the verdict and LA301/LA302 fit together
-    (True, True): "the weights decode to one consistent identity (LA301), and it is the owner's",
-    (True, False): "the reconstructions vary (LA302), yet together they resemble the owner",
-    (False, True): "the weights decode to one consistent identity (LA301), but not one these photos match",
-    (False, False): "the reconstructions show no consistent identity either (LA302)",
+_STORIES = {  # (leaks, LA301/LA302/LA310) -> how the verdict and the consistency finding fit together
+    (True, "LA301"): "the weights decode to one consistent identity (LA301), and it is the owner's",
+    (True, "LA310"): "the weights render a consistent face (LA310), and it is the owner's",
+    (True, "LA302"): "the reconstructions vary (LA302), yet together they resemble the owner",
+    (False, "LA301"): "the weights decode to one consistent identity (LA301), but not one these photos match",
+    (False, "LA310"): "the weights render a consistent face (LA310), but not one these photos match",
+    (False, "LA302"): "the reconstructions show no consistent identity either (LA302)",
 }
 
 

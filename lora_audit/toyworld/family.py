@@ -35,9 +35,18 @@ class ToyFamily(Family):
         return ToyFacePipeline.from_pretrained(path)
 
     def face_embedder(self, device, face_weights: str | None = None):
+        """The shipped toy embedder, or ``face_weights`` when it is a folder (a toy embedder, as
+        ``toy build`` writes one); a checkpoint file is for the real families' FaceNet, not this one."""
         from lora_audit.toyworld.embedder import ToyFaceEmbedder
 
-        return ToyFaceEmbedder.load(toy_embedder_path(), device=device)
+        from lora_audit.errors import InputError
+
+        if face_weights is None or not Path(face_weights).is_dir():
+            return ToyFaceEmbedder.load(toy_embedder_path(), device=device)
+        try:
+            return ToyFaceEmbedder.load(face_weights, device=device)
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError("face_weights", face_weights, f"is not a toy embedder folder ({type(e).__name__}: {e})") from None
 
     def owner_null(self, embedder, image_size: int, photos: int):
         """The photo sets of 200 identities nobody trains on, ``photos`` views each (views 0, 1, ...,

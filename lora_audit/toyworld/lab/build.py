@@ -13,6 +13,10 @@ Stages, each writing into ``<out>/<stage>/`` and finished when its ``metrics.jso
   references  the generic faces' consistency at the toy family's scan settings (``ToyFamily.sampling_steps``,
             K = 8), stored in the installed attack model (``generic_references``): a default scan needs
             no reference of its own; alone (``--stage references --install .``) it refreshes a checkout's
+  crowd     LA301's null: LoRAs of several people and of objects fine-tuned with the victims' recipe on the
+            installed base, and both identity attacks' consistency on them, stored with the installed
+            attack model (the VAE's) and base (guidance extraction's, ``crowd_references.json``); alone
+            (``--stage crowd --install .``) it measures a checkout's
   figures   draw the docs' figures of the toy world (``docs/img``) from the installed models and samples;
             alone (``--stage figures --install .``) it redraws those of a checkout without a build
 
@@ -40,8 +44,8 @@ from lora_audit.toyworld.pipeline import ToyBaseConfig
 from lora_audit.toyworld.lab.train_embedder import EmbedderConfig
 from lora_audit.toyworld.lab.victims import VictimConfig
 
-STAGES = ("embedder", "base", "victims", "shadows", "attack", "install", "references", "figures")
-_INSTALLING = ("install", "references", "figures")  # stages that write into the install target
+STAGES = ("embedder", "base", "victims", "shadows", "attack", "install", "references", "crowd", "figures")
+_INSTALLING = ("install", "references", "crowd", "figures")  # stages that write into the install target
 Progress = Callable[[str, int, int, dict], None]  # (stage, step, total, metrics)
 
 
@@ -56,6 +60,7 @@ class BuildConfig:
     attack: TrainConfig = field(default_factory=TrainConfig)
     attack_latents: int = 4  # reconstructions per held-out LoRA: latents x seeds
     attack_seeds: int = 2
+    crowd_loras: int = 20  # LoRAs of each kind (several people, objects) behind LA301's crowd null
     embedder_eval_identities: int = 200  # held-out SHADOW identities for the embedder's figures
     embedder_eval_images: int = 10
     base_judge_identities: int = 20  # SHADOW identities whose captions the base is judged on
@@ -86,7 +91,7 @@ class BuildConfig:
         return cls(out=out, embedder=EmbedderConfig.tiny(), base=ToyBaseConfig.tiny(), victims=VictimConfig.tiny(),
                    shadows=ShadowConfig(identities=3, photos=2, image_size=16, snapshot_steps=(2, 3),
                                         finetune=VictimConfig.tiny().finetune),
-                   attack=TrainConfig.tiny(), attack_latents=2, attack_seeds=1,
+                   attack=TrainConfig.tiny(), attack_latents=2, attack_seeds=1, crowd_loras=1,
                    embedder_eval_identities=6, embedder_eval_images=3, base_judge_identities=3,
                    base_judge_samples=1, sampling_steps=3, grid_identities=2, grid_seeds=1, install_root=install_root)
 
@@ -103,7 +108,7 @@ def build(config: BuildConfig, stages: tuple[str, ...] = STAGES, progress: Progr
     if root is not None and not (root / "lora_audit" / "toyworld").is_dir():
         raise InputError("install", root, "is not a lora-audit source checkout (no lora_audit/toyworld)")
     runners = {"embedder": _embedder, "base": _base, "victims": _victims, "shadows": _shadows, "attack": _attack,
-               "install": _install, "references": _references, "figures": _figures}
+               "install": _install, "references": _references, "crowd": _crowd, "figures": _figures}
     metrics = {}
     installed_into = str(root.resolve()) if root is not None else None  # install again for another target
     for stage in STAGES:
@@ -117,6 +122,9 @@ def build(config: BuildConfig, stages: tuple[str, ...] = STAGES, progress: Progr
             result["seconds"] = round(time.perf_counter() - start, 1)
             if stage in _INSTALLING:
                 result["installed_into"] = installed_into
+            if stage == "install":  # a fresh install holds no reference or crowd null: they must be measured again
+                for later in ("references", "crowd"):
+                    (config.out / later / "metrics.json").unlink(missing_ok=True)
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps(result, indent=2, default=str))
         if marker.is_file():
@@ -282,10 +290,62 @@ def _references(config: BuildConfig, progress) -> dict:
     k, steps = defaults.latents * defaults.seeds, get_family("toy").sampling_steps
     reference = generic_consistency(base, embedder, saved["class_prompt"], k, sampling_steps=steps)
     saved["evaluation"]["generic_references"] = [reference]
-    tmp = attack_json.with_name(".attack.json.tmp")
-    tmp.write_text(json.dumps(saved, indent=2))
-    tmp.replace(attack_json)
+    _replace_text(attack_json, json.dumps(saved, indent=2))
     return {"generic_references": [{key: reference[key] for key in ("k", "sampling_steps", "mean", "std")}]}
+
+
+def _crowd(config: BuildConfig, progress) -> dict:
+    """LA301's crowd nulls (:mod:`~lora_audit.toyworld.lab.crowd`), measured as a default scan measures a
+    file, with the installed base, embedder and attack model, and stored with them."""
+    from lora_audit.errors import UsageError
+    from lora_audit.families import load_base
+    from lora_audit.scan.identity import CROWD_FILE, IdentityCheck, IdentityOptions
+    from lora_audit.toyworld.lab.crowd import GuidanceOnly, finetune_null_loras, measure_null
+
+    if config.crowd_loras < 1:
+        raise UsageError(f"crowd_loras must be at least 1, not {config.crowd_loras}")
+    base_dir, attack_dir = config.package_data / "base", config.package_data / "attack"
+    base = load_base(str(base_dir))
+    loras, digest = config.out / "crowd", _digest(base_dir, skip={CROWD_FILE})
+    if (loras / "base.sha256").is_file() and (loras / "base.sha256").read_text() != digest:
+        shutil.rmtree(loras)  # fine-tuned on another base: not this base's null
+    loras.mkdir(parents=True, exist_ok=True)
+    (loras / "base.sha256").write_text(digest)
+    files = finetune_null_loras(base, config.victims.finetune, config.crowd_loras, loras, progress=progress)
+    images = config.out / "crowd" / "images"
+    options = IdentityOptions(attack_model=str(attack_dir), base=str(base_dir), out_dir=images,
+                              face_weights=str(config.package_data / "embedder"))
+    vae, guided = IdentityCheck(options), IdentityCheck(options)
+    guided.sources = GuidanceOnly(str(base_dir))
+    nulls = {"vae": measure_null(vae, files), "guidance_extraction": measure_null(guided, files)}
+    attack_json = attack_dir / "attack.json"
+    saved = json.loads(attack_json.read_text())
+    saved["evaluation"]["crowd_references"] = [nulls["vae"]]
+    _replace_text(attack_json, json.dumps(saved, indent=2))
+    _replace_text(base_dir / CROWD_FILE, json.dumps({"crowd_references": [nulls["guidance_extraction"]]}, indent=2))
+    return {attack: {"loras": len(null["values"]), "kinds": {kind: _quantiles(v) for kind, v in null["kinds"].items()}}
+            for attack, null in nulls.items()}
+
+
+def _digest(folder: Path, skip: set[str]) -> str:
+    """SHA-256 over every file of ``folder`` (relative paths and bytes), but those named in ``skip``."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in skip):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a temporary file beside it, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _quantiles(values: list[float]) -> dict:
+    return {"min": round(min(values), 4), "median": round(float(np.median(values)), 4), "max": round(max(values), 4)}
 
 
 def _figures(config: BuildConfig, progress) -> dict:

@@ -1,9 +1,11 @@
-"""benchmarks/bench_gpu.py measures models of the real sizes, and runs with nothing but the package."""
+"""The benchmarks run: bench_gpu.py on models of the real sizes, with nothing but the package; the batched
+decoding and false-alarm benchmarks at tiny settings."""
 
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from lora_audit.testing.pipelines import _real_unet, _real_vae
@@ -41,3 +43,21 @@ def test_the_batched_decoding_benchmark_gives_the_images_of_one_lora_at_a_time()
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith("batch")]
     assert [row[1].rstrip(":") for row in rows] == ["1", "3"]
     assert float(rows[1][-1]) < 1e-4  # batch 3's images are batch 1's
+
+
+@pytest.mark.slow  # about 50 s: two fine-tunes and both attacks on three files
+def test_the_false_alarm_benchmark_judges_every_kind_against_the_crowd_null(tmp_path):
+    """Two fine-tuning steps per LoRA: the plumbing (both attacks, every kind, the summary), not the figures."""
+    import json
+
+    bench = os.path.join(os.path.dirname(BENCH), "bench_false_alarms.py")
+    proc = subprocess.run([sys.executable, bench, "--count", "1", "--persons", "1", "--steps", "2", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
+                          cwd=os.path.join(os.path.dirname(BENCH), ".."), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary) == {f"{kind}/{attack}" for kind in ("crowd", "objects", "person") for attack in ("vae", "guidance")}
+    for row in summary.values():
+        assert row["n"] == 1 and 0 <= row["la301"] <= row["above_generic"] <= 1
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == [
+        "crowd-00.safetensors", "objects-00.safetensors", "person-00.safetensors"]
