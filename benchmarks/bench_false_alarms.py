@@ -15,7 +15,8 @@ rule before the crowd null existed.
 
 LoRA files are kept under ``--out`` and reused: an interrupted run resumes.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_false_alarms.py --count 10 --persons 4 --out build/false_alarms
+    OMP_NUM_THREADS=1 python benchmarks/bench_false_alarms.py --count 8 --persons 12 \
+        --victims ../lora-audit-data/private50 --out build/false_alarms
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 
 from lora_audit.toyworld.lab import crowd
 
-FIRST = 307_000  # PRIVATE identities no other part of the toy world uses (the stored null's are 308,000 on)
+FIRST = 307_000  # crowds: PRIVATE identities no other part uses (the stored null's are 308,000 on); persons 312,000 on
 
 
 def crowd_photos(i: int, size: int) -> np.ndarray:
