@@ -248,6 +248,14 @@ def test_toy_build_through_the_cli_installs_under_out(toy):
         "toy_base_samples.png", "contact_sheet.png", "attack_reconstructions.png", "attack_curves.png"}
 
 
+def test_toy_build_stages_that_measure_an_install_need_one(tmp_path, capsys):
+    for stage in ("references", "crowd"):
+        assert main(["toy", "build", "--out", str(tmp_path / "empty"), "--stage", stage]) == 4
+        err = capsys.readouterr().err
+        assert f"the {stage} stage measures an installed toy world" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").rglob("*.json"))
+
+
 def test_toy_build_stage_reruns_only_that_stage(toy, tmp_path, capsys):
     out = tmp_path / "build"
     shutil.copytree(toy["out"], out)

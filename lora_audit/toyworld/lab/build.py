@@ -275,9 +275,19 @@ def _install(config: BuildConfig, progress) -> dict:
     return {"copied_bytes": copied}
 
 
+def _installed(config: BuildConfig, stage: str) -> None:
+    """Refuse, in one line, a stage that measures an installed toy world where there is none."""
+    from lora_audit.errors import UsageError
+
+    if not all((config.package_data / name).exists() for name in ("base/model_index.json", "embedder", "attack/attack.json")):
+        raise UsageError(f"the {stage} stage measures an installed toy world, and {config.package_data} holds none: "
+                         "run the stages before it, or name a checkout with --install")
+
+
 def _references(config: BuildConfig, progress) -> dict:
     """The generic faces' consistency that a scan with the defaults compares the toy attack's images with,
     measured with the installed base and embedder and stored in the installed attack model."""
+    _installed(config, "references")
     from lora_audit.families import get_family, load_base
     from lora_audit.scan.identity import IdentityOptions, generic_consistency
     from lora_audit.toyworld.embedder import ToyFaceEmbedder
@@ -304,6 +314,7 @@ def _crowd(config: BuildConfig, progress) -> dict:
 
     if config.crowd_loras < 1:
         raise UsageError(f"crowd_loras must be at least 1, not {config.crowd_loras}")
+    _installed(config, "crowd")
     base_dir, attack_dir = config.package_data / "base", config.package_data / "attack"
     base = load_base(str(base_dir))
     loras, digest = config.out / "crowd", _digest(base_dir, skip={CROWD_FILE})
