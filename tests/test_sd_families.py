@@ -237,5 +237,5 @@ def test_end_to_end(pipelines, family, tmp_path, monkeypatch):
         rules = [f["rule_id"] for f in result["findings"]]
         assert rule in rules and "LA303" not in rules, (forced, rules)
         if rule == "LA310":  # no crowd null ships for a real family: the real lookup finds none
-            (weights,) = [f for f in result["findings"] if f["rule_id"] == "LA310"]
-            assert weights["evidence"]["crowd_null"] == "not measured" and "crowd_far" not in weights["evidence"]
+            (unspecific,) = [f for f in result["findings"] if f["rule_id"] == "LA310"]
+            assert unspecific["evidence"]["crowd_null"] == "not measured" and "crowd_far" not in unspecific["evidence"]
