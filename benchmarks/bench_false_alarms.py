@@ -15,7 +15,7 @@ rule before the crowd null existed.
 
 LoRA files are kept under ``--out`` and reused: an interrupted run resumes.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_false_alarms.py --count 8 --persons 12 \
+    OMP_NUM_THREADS=1 python benchmarks/bench_false_alarms.py --count 20 --persons 12 \
         --victims ../lora-audit-data/private50 --out build/false_alarms
 """
 
